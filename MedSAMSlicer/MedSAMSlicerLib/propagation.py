@@ -1,0 +1,195 @@
+"""From boxes on a few slices to a 3D mask.
+
+Two rules share one loop:
+
+- ``official``: the CVPR 2024 LiteMedSAM 3D inference.  Start on the key slice with the key box; then up and then
+  down, each slice's box is the previous slice's mask bounding box plus 3 pixels at the model's 256 scale; when
+  the previous mask is empty, fall back to the key box.  It runs over the whole given range and never stops early.
+- ``ours``: the same box rule, plus several key boxes (each slice is prompted from its nearest key, keys win on
+  their own slice), a stop rule (empty mask, area collapse, low predicted IoU) so that a range need not be known,
+  and optional 3D clean-up (largest connected component, hole filling).
+
+Embeddings come from the session's cache, so re-prompting or re-propagating never re-encodes a slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from . import axes
+from .boxes import Box, box_from_mask, checked_box
+from .errors import BoxError, Cancelled, OptionError
+from .pipelines import SliceGeometry, longest_side_shape
+from .session import VolumeSession
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]  # (slices done, slices planned)
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When propagation away from a key slice ends (``ours`` only)."""
+
+    stop_on_empty: bool = True
+    min_area_ratio: float = 0.1  # stop when a mask is smaller than this fraction of the previous slice's
+    min_score: float = 0.5  # stop when the decoder's predicted IoU falls below this
+
+    def reason(self, area: int, previous_area: int, score: float) -> str | None:
+        if area == 0:
+            return "empty mask" if self.stop_on_empty else None
+        if previous_area > 0 and area < self.min_area_ratio * previous_area:
+            return f"area collapsed to {area / previous_area:.0%} of the previous slice"
+        if score < self.min_score:
+            return f"predicted IoU {score:.2f} below {self.min_score:.2f}"
+        return None
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    rule: str = "ours"  # "ours" or "official"
+    slice_range: tuple[int, int] | None = None  # inclusive; None = whole volume (ours stops by the stop rule)
+    margin: int = 3  # pixels at model scale added around the previous mask's box
+    stop: StopRule | None = field(default_factory=StopRule)  # None = never stop early
+    largest_component: bool = False
+    fill_holes: bool = False
+
+
+@dataclass
+class PropagationResult:
+    mask: np.ndarray  # bool, volume shape
+    scores: dict[int, float]
+    boxes: dict[int, str]
+    stopped: dict[str, str]  # direction -> why it stopped before the range end
+    segmented_slices: int
+    cancelled: bool = False
+
+
+class CancelToken:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def model_box_from_previous(pipeline, previous: np.ndarray, geometry: SliceGeometry,
+                            margin: int) -> np.ndarray | None:
+    """The next slice's box in model coordinates from the previous slice's mask (None when the mask is empty)."""
+    if pipeline.name == "lite":
+        import cv2
+
+        # Official: resize the mask like the image (area interpolation), pad to 256, box at 256 scale +- 3.
+        height, width = previous.shape
+        new_h, new_w = longest_side_shape(height, width, pipeline.image_size)
+        small = cv2.resize(previous.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_AREA)
+        rows, cols = np.nonzero(small)
+        if rows.size == 0:
+            return None
+        size = pipeline.image_size
+        return np.array([max(0, cols.min() - margin), max(0, rows.min() - margin),
+                         min(size, cols.max() + margin), min(size, rows.max() + margin)], dtype=np.float32)
+    box = box_from_mask(previous)
+    if box is None:
+        return None
+    model_box = pipeline.box_array(box, geometry)
+    size = pipeline.image_size
+    return np.clip(model_box + np.array([-margin, -margin, margin, margin]), 0, size).astype(np.float32)
+
+
+def plan_order(keys: list[int], low: int, high: int) -> list[tuple[int, int, int]]:
+    """(slice, its key, step) in processing order: each key, then outward until the range end or the midpoint
+    to the neighbouring key, first upward then downward, as the official rule orders them."""
+    keys = sorted(keys)
+    order = []
+    for n, key in enumerate(keys):
+        upper = high if n == len(keys) - 1 else (key + keys[n + 1]) // 2
+        lower = low if n == 0 else (keys[n - 1] + key) // 2 + 1
+        order.append((key, key, 0))
+        order.extend((index, key, +1) for index in range(key + 1, upper + 1))
+        order.extend((index, key, -1) for index in range(key - 1, lower - 1, -1))
+    return order
+
+
+def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: PropagationOptions = PropagationOptions(),
+              progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> PropagationResult:
+    """Segment the volume from key boxes; raises :class:`Cancelled` (nothing returned) if cancelled."""
+    if not key_boxes:
+        raise BoxError("propagation needs at least one key box")
+    if options.rule not in ("ours", "official"):
+        raise OptionError(f"unknown propagation rule {options.rule!r}; use ours or official")
+    if options.rule == "official" and len(key_boxes) > 1:
+        raise OptionError("the official rule takes one key box; use rule 'ours' for several")
+    keys = {session.check_index(int(k)): checked_box(b, session.slice_shape) for k, b in key_boxes.items()}
+    low, high = options.slice_range if options.slice_range is not None else (0, session.slice_count - 1)
+    if low > high:
+        raise BoxError(f"slice range {low}:{high} is reversed; give K0:K1 with K0 <= K1")
+    session.check_index(low)
+    session.check_index(high)
+    outside = [k for k in keys if not low <= k <= high]
+    if outside:
+        raise BoxError(f"key slice {outside[0]} lies outside the range {low}:{high}")
+    stop = options.stop if options.rule == "ours" else None
+
+    order = plan_order(list(keys), low, high)
+    result = PropagationResult(session.empty_mask(), {}, {}, {}, 0)
+    previous_mask: dict[tuple[int, int], np.ndarray] = {}  # (key, step) -> last mask in that direction
+    previous_area: dict[tuple[int, int], int] = {}
+    stopped: set[tuple[int, int]] = set()
+    for done, (index, key, step) in enumerate(order):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled(f"propagation cancelled after {done} of {len(order)} slices; nothing was written")
+        if step != 0 and (key, step) in stopped:
+            continue
+        embedding = session.embedding(index)
+        if step == 0:
+            mask, score = session.segmenter.predict(embedding, keys[key])
+            result.boxes[index] = str(keys[key])
+            for direction in (+1, -1):
+                previous_mask[(key, direction)], previous_area[(key, direction)] = mask, int(mask.sum())
+        else:
+            model_box = model_box_from_previous(session.segmenter.pipeline, previous_mask[(key, step)],
+                                                embedding.geometry, options.margin)
+            if model_box is None:  # previous mask empty: fall back to the key box, as the official rule does
+                mask, score = session.segmenter.predict(embedding, keys[key])
+                result.boxes[index] = f"key {keys[key]}"
+            else:
+                mask, score = session.segmenter.predict_model_box(embedding, model_box)
+                result.boxes[index] = "model " + ",".join(f"{v:g}" for v in model_box)
+            area = int(mask.sum())
+            why = stop.reason(area, previous_area[(key, step)], score) if stop is not None else None
+            if why is not None:
+                stopped.add((key, step))
+                result.stopped[f"key {key} {'up' if step > 0 else 'down'}"] = f"stopped at slice {index}: {why}"
+                if progress is not None:
+                    progress(done + 1, len(order))
+                continue
+            previous_mask[(key, step)], previous_area[(key, step)] = mask, area
+        axes.put_slice(result.mask, session.np_axis, index, mask)
+        result.scores[index] = score
+        result.segmented_slices += 1
+        if progress is not None:
+            progress(done + 1, len(order))
+    result.mask = clean_up(result.mask, options.largest_component, options.fill_holes)
+    return result
+
+
+def clean_up(mask: np.ndarray, largest_component: bool, fill_holes: bool) -> np.ndarray:
+    if largest_component and mask.any():
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        if count > 1:
+            sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+            mask = labels == (int(np.argmax(sizes)) + 1)
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask
