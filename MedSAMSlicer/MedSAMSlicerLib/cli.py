@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="3d: propagate over the label's extent, by the stop rule, or both (default)")
     evaluate.add_argument("--keys", type=int, default=1, help="3d: number of key boxes (default 1)")
     evaluate.add_argument("--jitter", type=int, default=0, help="2d: push box sides out by random 0..N voxels")
+    evaluate.add_argument("--box-per-piece", action="store_true",
+                          help="2d: one box per connected piece of the target on each slice")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     evaluate.add_argument("--json", action="store_true")
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     _add_model_options(demo)
 
+    from .study_cli import add_study_parser
+
+    add_study_parser(commands)
     return parser
 
 
@@ -123,9 +128,9 @@ def make_session(args: argparse.Namespace, image_path: str):
 
 
 def _propagation_options(args: argparse.Namespace, slice_range=None):
-    from .propagation import PropagationOptions, StopRule
+    from .propagation import AUTO, PropagationOptions
 
-    return PropagationOptions(rule=args.rule, slice_range=slice_range, stop=None if args.no_stop else StopRule(),
+    return PropagationOptions(rule=args.rule, slice_range=slice_range, stop=None if args.no_stop else AUTO,
                               largest_component=args.largest_component, fill_holes=args.fill_holes)
 
 
@@ -203,7 +208,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     for target in tqdm(targets, desc="evaluating", unit="target", file=sys.stderr, leave=False,
                        disable=len(targets) < 2):
         if args.mode == "2d":
-            results.append(evaluate_2d(session, target, args.jitter, args.seed, args.tolerance))
+            results.append(evaluate_2d(session, target, args.jitter, args.seed, args.tolerance,
+                                       args.box_per_piece))
             continue
         modes = ("label", "stop") if args.range_mode == "both" else (args.range_mode,)
         for range_mode in modes:
@@ -214,6 +220,11 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 
 def _print_human(command: str, summary: dict) -> None:
+    if command == "study":
+        from .study_cli import study_text
+
+        print(study_text(summary))
+        return
     if command == "eval":
         print(f"{'case':40s} {'mode':18s} {'DSC':>6s} {'NSD':>6s} {'box2D':>6s} {'box3D':>6s} "
               f"{'slices':>6s} {'enc':>4s} {'sec':>6s}")
@@ -238,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_segment(args)
         elif args.command == "eval":
             summary = run_eval(args)
-        else:
+        elif args.command == "demo":
             from .demo import run_demo
 
             summary = run_demo(args)
+        else:
+            from .study_cli import run_study
+
+            summary = run_study(args)
     except Cancelled as error:
         print(f"medsam-slicer: cancelled: {error}", file=sys.stderr)
         return error.exit_code

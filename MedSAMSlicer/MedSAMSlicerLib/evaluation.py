@@ -92,8 +92,16 @@ def score(prediction: np.ndarray, target: np.ndarray, spacing_zyx: tuple[float, 
     return dice(prediction, target), normalized_surface_distance(prediction, target, spacing_zyx, tolerance_mm)
 
 
+def slice_boxes(plane: np.ndarray, per_piece: bool) -> list[Box]:
+    """One tight box around the slice's target, or one per 8-connected piece (two ventricles: two boxes)."""
+    if not per_piece:
+        return [box_from_mask(plane)]
+    pieces, count = ndimage.label(plane, structure=np.ones((3, 3), dtype=bool))
+    return [box_from_mask(pieces == n) for n in range(1, count + 1)]
+
+
 def evaluate_2d(session: VolumeSession, target: Target, jitter: int = 0, seed: int = 0,
-                tolerance_mm: float = 2.0) -> EvalResult:
+                tolerance_mm: float = 2.0, box_per_piece: bool = False) -> EvalResult:
     """Tight ground-truth box on every labelled slice; masks stacked and scored in 3D."""
     rng = np.random.default_rng(seed)
     calls_before, start = session.segmenter.encoder.calls, time.perf_counter()
@@ -101,16 +109,21 @@ def evaluate_2d(session: VolumeSession, target: Target, jitter: int = 0, seed: i
     boxes: dict[int, str] = {}
     for index in labelled_slices(target.mask, session.np_axis):
         plane = axes.take_slice(target.mask, session.np_axis, index)
-        box: Box = jittered_box(box_from_mask(plane), plane.shape, jitter, rng)
-        result = session.segment_slice(int(index), box, allow_degenerate=True)
-        axes.put_slice(prediction, session.np_axis, int(index), result.mask)
-        boxes[int(index)] = str(box)
+        union = np.zeros(plane.shape, dtype=bool)
+        drawn = []
+        for tight in slice_boxes(plane, box_per_piece):
+            box: Box = jittered_box(tight, plane.shape, jitter, rng)
+            union |= session.segment_slice(int(index), box, allow_degenerate=True).mask
+            drawn.append(str(box))
+        axes.put_slice(prediction, session.np_axis, int(index), union)
+        boxes[int(index)] = " ".join(drawn)
     seconds = time.perf_counter() - start
     dsc, nsd = score(prediction, target.mask, session.volume.spacing_zyx, tolerance_mm)
     baseline, baseline3d = filled_box_baselines(target.mask, session.np_axis)
     return EvalResult(target.name, "2d", dsc, nsd, baseline, baseline3d, len(boxes), len(boxes),
                       session.segmenter.encoder.calls - calls_before, seconds, session.window.describe(),
-                      {"jitter": jitter, "seed": seed, "tolerance_mm": tolerance_mm, "boxes": boxes})
+                      {"jitter": jitter, "seed": seed, "tolerance_mm": tolerance_mm, "box_per_piece": box_per_piece,
+                       "boxes": boxes})
 
 
 def official_key(target: np.ndarray, np_axis: int) -> tuple[int, Box]:

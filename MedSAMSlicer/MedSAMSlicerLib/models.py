@@ -126,7 +126,7 @@ def load_model(name: str = "litemedsam", checkpoint: os.PathLike | str | None = 
     entry = model_entry(name)
     verified = resolve_checkpoint(name, checkpoint, checkpoint_sha256)
     choice = choose_device(device)
-    key = (name, verified.sha256, str(choice.device))
+    key = (name, verified.sha256, verified.verified, str(choice.device))
     if key not in _model_memo:
         net = build_network(entry.architecture)
         load_weights(net, read_state_dict(verified.path), verified.path, entry.architecture)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -34,21 +34,47 @@ ProgressCallback = Callable[[int, int], None]  # (slices done, slices planned)
 
 
 @dataclass(frozen=True)
+class SliceObservation:
+    """What the stop rule sees of a freshly segmented slice, relative to the slice before it and the key."""
+
+    area: int
+    previous_area: int
+    score: float  # decoder's predicted IoU
+    overlap: float  # in-plane IoU with the previous slice's mask
+    intensity_shift: float  # |mean - key mean| / key std of the windowed image under the mask
+
+
+@dataclass(frozen=True)
 class StopRule:
-    """When propagation away from a key slice ends (``ours`` only)."""
+    """When propagation away from a key slice ends (``ours`` only).  0 disables a criterion."""
 
     stop_on_empty: bool = True
-    min_area_ratio: float = 0.1  # stop when a mask is smaller than this fraction of the previous slice's
-    min_score: float = 0.5  # stop when the decoder's predicted IoU falls below this
+    min_area_ratio: float = 0.1  # smaller than this fraction of the previous slice's mask: the object ended
+    min_score: float = 0.0  # decoder's predicted IoU below this
+    min_overlap: float = 0.0  # in-plane IoU with the previous mask below this: the mask jumped elsewhere
+    max_intensity_shift: float = 0.0  # region brightness this many key standard deviations away: another tissue
 
-    def reason(self, area: int, previous_area: int, score: float) -> str | None:
-        if area == 0:
+    def reason(self, seen: SliceObservation) -> str | None:
+        if seen.area == 0:
             return "empty mask" if self.stop_on_empty else None
-        if previous_area > 0 and area < self.min_area_ratio * previous_area:
-            return f"area collapsed to {area / previous_area:.0%} of the previous slice"
-        if score < self.min_score:
-            return f"predicted IoU {score:.2f} below {self.min_score:.2f}"
+        if seen.previous_area > 0 and seen.area < self.min_area_ratio * seen.previous_area:
+            return f"area collapsed to {seen.area / seen.previous_area:.0%} of the previous slice"
+        if seen.score < self.min_score:
+            return f"predicted IoU {seen.score:.2f} below {self.min_score:.2f}"
+        if seen.overlap < self.min_overlap:
+            return f"overlap with the previous slice {seen.overlap:.2f} below {self.min_overlap:.2f}"
+        if self.max_intensity_shift and seen.intensity_shift > self.max_intensity_shift:
+            return f"intensity moved {seen.intensity_shift:.1f} key standard deviations"
         return None
+
+
+# Tuned on the real cases of ../shared/data by bench/tune_stop_rule.py (README: "Stop rule").  With a range the
+# user already said where the object ends, so only a clear failure stops (the mask collapsed or jumped away while
+# the decoder itself doubts it); without one, the rule must find the ends: a mask that no longer overlaps the
+# previous slice's, or sits on tissue of another brightness than the key slice's, ends the object.
+BOUNDED_STOP = StopRule(min_area_ratio=0.25, min_score=0.3, min_overlap=0.2)
+OPEN_STOP = StopRule(min_area_ratio=0.1, min_overlap=0.4, max_intensity_shift=2.5)
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -56,9 +82,16 @@ class PropagationOptions:
     rule: str = "ours"  # "ours" or "official"
     slice_range: tuple[int, int] | None = None  # inclusive; None = whole volume (ours stops by the stop rule)
     margin: int = 3  # pixels at model scale added around the previous mask's box
-    stop: StopRule | None = field(default_factory=StopRule)  # None = never stop early
+    stop: StopRule | str | None = AUTO  # AUTO: BOUNDED_STOP with a range, OPEN_STOP without; None: never stop
     largest_component: bool = False
     fill_holes: bool = False
+
+    def stop_rule(self) -> StopRule | None:
+        if self.rule == "official" or self.stop is None:
+            return None
+        if self.stop == AUTO:
+            return BOUNDED_STOP if self.slice_range is not None else OPEN_STOP
+        return self.stop
 
 
 @dataclass
@@ -139,13 +172,14 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
     outside = [k for k in keys if not low <= k <= high]
     if outside:
         raise BoxError(f"key slice {outside[0]} lies outside the range {low}:{high}")
-    stop = options.stop if options.rule == "ours" else None
+    stop = options.stop_rule()
 
     order = plan_order(list(keys), low, high)
     result = PropagationResult(session.empty_mask(), {}, {}, {}, 0)
     previous_mask: dict[tuple[int, int], np.ndarray] = {}  # (key, step) -> last mask in that direction
     previous_area: dict[tuple[int, int], int] = {}
     stopped: set[tuple[int, int]] = set()
+    key_stats: dict[int, RegionStats] = {}
     for done, (index, key, step) in enumerate(order):
         if cancel is not None and cancel.cancelled:
             raise Cancelled(f"propagation cancelled after {done} of {len(order)} slices; nothing was written")
@@ -154,6 +188,7 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
         embedding = session.embedding(index)
         if step == 0:
             mask, score = session.segmenter.predict(embedding, keys[key])
+            key_stats[key] = RegionStats.of(axes.take_slice(session.image, session.np_axis, index), mask)
             result.boxes[index] = str(keys[key])
             for direction in (+1, -1):
                 previous_mask[(key, direction)], previous_area[(key, direction)] = mask, int(mask.sum())
@@ -167,7 +202,12 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
                 mask, score = session.segmenter.predict_model_box(embedding, model_box)
                 result.boxes[index] = "model " + ",".join(f"{v:g}" for v in model_box)
             area = int(mask.sum())
-            why = stop.reason(area, previous_area[(key, step)], score) if stop is not None else None
+            why = None
+            if stop is not None:
+                plane = axes.take_slice(session.image, session.np_axis, index)
+                why = stop.reason(SliceObservation(area, previous_area[(key, step)], score,
+                                                   _iou(mask, previous_mask[(key, step)]),
+                                                   key_stats[key].shift(plane, mask)))
             if why is not None:
                 stopped.add((key, step))
                 result.stopped[f"key {key} {'up' if step > 0 else 'down'}"] = f"stopped at slice {index}: {why}"
@@ -182,6 +222,29 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
             progress(done + 1, len(order))
     result.mask = clean_up(result.mask, options.largest_component, options.fill_holes)
     return result
+
+
+@dataclass(frozen=True)
+class RegionStats:
+    mean: float
+    std: float
+
+    @staticmethod
+    def of(plane: np.ndarray, mask: np.ndarray) -> "RegionStats":
+        values = plane[mask].astype(np.float64)
+        if values.size == 0:
+            return RegionStats(0.0, 0.0)
+        return RegionStats(float(values.mean()), float(values.std()))
+
+    def shift(self, plane: np.ndarray, mask: np.ndarray) -> float:
+        if not mask.any():
+            return 0.0
+        return abs(float(plane[mask].mean()) - self.mean) / max(self.std, 1.0)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def clean_up(mask: np.ndarray, largest_component: bool, fill_holes: bool) -> np.ndarray:

@@ -1,0 +1,86 @@
+"""A Slicer volume node as the engine's :class:`Volume`: a private copy of the voxels with its RAS geometry.
+
+The engine never writes to ``Volume.array``, but the copy also protects the user's volume from anything that could
+happen while a worker thread holds the array (the user may edit or close the volume in the meantime).
+
+Geometry is given in world RAS (Slicer's space, after any linear parent transform), not LPS as in files.  The engine
+uses the direction matrix only through its absolute values, to decide which index axis is axial, coronal or sagittal,
+and that choice is the same in RAS and LPS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import vtk.util.numpy_support
+
+from MedSAMSlicerLib.errors import InputImageError
+from MedSAMSlicerLib.volume import Volume
+
+from .geometry import ijk_to_world, spacing_and_directions
+
+_SCALAR_CLASSES = ("vtkMRMLScalarVolumeNode",)  # labelmaps, vectors and tensors are not images to segment
+
+
+@dataclass
+class VolumeOnGrid:
+    """The engine's volume plus the matrix that maps its (i, j, k) indices to world RAS."""
+
+    volume: Volume
+    ijk_to_world: np.ndarray  # 4x4
+    node_id: str
+    name: str
+
+    @property
+    def shape_kji(self) -> tuple[int, int, int]:
+        return tuple(self.volume.array.shape)  # type: ignore[return-value]
+
+
+def check_volume_node(volume_node) -> None:
+    """Raise :class:`InputImageError` with one line when the node cannot be segmented."""
+    if volume_node is None:
+        raise InputImageError("no volume selected: load a CT or MR volume and pick it under 'Volume'")
+    if volume_node.GetClassName() not in _SCALAR_CLASSES:
+        what = "a label map" if volume_node.IsA("vtkMRMLLabelMapVolumeNode") else volume_node.GetClassName()
+        raise InputImageError(f"{volume_node.GetName()} is {what}; pick a scalar (grey-value) CT or MR volume")
+    image = volume_node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise InputImageError(f"{volume_node.GetName()} has no voxels loaded")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputImageError(f"{volume_node.GetName()} has {image.GetNumberOfScalarComponents()} components per "
+                              "voxel; pick a single-channel volume")
+    dimensions = image.GetDimensions()
+    flat = [name for name, size in zip("ijk", dimensions) if size < 2]
+    if flat:
+        raise InputImageError(f"{volume_node.GetName()} is a 2D image ({'x'.join(map(str, dimensions))} voxels); "
+                              "MedSAMSlicer segments 3D volumes")
+
+
+def volume_from_node(volume_node) -> VolumeOnGrid:
+    """Copy the node's voxels and geometry; the node is not modified."""
+    check_volume_node(volume_node)
+    image = volume_node.GetImageData()
+    dimensions = image.GetDimensions()
+    scalars = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    array = np.array(scalars, copy=True).reshape(tuple(reversed(dimensions)))  # (k, j, i), our own memory
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputImageError(f"{volume_node.GetName()} has {bad} NaN or infinite voxels")
+    array.setflags(write=False)
+    matrix = ijk_to_world(volume_node)
+    spacing, directions = spacing_and_directions(matrix)
+    modality = volume_node.GetAttribute("DICOM.Modality") or None
+    volume = Volume(array, tuple(float(s) for s in spacing), tuple(float(v) for v in matrix[:3, 3]),
+                    tuple(float(v) for v in directions.ravel()), path=volume_node.GetName(), modality=modality)
+    return VolumeOnGrid(volume, matrix, volume_node.GetID(), volume_node.GetName())
+
+
+def grid_key(volume_node) -> tuple:
+    """Changes whenever the voxels or the geometry of the node change (for caching prepared volumes)."""
+    image = volume_node.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    return (volume_node.GetID(), image.GetMTime() if image is not None else 0,
+            scalars.GetMTime() if scalars is not None else 0,
+            tuple(np.round(ijk_to_world(volume_node).ravel(), 6)))

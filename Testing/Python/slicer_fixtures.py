@@ -1,0 +1,70 @@
+"""Helpers shared by the test_slicer_* files: a harness per test, the logic on the shared model and cache, and
+ROIs drawn in RAS from a box given in voxel indices (the way a user's drag ends up in the scene)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
+
+from MedSAMSlicerLib.boxes import Box  # noqa: E402
+from MedSAMSlicerLogic.geometry import array_to_matrix, ijk_to_world, ijk_to_world_points  # noqa: E402
+from MedSAMSlicerLogic.roi_prompts import AXIS_LETTERS, SLICE_AXIS_ATTRIBUTE, in_plane_axes  # noqa: E402
+
+from slicer_harness import SlicerHarness  # noqa: E402
+
+
+@pytest.fixture
+def harness():
+    harness = SlicerHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def logic(harness, segmenter, cache):
+    from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, ModelChoice
+
+    logic = BoxSegmentationLogic(harness.scene, cache)
+    logic.use_segmenter(segmenter, ModelChoice())  # the session's model: embeddings are shared with other tests
+    yield logic
+    logic.close_case()
+
+
+def roi_in_ras(scene, volume_node, axis: str, first: int, last: int, box: Box, tag_axis: bool = True,
+               name: str = "test box"):
+    """An ROI whose faces lie on voxel boundaries around ``box`` (inclusive pixels) on slices ``first..last``
+    along ``axis``, built in world RAS from the volume's IJK-to-RAS matrix."""
+    across = AXIS_LETTERS.index(axis)
+    x_axis, y_axis = in_plane_axes(axis)
+    low, high = np.zeros(3), np.zeros(3)
+    low[x_axis], high[x_axis] = box.x0 - 0.5, box.x1 + 0.5
+    low[y_axis], high[y_axis] = box.y0 - 0.5, box.y1 + 0.5
+    low[across], high[across] = first - 0.25, last + 0.25
+    matrix = ijk_to_world(volume_node)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    rotation = matrix[:3, :3] / spacing
+    if np.linalg.det(rotation) < 0:
+        rotation[:, across] *= -1.0
+    object_to_world = np.eye(4)
+    object_to_world[:3, :3] = rotation
+    object_to_world[:3, 3] = ijk_to_world_points(matrix, (low + high) / 2.0)[0]
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi.SetAndObserveObjectToNodeMatrix(array_to_matrix(object_to_world))
+    roi.SetSize(*((high - low) * spacing))
+    if tag_axis:
+        roi.SetAttribute(SLICE_AXIS_ATTRIBUTE, axis)
+    return roi
+
+
+def tight_box(plane: np.ndarray, margin: int = 2) -> Box:
+    rows, cols = np.nonzero(plane)
+    return Box(float(max(cols.min() - margin, 0)), float(max(rows.min() - margin, 0)),
+               float(min(cols.max() + margin, plane.shape[1] - 1)), float(min(rows.max() + margin, plane.shape[0] - 1)))
+
+
+def label_array(path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
