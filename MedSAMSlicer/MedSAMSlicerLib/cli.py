@@ -134,17 +134,25 @@ def _propagation_options(args: argparse.Namespace, slice_range=None):
                               largest_component=args.largest_component, fill_holes=args.fill_holes)
 
 
-def _progress_bar(total_hint: int, description: str):
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar on stderr that appears with the first progress report, so early errors print alone."""
 
-    bar = tqdm(total=total_hint, desc=description, unit="slice", file=sys.stderr, leave=False)
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar = None
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
 
-    return bar, update
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.description, unit="slice", file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _describe_run(session) -> dict:
@@ -173,9 +181,9 @@ def run_segment(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     summary = {"image": args.image, **_describe_run(session)}
     if args.propagate or args.key_box or slice_range:
-        bar, update = _progress_bar(session.slice_count, "propagating")
+        bar = _ProgressBar("propagating")
         try:
-            result = propagate(session, key_boxes, _propagation_options(args, slice_range), progress=update)
+            result = propagate(session, key_boxes, _propagation_options(args, slice_range), progress=bar)
         finally:
             bar.close()
         mask = result.mask

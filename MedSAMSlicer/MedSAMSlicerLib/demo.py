@@ -39,7 +39,7 @@ def demo_reference(segmentation_path: Path, name: str = DEMO_SEGMENT) -> np.ndar
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from .cli import _describe_run, _progress_bar, make_session
+    from .cli import _describe_run, _ProgressBar, make_session
     from .evaluation import official_key, score
     from .propagation import PropagationOptions, propagate
     from .volume import write_label
@@ -51,9 +51,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     reference = demo_reference(segmentation_path)
     key, box = official_key(reference, session.np_axis)
     start = time.perf_counter()
-    bar, update = _progress_bar(session.slice_count, "propagating")
+    bar = _ProgressBar("propagating")
     try:
-        result = propagate(session, {key: box}, PropagationOptions(rule="ours"), progress=update)
+        result = propagate(session, {key: box}, PropagationOptions(rule="ours"), progress=bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - start

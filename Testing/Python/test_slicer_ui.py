@@ -83,6 +83,6 @@ def test_extension_cmake_and_index_entry():
 def test_icon_is_a_128_pixel_png():
     from PIL import Image
 
-    for path in (MODULE / "Resources" / "Icons" / "MedSAMSlicer.png", REPO / "MedSAMSlicer.png"):
+    for path in (MODULE / "Resources" / "Icons" / "MedSAMSlicer.png", REPO / "Resources" / "Icons" / "MedSAMSlicer.png"):
         with Image.open(path) as icon:
             assert icon.format == "PNG" and icon.size == (128, 128)
