@@ -13,12 +13,8 @@ import argparse
 
 import numpy as np
 
-from common import real_cases
-from MedSAMSlicerLib.backends import make_segmenter
-from MedSAMSlicerLib.cache import EmbeddingCache
-from MedSAMSlicerLib.evaluation import evaluate_2d, evaluate_3d, targets_from_label
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_label, read_volume
+from common import engine, open_case, real_cases
+from MedSAMSlicerLib.evaluation import evaluate_2d, evaluate_3d
 
 REFERENCE_2D = [0.946, 0.855, 0.913, 0.673, 0.842, 0.484, 0.903, 0.942, 0.886, 0.674, 0.675]
 REFERENCE_OFFICIAL_3D = [0.923, 0.811, 0.936, 0.654, 0.786, 0.387, 0.895, 0.944, 0.323, 0.494, 0.692]
@@ -28,13 +24,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
-    segmenter = make_segmenter("litemedsam", device="cpu", backend="auto")
-    cache = EmbeddingCache(disk_dir=args.cache_dir)
+    segmenter, cache = engine(args.cache_dir)
     rows = []
     for case, ref2d, ref3d in zip(real_cases(), REFERENCE_2D, REFERENCE_OFFICIAL_3D):
-        volume = read_volume(case.image)
-        session = VolumeSession(segmenter, volume, case.window, "axial", cache)
-        (target,) = targets_from_label(read_label(case.label, volume), case.name)
+        session, target = open_case(case, segmenter, cache)
         two_d = evaluate_2d(session, target)
         official = evaluate_3d(session, target, "official", "label")
         ours = evaluate_3d(session, target, "ours", "label")

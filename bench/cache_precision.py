@@ -13,28 +13,22 @@ import argparse
 
 import numpy as np
 
-from common import real_cases
-from MedSAMSlicerLib.backends import make_segmenter
+from common import engine, open_case, real_cases
 from MedSAMSlicerLib.boxes import box_from_mask
-from MedSAMSlicerLib.cache import EmbeddingCache
 from MedSAMSlicerLib.evaluation import labelled_slices
 from MedSAMSlicerLib.metrics import dice
 from MedSAMSlicerLib.predictor import SliceEmbedding
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_label, read_volume
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
-    segmenter = make_segmenter("litemedsam", device="cpu", backend="auto")
-    cache = EmbeddingCache(disk_dir=args.cache_dir)
+    segmenter, cache = engine(args.cache_dir)
     changed, pixels, agreement, delta = 0, 0, [], []
     for case in real_cases():
-        volume = read_volume(case.image)
-        label = read_label(case.label, volume) > 0
-        session = VolumeSession(segmenter, volume, case.window, "axial", cache)
+        session, target = open_case(case, segmenter, cache)
+        label = target.mask
         for index in labelled_slices(label, 0):
             embedding = session.embedding(int(index))
             half = SliceEmbedding(embedding.features.half().float(), embedding.geometry)

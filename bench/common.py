@@ -27,3 +27,22 @@ def real_cases() -> list[Case]:
     for name, window in [("lung1", "lung"), ("lung2", "lung"), ("brain1", "mr"), ("brain2", "mr"), ("breast1", "mr")]:
         cases.append(Case(name, radiomics / f"{name}_image.nrrd", radiomics / f"{name}_label.nrrd", window))
     return cases
+
+
+def engine(cache_dir: str | None = None):
+    """LiteMedSAM with the default encoder runtime and an embedding cache (on disk when ``cache_dir`` is given)."""
+    from MedSAMSlicerLib.backends import make_segmenter
+    from MedSAMSlicerLib.cache import EmbeddingCache
+
+    return make_segmenter("litemedsam", device="cpu", backend="auto"), EmbeddingCache(disk_dir=cache_dir)
+
+
+def open_case(case: Case, segmenter, cache, axis: str = "axial"):
+    """(session, target mask) of a case: the volume windowed as the reference runs did, its whole label."""
+    from MedSAMSlicerLib.evaluation import targets_from_label
+    from MedSAMSlicerLib.session import VolumeSession
+    from MedSAMSlicerLib.volume import read_label, read_volume
+
+    volume = read_volume(case.image)
+    (target,) = targets_from_label(read_label(case.label, volume), case.name)
+    return VolumeSession(segmenter, volume, case.window, axis, cache), target

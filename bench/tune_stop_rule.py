@@ -11,14 +11,11 @@ import itertools
 
 import numpy as np
 
-from common import real_cases
-from MedSAMSlicerLib.backends import make_segmenter
-from MedSAMSlicerLib.cache import EmbeddingCache
-from MedSAMSlicerLib.evaluation import labelled_slices, official_key, targets_from_label
+from common import engine, open_case, real_cases
+from MedSAMSlicerLib.evaluation import labelled_slices, official_key
 from MedSAMSlicerLib.metrics import dice
 from MedSAMSlicerLib.propagation import PropagationOptions, StopRule, propagate
 from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_label, read_volume
 
 
 def one_box_dsc(session: VolumeSession, target: np.ndarray, rule: str, mode: str, stop: StopRule | None) -> float:
@@ -34,13 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=".cache/embeddings")
     args = parser.parse_args()
-    segmenter = make_segmenter("litemedsam", device="cpu", backend="auto")
-    cache = EmbeddingCache(disk_dir=args.cache_dir)
+    segmenter, cache = engine(args.cache_dir)
     opened = []
     for case in real_cases():
-        volume = read_volume(case.image)
-        session = VolumeSession(segmenter, volume, case.window, "axial", cache)
-        (target,) = targets_from_label(read_label(case.label, volume), case.name)
+        session, target = open_case(case, segmenter, cache)
         official = one_box_dsc(session, target.mask, "official", "label", None)
         opened.append((case.name, session, target.mask, official))
     grid = itertools.product([0.1, 0.25], [0.0, 0.3, 0.5], [0.0, 0.2, 0.4], [0.0, 2.5])
