@@ -8,20 +8,20 @@ whose output drifts more than 1e-3 is discarded and PyTorch is used instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_path, write_bytes_atomically
 from .errors import OptionError
 from .models import LoadedModel, load_model
 from .predictor import Segmenter
+from .weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +37,16 @@ def onnx_dir() -> Path:
     return base / "medsam-slicer" / "onnx"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _export(model: LoadedModel, target: Path) -> None:
     encoder = model.net.image_encoder.to("cpu").eval()
     size = 256 if model.pipeline == "lite" else 1024
     example = torch.zeros(1, 3, size, size)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx", dir=target.parent)
-    os.close(handle)
     try:
-        with warnings.catch_warnings():
+        with atomic_path(target, suffix=".onnx") as temp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            torch.onnx.export(encoder, (example,), temp, input_names=["image"], output_names=["embedding"],
+            torch.onnx.export(encoder, (example,), str(temp), input_names=["image"], output_names=["embedding"],
                               opset_version=17, dynamo=False)
-        os.replace(temp, target)
     finally:
-        Path(temp).unlink(missing_ok=True)
         model.net.to(model.device)
 
 
@@ -87,7 +74,7 @@ def onnx_encoder(model: LoadedModel) -> OnnxEncoder:
     record = target.with_suffix(".json")
     if target.is_file() and record.is_file():
         try:
-            if json.loads(record.read_text())["sha256"] == _file_sha256(target):
+            if json.loads(record.read_text())["sha256"] == file_sha256(target):
                 return OnnxEncoder(target)
         except (OSError, ValueError, KeyError):
             pass
@@ -99,11 +86,8 @@ def onnx_encoder(model: LoadedModel) -> OnnxEncoder:
     if drift > MAX_EXPORT_DRIFT:
         target.unlink(missing_ok=True)
         raise RuntimeError(f"ONNX export differs from PyTorch by {drift:.2e}")
-    handle, temp = tempfile.mkstemp(prefix=f".{record.name}.", dir=record.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"sha256": _file_sha256(target), "checkpoint_sha256": model.checkpoint.sha256,
-                   "max_abs_drift": drift}, stream)
-    os.replace(temp, record)
+    write_bytes_atomically(record, json.dumps({"sha256": file_sha256(target), "max_abs_drift": drift,
+                                               "checkpoint_sha256": model.checkpoint.sha256}).encode())
     return encoder
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .errors import CacheError
 from .pipelines import SliceGeometry
 from .predictor import SliceEmbedding
@@ -182,15 +182,10 @@ class EmbeddingCache:
             return
         features = embedding.features.numpy()
         geometry = np.array([*embedding.geometry.original_size, *embedding.geometry.input_size], dtype=np.int64)
-        temp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, features=features, geometry=geometry,
+            with atomic_path(path, suffix=".npz") as temp:
+                np.savez(temp, features=features, geometry=geometry,
                          sha256=np.frombuffer(hashlib.sha256(features.tobytes()).digest(), dtype=np.uint8))
-            os.replace(temp, path)
-            temp = None
             with self._lock:
                 self.stats.disk_writes += 1
         except OSError as error:
@@ -198,9 +193,6 @@ class EmbeddingCache:
                 log.warning("cannot write the embedding cache in %s (%s); keeping embeddings in memory only",
                             self.disk_dir, error)
                 self._disk_warned = True
-        finally:
-            if temp is not None:
-                Path(temp).unlink(missing_ok=True)
 
 
 def default_disk_dir() -> Path | None:

@@ -8,6 +8,16 @@ exits non-zero; the Slicer panel shows it in a message box.  Anything else is a 
 from __future__ import annotations
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first informative line of a library's error (ITK prefixes its own location lines), for one-line messages."""
+    text = str(error).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("sitk::ERROR", "itk::ERROR")):
+            return line[:limit]
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class MedSAMError(Exception):
     """Base class: a problem the user can fix; ``str(error)`` is the whole message."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +22,9 @@ from .boxes import Box, box_from_mask, jittered_box
 from .errors import InputImageError
 from .metrics import dice, normalized_surface_distance
 from .session import VolumeSession
+
+if TYPE_CHECKING:
+    from .propagation import PropagationOptions
 
 
 @dataclass
@@ -72,12 +76,13 @@ def targets_from_label(label: np.ndarray, name: str, label_value: int | None = N
 
 def filled_box_baselines(target: np.ndarray, np_axis: int) -> tuple[float, float]:
     per_slice = np.zeros_like(target)
-    for index in np.flatnonzero(target.any(axis=tuple(a for a in range(3) if a != np_axis))):
-        box = box_from_mask(axes.take_slice(target, np_axis, index))
-        plane = np.zeros(axes.take_slice(target, np_axis, index).shape, dtype=bool)
+    for index in labelled_slices(target, np_axis):
+        labelled = axes.take_slice(target, np_axis, index)
+        box = box_from_mask(labelled)
+        plane = np.zeros(labelled.shape, dtype=bool)
         plane[int(box.y0):int(box.y1) + 1, int(box.x0):int(box.x1) + 1] = True
         axes.put_slice(per_slice, np_axis, index, plane)
-    bounds = [np.flatnonzero(target.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    bounds = [labelled_slices(target, axis) for axis in range(3)]
     box3d = np.zeros_like(target)
     box3d[tuple(slice(b[0], b[-1] + 1) for b in bounds)] = True
     return dice(per_slice, target), dice(box3d, target)
@@ -146,7 +151,7 @@ def spread_keys(target: np.ndarray, np_axis: int, count: int) -> dict[int, Box]:
 
 
 def evaluate_3d(session: VolumeSession, target: Target, rule: str = "ours", range_mode: str = "label",
-                keys: int = 1, tolerance_mm: float = 2.0, options: "PropagationOptions | None" = None) -> EvalResult:
+                keys: int = 1, tolerance_mm: float = 2.0, options: PropagationOptions | None = None) -> EvalResult:
     """Simulate a user who draws ``keys`` boxes and propagates.
 
     ``range_mode``: ``label`` propagates over the label's extent along the axis (what the official rule is given);

@@ -33,14 +33,10 @@ def normalized_surface_distance(prediction: np.ndarray, reference: np.ndarray,
     if not prediction.any() or not reference.any():
         return 0.0
     # Work in the bounding box of both masks plus a margin wider than the tolerance: same result, far cheaper.
-    both = prediction | reference
+    (extent,) = ndimage.find_objects((prediction | reference).astype(np.uint8))
     margin = [int(np.ceil(tolerance_mm / s)) + 2 for s in spacing]
-    lows, highs = [], []
-    for axis, pad in enumerate(margin):
-        present = np.flatnonzero(np.moveaxis(both, axis, 0).reshape(both.shape[axis], -1).any(axis=1))
-        lows.append(max(0, present[0] - pad))
-        highs.append(min(both.shape[axis], present[-1] + pad + 1))
-    crop = tuple(slice(lo, hi) for lo, hi in zip(lows, highs))
+    crop = tuple(slice(max(0, span.start - pad), min(size, span.stop + pad))
+                 for span, pad, size in zip(extent, margin, prediction.shape))
     pred_border, ref_border = _border(prediction[crop]), _border(reference[crop])
     to_ref = ndimage.distance_transform_edt(~ref_border, sampling=spacing)
     to_pred = ndimage.distance_transform_edt(~pred_border, sampling=spacing)

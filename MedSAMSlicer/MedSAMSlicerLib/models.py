@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .device import DeviceChoice, choose_device
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .tiny_vit import TinyViT
 from .weights import ModelEntry, VerifiedCheckpoint, model_entry, resolve_checkpoint
 
@@ -64,8 +64,7 @@ def read_state_dict(path: os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle with code in it, not a torch file at all
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line[:200]}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from error
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # training checkpoints wrap the weights
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -16,6 +16,7 @@ import torch
 
 from .boxes import Box
 from .device import is_gpu_failure
+from .errors import first_line
 from .models import LoadedModel
 from .pipelines import SliceGeometry, pipeline_for
 
@@ -74,7 +75,7 @@ class Segmenter:
         except (RuntimeError, torch.OutOfMemoryError) as error:
             if self.model.device.type == "cpu" or not is_gpu_failure(error):
                 raise
-            self.model.move_to_cpu(str(error).splitlines()[0][:120])
+            self.model.move_to_cpu(first_line(error, 120))
             return work(self.model.device)
 
     @torch.inference_mode()

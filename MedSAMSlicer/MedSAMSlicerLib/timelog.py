@@ -50,7 +50,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from .atomic import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -149,19 +150,7 @@ def _utc(wall: float) -> str:
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
     """Write a whole file so that readers see the old or the new content, never a part (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomically(path, data)
 
 
 # --------------------------------------------------------------------------------------------------- reading

@@ -8,13 +8,13 @@ GIPL, ...) and MedSAM's npz layout (``imgs``, ``gts``, ``spacing``, optional ``o
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputImageError
+from .atomic import atomic_path
+from .errors import InputImageError, first_line
 
 _MODALITY_KEYS = ("modality", "Modality", "0008|0060", "MRML_Modality")
 
@@ -51,15 +51,6 @@ class Volume:
                       self.already_normalized)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("sitk::ERROR", "itk::ERROR")):
-            return line[:200]
-    return (text.splitlines()[0][:200] if text else type(error).__name__)
-
-
 def _checked_array(array: np.ndarray, path: str) -> np.ndarray:
     if array.ndim != 3:
         what = "2D image" if array.ndim == 2 else f"{array.ndim}D image"
@@ -90,7 +81,7 @@ def _read_npz(path: Path) -> Volume:
     except InputImageError:
         raise
     except Exception as error:
-        raise InputImageError(f"cannot read {path}: {_first_line(error)}") from error
+        raise InputImageError(f"cannot read {path}: {first_line(error)}") from error
     if images.ndim == 4 and images.shape[-1] == 3:
         raise InputImageError(f"{path} holds RGB slices; MedSAMSlicer segments single-channel 3D volumes")
     images = _checked_array(images, str(path))
@@ -124,7 +115,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     except InputImageError:
         raise
     except RuntimeError as error:
-        raise InputImageError(f"cannot read {path}: {_first_line(error)}") from error
+        raise InputImageError(f"cannot read {path}: {first_line(error)}") from error
     modality = next((image.GetMetaData(k) for k in _MODALITY_KEYS if image.HasMetaDataKey(k)), None)
     array = _checked_array(sitk.GetArrayFromImage(image), str(path))
     return Volume(array, tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()),
@@ -170,12 +161,8 @@ def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, se
     ext = _extension(path)
     if mask.shape != reference.array.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume {reference.array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=path.parent)
-    os.close(handle)
-    temp = Path(temp_name)
     labels = np.asarray(mask).astype(np.uint8)
-    try:
+    with atomic_path(path, suffix=ext) as temp:
         if ext == ".npz":
             np.savez_compressed(temp, segs=labels, spacing=np.asarray(reference.spacing))
         elif ext == ".seg.nrrd":
@@ -188,9 +175,6 @@ def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, se
             image.SetOrigin(reference.origin)
             image.SetDirection(reference.direction)
             sitk.WriteImage(image, str(temp), useCompression=True)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
     return path
 
 

@@ -104,6 +104,14 @@ def model_entry(name: str) -> ModelEntry:
     return manifest[name]
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 _hash_memo: dict[tuple[str, int, int], str] = {}
 
 
@@ -112,11 +120,7 @@ def sha256_of(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _hash_memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _hash_memo[key] = digest.hexdigest()
+        _hash_memo[key] = file_sha256(path)
     return _hash_memo[key]
 
 
