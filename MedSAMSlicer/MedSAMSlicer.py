@@ -169,7 +169,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _fillModels(self) -> None:
         try:
-            from MedSAMSlicerLib.weights import load_manifest  # a light module: no torch
+            from MedSAMSlicerLib.engine.weights import load_manifest  # a light module: no torch
 
             names = list(load_manifest())
         except Exception:  # the manifest is read again, with a clear error, when the model loads

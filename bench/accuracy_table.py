@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from common import engine, open_case, real_cases
-from MedSAMSlicerLib.evaluation import evaluate_2d, evaluate_3d
+from MedSAMSlicerLib.evaluation.evaluate import evaluate_2d, evaluate_3d
 
 REFERENCE_2D = [0.946, 0.855, 0.913, 0.673, 0.842, 0.484, 0.903, 0.942, 0.886, 0.674, 0.675]
 REFERENCE_OFFICIAL_3D = [0.923, 0.811, 0.936, 0.654, 0.786, 0.387, 0.895, 0.944, 0.323, 0.494, 0.692]

@@ -14,10 +14,10 @@ import argparse
 import numpy as np
 
 from common import engine, open_case, real_cases
-from MedSAMSlicerLib.boxes import box_from_mask
-from MedSAMSlicerLib.evaluation import labelled_slices
-from MedSAMSlicerLib.metrics import dice
-from MedSAMSlicerLib.predictor import SliceEmbedding
+from MedSAMSlicerLib.engine.boxes import box_from_mask
+from MedSAMSlicerLib.evaluation.evaluate import labelled_slices
+from MedSAMSlicerLib.evaluation.metrics import dice
+from MedSAMSlicerLib.engine.predictor import SliceEmbedding
 
 
 def main() -> None:

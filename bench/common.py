@@ -31,17 +31,17 @@ def real_cases() -> list[Case]:
 
 def engine(cache_dir: str | None = None):
     """LiteMedSAM with the default encoder runtime and an embedding cache (on disk when ``cache_dir`` is given)."""
-    from MedSAMSlicerLib.backends import make_segmenter
-    from MedSAMSlicerLib.cache import EmbeddingCache
+    from MedSAMSlicerLib.engine.backends import make_segmenter
+    from MedSAMSlicerLib.engine.cache import EmbeddingCache
 
     return make_segmenter("litemedsam", device="cpu", backend="auto"), EmbeddingCache(disk_dir=cache_dir)
 
 
 def open_case(case: Case, segmenter, cache, axis: str = "axial"):
     """(session, target mask) of a case: the volume windowed as the reference runs did, its whole label."""
-    from MedSAMSlicerLib.evaluation import targets_from_label
-    from MedSAMSlicerLib.session import VolumeSession
-    from MedSAMSlicerLib.volume import read_label, read_volume
+    from MedSAMSlicerLib.evaluation.evaluate import targets_from_label
+    from MedSAMSlicerLib.engine.session import VolumeSession
+    from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
     volume = read_volume(case.image)
     (target,) = targets_from_label(read_label(case.label, volume), case.name)

@@ -15,11 +15,11 @@ import time
 import torch
 
 import common  # noqa: F401 - puts the engine on sys.path
-from MedSAMSlicerLib.backends import make_segmenter
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.demo import demo_files
-from MedSAMSlicerLib.intensity import normalize_volume, parse_window
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.engine.backends import make_segmenter
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.evaluation.demo_case import demo_files
+from MedSAMSlicerLib.engine.intensity import normalize_volume, parse_window
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 
 def median_seconds(work, repeats: int) -> float:

@@ -16,15 +16,15 @@ import argparse
 import time
 
 from common import real_cases
-from MedSAMSlicerLib.backends import make_segmenter
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.cache import EmbeddingCache
-from MedSAMSlicerLib.evaluation import labelled_slices, official_key, targets_from_label
-from MedSAMSlicerLib.memory import PeakMemory
-from MedSAMSlicerLib.metrics import dice
-from MedSAMSlicerLib.propagation import PropagationOptions, propagate
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_label, read_volume
+from MedSAMSlicerLib.engine.backends import make_segmenter
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.engine.cache import EmbeddingCache
+from MedSAMSlicerLib.evaluation.evaluate import labelled_slices, official_key, targets_from_label
+from MedSAMSlicerLib.engine.memory import PeakMemory
+from MedSAMSlicerLib.evaluation.metrics import dice
+from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
 
 def adjusted(box: Box, step: int) -> Box:

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from common import REPO, real_cases
-from MedSAMSlicerLib.backends import make_segmenter
-from MedSAMSlicerLib.cache import EmbeddingCache
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.study_simulation import (PAPER_SAVINGS_PERCENT, ActionTimes, Protocol, count_protocol,
+from MedSAMSlicerLib.engine.backends import make_segmenter
+from MedSAMSlicerLib.engine.cache import EmbeddingCache
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.study.simulation import (PAPER_SAVINGS_PERCENT, ActionTimes, Protocol, count_protocol,
                                               run_assisted, simulation_markdown, summarize)
-from MedSAMSlicerLib.timelog import write_atomically
-from MedSAMSlicerLib.volume import read_label, read_volume
+from MedSAMSlicerLib.study.timelog import write_atomically
+from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
 KEY_EVERY = (3, 5, 10)
 THRESHOLDS = (0.8, 0.9)

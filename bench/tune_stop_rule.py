@@ -12,10 +12,10 @@ import itertools
 import numpy as np
 
 from common import engine, open_case, real_cases
-from MedSAMSlicerLib.evaluation import labelled_slices, official_key
-from MedSAMSlicerLib.metrics import dice
-from MedSAMSlicerLib.propagation import PropagationOptions, StopRule, propagate
-from MedSAMSlicerLib.session import VolumeSession
+from MedSAMSlicerLib.evaluation.evaluate import labelled_slices, official_key
+from MedSAMSlicerLib.evaluation.metrics import dice
+from MedSAMSlicerLib.engine.propagation import PropagationOptions, StopRule, propagate
+from MedSAMSlicerLib.engine.session import VolumeSession
 
 
 def one_box_dsc(session: VolumeSession, target: np.ndarray, rule: str, mode: str, stop: StopRule | None) -> float:

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib import axes
-from MedSAMSlicerLib.cache import EmbeddingCache
+from MedSAMSlicerLib.engine import axes
+from MedSAMSlicerLib.engine.cache import EmbeddingCache
 from MedSAMSlicerLib.errors import BoxError, InputImageError
-from MedSAMSlicerLib.propagation import AUTO, CancelToken, PropagationOptions, PropagationResult, StopRule, propagate
-from MedSAMSlicerLib.session import SliceResult, VolumeSession
+from MedSAMSlicerLib.engine.propagation import AUTO, CancelToken, PropagationOptions, PropagationResult, StopRule, propagate
+from MedSAMSlicerLib.engine.session import SliceResult, VolumeSession
 
 from .edit_watch import ManualEdit, ManualEditWatcher
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
@@ -114,7 +114,7 @@ class BoxSegmentationLogic:
         """The loaded model (memoised; any thread).  Slow the first time: weights, checksum, ONNX export."""
         with self._lock:
             if choice not in self._segmenters:
-                from MedSAMSlicerLib.backends import make_segmenter
+                from MedSAMSlicerLib.engine.backends import make_segmenter
 
                 self._segmenters[choice] = make_segmenter(choice.name, choice.checkpoint, choice.device,
                                                           choice.backend)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib.timelog import changed_slices
+from MedSAMSlicerLib.study.timelog import changed_slices
 
 from .segments import read_segment
 

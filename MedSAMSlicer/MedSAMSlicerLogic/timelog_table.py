@@ -12,7 +12,7 @@ from pathlib import Path
 
 import vtk
 
-from MedSAMSlicerLib import timelog
+from MedSAMSlicerLib.study import timelog
 
 TABLE_NAME = "MedSAMSlicer time log"
 COLUMNS = ("seq", "wall", "kind", "details")

@@ -16,7 +16,7 @@ import numpy as np
 import vtk.util.numpy_support
 
 from MedSAMSlicerLib.errors import InputImageError
-from MedSAMSlicerLib.volume import Volume
+from MedSAMSlicerLib.engine.volume import Volume
 
 from .geometry import ijk_to_world, spacing_and_directions
 

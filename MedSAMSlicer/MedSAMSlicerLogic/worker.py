@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from MedSAMSlicerLib.errors import Cancelled
-from MedSAMSlicerLib.propagation import CancelToken
+from MedSAMSlicerLib.engine.propagation import CancelToken
 
 from .messages import user_message
 

@@ -45,21 +45,21 @@ def onnx_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def segmenter(onnx_dir):
     """LiteMedSAM with the fastest encoder available here (ONNX Runtime on CPU)."""
-    from MedSAMSlicerLib.backends import make_segmenter
+    from MedSAMSlicerLib.engine.backends import make_segmenter
 
     return make_segmenter("litemedsam", device="cpu", backend="auto")
 
 
 @pytest.fixture(scope="session")
 def torch_segmenter():
-    from MedSAMSlicerLib.backends import make_segmenter
+    from MedSAMSlicerLib.engine.backends import make_segmenter
 
     return make_segmenter("litemedsam", device="cpu", backend="pytorch")
 
 
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory):
-    from MedSAMSlicerLib.cache import EmbeddingCache
+    from MedSAMSlicerLib.engine.cache import EmbeddingCache
 
     folder = os.environ.get("MEDSAM_SLICER_TEST_CACHE") or tmp_path_factory.mktemp("embeddings")
     return EmbeddingCache(disk_dir=folder)
@@ -89,8 +89,8 @@ def real_cases() -> list[RealCase]:
 @pytest.fixture(scope="session")
 def open_case(segmenter, cache):
     """open_case(case) -> (session, label array); volumes are read and windowed once per run."""
-    from MedSAMSlicerLib.session import VolumeSession
-    from MedSAMSlicerLib.volume import read_label, read_volume
+    from MedSAMSlicerLib.engine.session import VolumeSession
+    from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
     opened: dict[str, tuple] = {}
 

@@ -7,9 +7,9 @@ listed beside them.  Each case also prints the filled-box baseline, which these 
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.evaluation import evaluate_2d, targets_from_label
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_label, read_volume
+from MedSAMSlicerLib.evaluation.evaluate import evaluate_2d, targets_from_label
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
 from conftest import real_cases, shared_path
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from MedSAMSlicerLib.backends import make_segmenter, onnx_encoder
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.device import choose_device, is_gpu_failure
+from MedSAMSlicerLib.engine.backends import make_segmenter, onnx_encoder
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.engine.device import choose_device, is_gpu_failure
 from MedSAMSlicerLib.errors import OptionError
-from MedSAMSlicerLib.intensity import normalize_volume, parse_window
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.engine.intensity import normalize_volume, parse_window
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import shared_path
 
@@ -80,8 +80,8 @@ def test_gpu_out_of_memory_falls_back_to_cpu(torch_segmenter, caplog):
     import copy
     import logging
 
-    from MedSAMSlicerLib.device import DeviceChoice
-    from MedSAMSlicerLib.predictor import Segmenter
+    from MedSAMSlicerLib.engine.device import DeviceChoice
+    from MedSAMSlicerLib.engine.predictor import Segmenter
 
     model = copy.copy(torch_segmenter.model)
     model.device_choice = DeviceChoice(torch.device("cuda"), "pretend GPU")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from MedSAMSlicerLib.cache import EmbeddingCache, embedding_bytes, volume_fingerprint
+from MedSAMSlicerLib.engine.cache import EmbeddingCache, embedding_bytes, volume_fingerprint
 from MedSAMSlicerLib.errors import CacheError
-from MedSAMSlicerLib.pipelines import SliceGeometry
-from MedSAMSlicerLib.predictor import SliceEmbedding
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.engine.pipelines import SliceGeometry
+from MedSAMSlicerLib.engine.predictor import SliceEmbedding
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import shared_path
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib.cli import main
-from MedSAMSlicerLib.demo import demo_files, demo_reference
-from MedSAMSlicerLib.metrics import dice
+from MedSAMSlicerLib.cli.main import main
+from MedSAMSlicerLib.evaluation.demo_case import demo_files, demo_reference
+from MedSAMSlicerLib.evaluation.metrics import dice
 
 from conftest import shared_path
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib.cli import main
-from MedSAMSlicerLib.weights import resolve_checkpoint
+from MedSAMSlicerLib.cli.main import main
+from MedSAMSlicerLib.engine.weights import resolve_checkpoint
 
 from conftest import shared_path
 
@@ -152,7 +152,7 @@ def test_unwritable_output_format(capsys, tmp_path, small_ct):
 
 def test_console_script_in_a_real_process(tmp_path):
     """The installed entry point, as a user runs it: exit code 2 and one line."""
-    result = subprocess.run([sys.executable, "-m", "MedSAMSlicerLib.cli", "segment", str(tmp_path / "x.nrrd"),
+    result = subprocess.run([sys.executable, "-m", "MedSAMSlicerLib.cli.main", "segment", str(tmp_path / "x.nrrd"),
                              "--box", "1,1,2,2", "--slice", "0", "--out", str(tmp_path / "o.nrrd")],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2] / "MedSAMSlicer")
     assert result.returncode == 2

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib import axes
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_volume, write_label
+from MedSAMSlicerLib.engine import axes
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.volumeio.files import read_volume, write_label
 
 from conftest import shared_path
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from MedSAMSlicerLib.errors import InputImageError, OptionError
-from MedSAMSlicerLib.intensity import CT_WINDOWS, Window, choose_window, normalize_volume, parse_window
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.engine.intensity import CT_WINDOWS, Window, choose_window, normalize_volume, parse_window
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import shared_path
 

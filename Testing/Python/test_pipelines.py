@@ -9,11 +9,11 @@ import pytest
 import torch
 from skimage import transform
 
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.intensity import Window, normalize_volume
-from MedSAMSlicerLib.models import build_network
-from MedSAMSlicerLib.pipelines import LitePipeline, MedSAMPipeline, SamPipeline, SliceGeometry
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.engine.intensity import Window, normalize_volume
+from MedSAMSlicerLib.engine.models import build_network
+from MedSAMSlicerLib.engine.pipelines import LitePipeline, MedSAMPipeline, SamPipeline, SliceGeometry
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import shared_path
 
@@ -97,7 +97,7 @@ def vit_b_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("model_name", ["medsam", "sam_vit_b"])
 def test_vit_b_models_run_from_a_user_path(model_name, vit_b_checkpoint, breast_slice, caplog):
-    from MedSAMSlicerLib.backends import make_segmenter
+    from MedSAMSlicerLib.engine.backends import make_segmenter
 
     path, digest = vit_b_checkpoint
     segmenter = make_segmenter(model_name, path, "cpu", "pytorch", checkpoint_sha256=digest)

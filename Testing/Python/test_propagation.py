@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.cache import EmbeddingCache
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.engine.cache import EmbeddingCache
 from MedSAMSlicerLib.errors import BoxError, Cancelled, OptionError
-from MedSAMSlicerLib.evaluation import evaluate_3d, official_key, targets_from_label
-from MedSAMSlicerLib.prefetch import Prefetcher, nearest_first
-from MedSAMSlicerLib.propagation import CancelToken, PropagationOptions, plan_order, propagate
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.evaluation.evaluate import evaluate_3d, official_key, targets_from_label
+from MedSAMSlicerLib.engine.prefetch import Prefetcher, nearest_first
+from MedSAMSlicerLib.engine.propagation import CancelToken, PropagationOptions, plan_order, propagate
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import real_cases, shared_path
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import vtk
 
-from MedSAMSlicerLib.boxes import Box
+from MedSAMSlicerLib.engine.boxes import Box
 from MedSAMSlicerLib.errors import BoxError, InputImageError
 
 from conftest import shared_path

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib import axes
-from MedSAMSlicerLib.boxes import Box
-from MedSAMSlicerLib.session import VolumeSession
-from MedSAMSlicerLib.volume import read_volume
+from MedSAMSlicerLib.engine import axes
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.engine.session import VolumeSession
+from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import shared_path
 from slicer_fixtures import harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures

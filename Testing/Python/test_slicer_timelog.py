@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.timelog import read_log
+from MedSAMSlicerLib.study.timelog import read_log
 
 from conftest import shared_path
 from slicer_fixtures import harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures

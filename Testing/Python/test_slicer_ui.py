@@ -57,12 +57,12 @@ def test_cmake_lists_every_python_file_and_resource():
 
 def test_manifest_is_installed_where_weights_py_looks():
     """CMake puts the manifest in <scripted modules>/model_weights, i.e. beside the MedSAMSlicerLib folder."""
-    from MedSAMSlicerLib import weights
+    from MedSAMSlicerLib.engine import weights
 
     text = (MODULE / "CMakeLists.txt").read_text()
     assert "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/model_weights/manifest.json" in text
     assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/model_weights" in text
-    package = Path(weights.__file__).resolve().parent
+    package = Path(weights.__file__).resolve().parents[1]  # MedSAMSlicerLib/
     assert package.parent / "model_weights" in weights._weights_dir_candidates()
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from MedSAMSlicerLib.errors import InputImageError, OptionError
-from MedSAMSlicerLib.metrics import dice
-from MedSAMSlicerLib.study import (StudyCase, build_report, next_case, plan_cases, read_case_list, report_csv,
+from MedSAMSlicerLib.evaluation.metrics import dice
+from MedSAMSlicerLib.study.report import (StudyCase, build_report, next_case, plan_cases, read_case_list, report_csv,
                                    write_case_list, write_report)
-from MedSAMSlicerLib.timelog import SessionLog, changed_slices, load_log, read_log, replay
+from MedSAMSlicerLib.study.timelog import SessionLog, changed_slices, load_log, read_log, replay
 
 from conftest import real_cases
 
@@ -200,7 +200,7 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path):
 
 
 def test_report_command(study, tmp_path):
-    from MedSAMSlicerLib.study_cli import add_study_parser, run_study, study_text
+    from MedSAMSlicerLib.cli.study import add_parser as add_study_parser, run_study, study_text
 
     logs, reference, *_ = study
     write_case_list(tmp_path / "cases.csv", [StudyCase("caseA", "manual", "", str(reference)),
@@ -225,8 +225,8 @@ def test_a_recorded_session_on_a_real_scan(open_case, tmp_path):
     fix the slices below 0.9 Dice, accept; and the same case drawn by hand.  The report must say what happened."""
     (case,) = [c for c in real_cases() if c.name == "CT_Lesion_000009_03_01_036-048"]
     session, label = open_case(case)
-    from MedSAMSlicerLib.evaluation import official_key
-    from MedSAMSlicerLib.propagation import PropagationOptions, propagate
+    from MedSAMSlicerLib.evaluation.evaluate import official_key
+    from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
 
     truth = label > 0
     logs = tmp_path / "logs"

@@ -5,12 +5,12 @@ import argparse
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib import axes
+from MedSAMSlicerLib.engine import axes
 from MedSAMSlicerLib.errors import OptionError
-from MedSAMSlicerLib.evaluation import labelled_slices
-from MedSAMSlicerLib.metrics import dice
-from MedSAMSlicerLib.propagation import PropagationOptions, propagate
-from MedSAMSlicerLib.study_simulation import (ActionTimes, Drawing, Protocol, contour_drawing, correction_drawing,
+from MedSAMSlicerLib.evaluation.evaluate import labelled_slices
+from MedSAMSlicerLib.evaluation.metrics import dice
+from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
+from MedSAMSlicerLib.study.simulation import (ActionTimes, Drawing, Protocol, contour_drawing, correction_drawing,
                                               count_protocol, drawable_box, key_slices, simulate_case,
                                               simulation_markdown, simulation_plot_png)
 
@@ -188,7 +188,7 @@ def test_protocol_on_a_real_lesion_matches_an_independent_count(lesion):
 
 
 def test_simulate_command(lesion, tmp_path, cache):
-    from MedSAMSlicerLib.study_cli import add_study_parser, run_study, study_text
+    from MedSAMSlicerLib.cli.study import add_parser as add_study_parser, run_study, study_text
 
     parser = argparse.ArgumentParser()
     add_study_parser(parser.add_subparsers(dest="command"))

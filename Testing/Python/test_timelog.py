@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib import timelog
-from MedSAMSlicerLib.timelog import (SessionLog, active_time, case_pseudonym, changed_slices, load_log, log_path,
+from MedSAMSlicerLib.study import timelog
+from MedSAMSlicerLib.study.timelog import (SessionLog, active_time, case_pseudonym, changed_slices, load_log, log_path,
                                      read_log)
 
 from conftest import REPO
@@ -199,7 +199,7 @@ def test_a_crash_inside_the_write_loses_only_that_event(tmp_path, monkeypatch):
 WRITER = """
 import sys, time
 sys.path.insert(0, {engine!r})
-from MedSAMSlicerLib.timelog import SessionLog
+from MedSAMSlicerLib.study.timelog import SessionLog
 log = SessionLog({folder!r}, "case-01", "r1", "manual")
 for n in range(100000):
     log.event("manual_edit", slices=[n % 40], voxels=n)

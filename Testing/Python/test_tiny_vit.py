@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from MedSAMSlicerLib.demo import demo_files
-from MedSAMSlicerLib.intensity import normalize_volume, parse_window
-from MedSAMSlicerLib.models import build_litemedsam, load_weights, read_state_dict
-from MedSAMSlicerLib.pipelines import LitePipeline
-from MedSAMSlicerLib.volume import read_volume
-from MedSAMSlicerLib.weights import resolve_checkpoint
+from MedSAMSlicerLib.evaluation.demo_case import demo_files
+from MedSAMSlicerLib.engine.intensity import normalize_volume, parse_window
+from MedSAMSlicerLib.engine.models import build_litemedsam, load_weights, read_state_dict
+from MedSAMSlicerLib.engine.pipelines import LitePipeline
+from MedSAMSlicerLib.volumeio.files import read_volume
+from MedSAMSlicerLib.engine.weights import resolve_checkpoint
 
 GOLDEN = Path(__file__).resolve().parents[1] / "Data" / "tinyvit_golden.npz"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from MedSAMSlicerLib.errors import CheckpointError, OptionError
-from MedSAMSlicerLib.models import load_model
-from MedSAMSlicerLib.weights import load_manifest, resolve_checkpoint, weights_dir
+from MedSAMSlicerLib.engine.models import load_model
+from MedSAMSlicerLib.engine.weights import load_manifest, resolve_checkpoint, weights_dir
 
 
 @pytest.fixture(scope="module")

@@ -8,47 +8,15 @@ GIPL, ...) and MedSAM's npz layout (``imgs``, ``gts``, ``spacing``, optional ``o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import InputImageError, first_line
+from ..atomic import atomic_path
+from ..engine.volume import Volume
+from ..errors import InputImageError, first_line
 
 _MODALITY_KEYS = ("modality", "Modality", "0008|0060", "MRML_Modality")
-
-
-@dataclass
-class Volume:
-    array: np.ndarray  # (k, j, i); read-only, never modified by this package
-    spacing: tuple[float, float, float]  # mm along i, j, k
-    origin: tuple[float, float, float]  # LPS
-    direction: tuple[float, ...]  # 3x3 row-major; column c is the LPS direction of index axis c
-    path: str = ""
-    modality: str | None = None
-    already_normalized: bool = False  # npz images are stored windowed to 0..255
-    embedded_label: np.ndarray | None = field(default=None, repr=False)  # npz ``gts``
-
-    @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
-        return tuple(reversed(self.spacing))  # type: ignore[return-value]
-
-    def ijk_to_lps(self) -> np.ndarray:
-        matrix = np.eye(4)
-        matrix[:3, :3] = np.asarray(self.direction).reshape(3, 3) * np.asarray(self.spacing)[None, :]
-        matrix[:3, 3] = self.origin
-        return matrix
-
-    def same_grid(self, other: "Volume", tolerance: float = 1e-4) -> bool:
-        return (self.array.shape == other.array.shape
-                and np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=tolerance)
-                and np.allclose(self.origin, other.origin, rtol=tolerance, atol=1e-3)
-                and np.allclose(self.direction, other.direction, atol=tolerance))
-
-    def with_array(self, array: np.ndarray) -> "Volume":
-        return Volume(array, self.spacing, self.origin, self.direction, self.path, self.modality,
-                      self.already_normalized)
 
 
 def _checked_array(array: np.ndarray, path: str) -> np.ndarray:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path, write_bytes_atomically
-from .errors import OptionError
+from ..atomic import atomic_path, write_bytes_atomically
+from ..errors import OptionError
 from .models import LoadedModel, load_model
 from .predictor import Segmenter
 from .weights import file_sha256

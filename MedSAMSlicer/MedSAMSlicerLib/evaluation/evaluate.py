@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from . import axes
-from .boxes import Box, box_from_mask, jittered_box
-from .errors import InputImageError
+from ..engine import axes
+from ..engine.boxes import Box, box_from_mask, jittered_box
+from ..errors import InputImageError
 from .metrics import dice, normalized_surface_distance
-from .session import VolumeSession
+from ..engine.session import VolumeSession
 
 if TYPE_CHECKING:
-    from .propagation import PropagationOptions
+    from ..engine.propagation import PropagationOptions
 
 
 @dataclass
@@ -157,8 +157,8 @@ def evaluate_3d(session: VolumeSession, target: Target, rule: str = "ours", rang
     ``range_mode``: ``label`` propagates over the label's extent along the axis (what the official rule is given);
     ``stop`` propagates over the whole volume and relies on the stop rule (what a user without a range gets).
     """
-    from .memory import PeakMemory
-    from .propagation import PropagationOptions, propagate
+    from ..engine.memory import PeakMemory
+    from ..engine.propagation import PropagationOptions, propagate
 
     key_boxes = spread_keys(target.mask, session.np_axis, keys)
     present = labelled_slices(target.mask, session.np_axis)

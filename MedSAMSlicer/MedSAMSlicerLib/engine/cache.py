@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .errors import CacheError
+from ..atomic import atomic_path
+from ..errors import CacheError
 from .pipelines import SliceGeometry
 from .predictor import SliceEmbedding
 

@@ -16,7 +16,7 @@ import torch
 
 from .boxes import Box
 from .device import is_gpu_failure
-from .errors import first_line
+from ..errors import first_line
 from .models import LoadedModel
 from .pipelines import SliceGeometry, pipeline_for
 

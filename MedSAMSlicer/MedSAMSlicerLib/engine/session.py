@@ -13,7 +13,7 @@ import numpy as np
 from . import axes
 from .boxes import Box, checked_box
 from .cache import EmbeddingCache, volume_fingerprint
-from .errors import BoxError
+from ..errors import BoxError
 from .intensity import Window, choose_window, normalize_volume
 from .predictor import Segmenter, SliceEmbedding
 from .volume import Volume

@@ -34,11 +34,11 @@ from typing import Sequence
 import numpy as np
 from skimage import measure
 
-from . import axes
-from .boxes import Box, box_from_mask
-from .errors import OptionError
-from .evaluation import labelled_slices
-from .metrics import dice
+from ..engine import axes
+from ..engine.boxes import Box, box_from_mask
+from ..errors import OptionError
+from ..evaluation.evaluate import labelled_slices
+from ..evaluation.metrics import dice
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,7 @@ class AssistedRun:
 def run_assisted(session, reference: np.ndarray, protocol: Protocol = Protocol()) -> AssistedRun:
     """Boxes from the label on the key slices, propagated by our rule over the label's extent (``range_mode``
     label) or the whole volume (``stop``).  ``session`` is a :class:`VolumeSession`; ``reference`` bool."""
-    from .propagation import PropagationOptions, propagate
+    from ..engine.propagation import PropagationOptions, propagate
 
     protocol.check()
     if not reference.any():

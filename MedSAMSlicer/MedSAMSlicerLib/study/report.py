@@ -31,8 +31,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputImageError, OptionError
-from .metrics import dice
+from ..errors import InputImageError, OptionError
+from ..evaluation.metrics import dice
 from .timelog import (DEFAULT_IDLE_THRESHOLD_S, MODES, LogFile, active_time, case_pseudonym, load_log, log_path,
                       write_atomically)
 
@@ -247,7 +247,7 @@ def _load_mask(folder: Path, name: str) -> np.ndarray | None:
 
 def _load_reference(path: str, cache: dict[str, np.ndarray]) -> np.ndarray:
     if path not in cache:
-        from .volume import read_volume
+        from ..volumeio.files import read_volume
 
         volume = read_volume(path)
         label = volume.embedded_label if volume.embedded_label is not None else volume.array

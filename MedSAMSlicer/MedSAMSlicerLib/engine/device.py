@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import OptionError
+from ..errors import OptionError
 
 log = logging.getLogger(__name__)
 

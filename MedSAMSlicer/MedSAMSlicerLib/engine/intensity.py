@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputImageError, OptionError
+from ..errors import InputImageError, OptionError
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .atomic import write_bytes_atomically
+from ..atomic import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import OptionError
+from ..errors import OptionError
 
 ANATOMICAL_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}  # LPS component of the slice normal: S, P, L
 INDEX_AXES = {"k": 0, "j": 1, "i": 2}  # numpy axis of each index axis

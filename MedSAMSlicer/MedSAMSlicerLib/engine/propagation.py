@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from . import axes
 from .boxes import Box, box_from_mask, checked_box
-from .errors import BoxError, Cancelled, OptionError
+from ..errors import BoxError, Cancelled, OptionError
 from .pipelines import SliceGeometry, longest_side_shape
 from .session import VolumeSession
 

@@ -4,7 +4,7 @@
     medsam-slicer study report LOGDIR [--cases cases.csv] [--reference CASE=LABEL] [--out DIR]
     medsam-slicer study simulate IMAGE [LABEL] [--every 3,5,10] [--dice-threshold 0.9] [--time NAME=SECONDS]
 
-cli.py hooks this in with :func:`add_study_parser` (building the parser) and :func:`run_study` (running it);
+:mod:`.main` hooks this in with :func:`add_parser` (building the parser) and :func:`run_study` (running it);
 :func:`study_text` is the human-readable form of the returned summary.
 """
 
@@ -14,7 +14,8 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import OptionError
+from ..errors import OptionError
+from .options import add_model_options, make_session
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -27,11 +28,10 @@ def _csv_ints(text: str) -> list[int]:
     return values
 
 
-def add_study_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``study`` with its sub-commands ``plan``, ``report`` and ``simulate`` to the CLI's sub-parsers."""
-    from .cli import _add_model_options
-    from .study_simulation import CORRECTIONS, ActionTimes
-    from .timelog import DEFAULT_IDLE_THRESHOLD_S
+    from ..study.simulation import CORRECTIONS, ActionTimes
+    from ..study.timelog import DEFAULT_IDLE_THRESHOLD_S
 
     study = subparsers.add_parser("study", help="annotation-time study: plan, report from session logs, simulate")
     commands = study.add_subparsers(dest="study_command", required=True)
@@ -78,7 +78,7 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                           help=f"override a per-action time ({', '.join(asdict(ActionTimes()))})")
     simulate.add_argument("--out", help="also write simulation.md and simulation.png to this folder")
     simulate.add_argument("--json", action="store_true")
-    _add_model_options(simulate)
+    add_model_options(simulate)
     return study
 
 
@@ -93,7 +93,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def _run_plan(args: argparse.Namespace) -> dict:
-    from .study import plan_cases, write_case_list
+    from ..study.report import plan_cases, write_case_list
 
     missing = [image for image in args.images if not Path(image).exists()]
     if missing:
@@ -105,7 +105,7 @@ def _run_plan(args: argparse.Namespace) -> dict:
 
 
 def _run_report(args: argparse.Namespace) -> dict:
-    from .study import build_report, read_case_list, rows_as_dicts, write_report
+    from ..study.report import build_report, read_case_list, rows_as_dicts, write_report
 
     cases = read_case_list(args.cases) if args.cases else []
     report = build_report(args.logdir, _pairs(args.reference, "--reference"), cases, args.idle_threshold)
@@ -116,11 +116,10 @@ def _run_report(args: argparse.Namespace) -> dict:
 
 
 def _run_simulate(args: argparse.Namespace) -> dict:
-    from .cli import make_session
-    from .evaluation import targets_from_label
-    from .study_simulation import ActionTimes, Protocol, simulate_case, simulation_markdown, simulation_plot_png
-    from .timelog import write_atomically
-    from .volume import read_label
+    from ..evaluation.evaluate import targets_from_label
+    from ..study.simulation import ActionTimes, Protocol, simulate_case, simulation_markdown, simulation_plot_png
+    from ..study.timelog import write_atomically
+    from ..volumeio.files import read_label
 
     try:
         overrides = {name: float(value) for name, value in _pairs(args.time, "--time").items()}

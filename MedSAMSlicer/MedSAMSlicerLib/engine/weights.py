@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, OptionError
+from ..errors import CheckpointError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ class VerifiedCheckpoint:
 
 
 def _weights_dir_candidates() -> list[Path]:
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # MedSAMSlicerLib/
     # Source tree: MedSAMSlicer/MedSAMSlicerLib -> <repo>/model_weights.  Slicer build tree: the module's
     # CMakeLists copies the manifest next to the scripted modules, i.e. beside this package.
-    return [here.parents[1] / "model_weights", here.parent / "model_weights"]
+    return [package.parents[1] / "model_weights", package.parent / "model_weights"]
 
 
 def weights_dir() -> Path:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .device import DeviceChoice, choose_device
-from .errors import CheckpointError, first_line
+from ..errors import CheckpointError, first_line
 from .tiny_vit import TinyViT
 from .weights import ModelEntry, VerifiedCheckpoint, model_entry, resolve_checkpoint
 

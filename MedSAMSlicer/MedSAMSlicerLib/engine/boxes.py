@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BoxError
+from ..errors import BoxError
 
 log = logging.getLogger(__name__)
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"

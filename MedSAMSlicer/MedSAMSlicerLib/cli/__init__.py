@@ -1,0 +1,1 @@
+"""The ``medsam-slicer`` command line: a thin layer over the library, one module per command."""

@@ -1,0 +1,64 @@
+"""``medsam-slicer segment``: one structure from a box on one slice, on that slice or propagated in 3D."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..errors import OptionError
+from .options import (ProgressBar, add_model_options, add_propagation_options, describe_run, make_session,
+                      parse_key_box, parse_range, propagation_options)
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    segment = commands.add_parser("segment", help="segment one structure from a box on one slice")
+    segment.add_argument("image", help="3D image: NIfTI, NRRD, MHA, GIPL or MedSAM npz")
+    segment.add_argument("--box", help="X0,Y0,X1,Y1 in voxel indices of the slice (see README: Box coordinates)")
+    segment.add_argument("--slice", type=int, help="index of the slice the box is drawn on, along --axis")
+    segment.add_argument("--propagate", action="store_true", help="propagate to neighbouring slices (3D)")
+    segment.add_argument("--range", dest="slice_range", help="K0:K1, inclusive slice range to propagate over")
+    segment.add_argument("--key-box", action="append", default=[], metavar="K:X0,Y0,X1,Y1",
+                         help="an extra key box on slice K (repeatable; implies --propagate)")
+    segment.add_argument("--out", required=True, help="output label: .nii.gz, .nii, .nrrd, .seg.nrrd, .mha or .npz")
+    segment.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_options(segment)
+    add_propagation_options(segment)
+    return segment
+
+
+def run_segment(args: argparse.Namespace) -> dict:
+    from ..engine.axes import put_slice
+    from ..engine.boxes import parse_box
+    from ..engine.propagation import propagate
+    from ..volumeio.files import write_label
+
+    key_boxes = dict(parse_key_box(text) for text in args.key_box)
+    if args.box is not None or args.slice is not None:
+        if args.box is None or args.slice is None:
+            raise OptionError("--box and --slice go together")
+        key_boxes[args.slice] = parse_box(args.box)
+    if not key_boxes:
+        raise OptionError("give --box X0,Y0,X1,Y1 and --slice K (or --key-box K:X0,Y0,X1,Y1)")
+    slice_range = parse_range(args.slice_range)
+    session = make_session(args, args.image)
+    start = time.perf_counter()
+    summary = {"image": args.image, **describe_run(session)}
+    if args.propagate or args.key_box or slice_range:
+        bar = ProgressBar("propagating")
+        try:
+            result = propagate(session, key_boxes, propagation_options(args, slice_range), progress=bar)
+        finally:
+            bar.close()
+        mask = result.mask
+        summary.update(mode="3d", rule=args.rule, segmented_slices=result.segmented_slices,
+                       stopped=result.stopped, key_boxes={k: str(v) for k, v in key_boxes.items()})
+    else:
+        (index, box), = key_boxes.items()
+        result = session.segment_slice(index, box)
+        mask = session.empty_mask()
+        put_slice(mask, session.np_axis, index, result.mask)
+        summary.update(mode="2d", slice=index, box=str(result.box), predicted_iou=round(result.score, 4))
+    out = write_label(args.out, mask, session.volume)
+    summary.update(out=str(out), voxels=int(mask.sum()), encoder_calls=session.segmenter.encoder.calls,
+                   seconds=round(time.perf_counter() - start, 2))
+    return summary

@@ -1,0 +1,1 @@
+"""Scoring the engine against labels: metrics, simulated box prompts, the demo case."""

@@ -1,0 +1,1 @@
+"""The annotation-time study: session logs, the study report, the simulated study."""
