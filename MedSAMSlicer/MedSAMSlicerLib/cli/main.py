@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ..errors import Cancelled, MedSAMError
-from . import demo, evaluate, segment, study
+from . import demo, evaluate, segment, serve, study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,11 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(commands)
     demo.add_parser(commands)
     study.add_parser(commands)
+    serve.add_parser(commands)
     return parser
 
 
 RUNNERS = {"segment": segment.run_segment, "eval": evaluate.run_eval, "demo": demo.run_demo,
-           "study": study.run_study}
+           "study": study.run_study, "serve": serve.run_serve}
 
 
 def _print_human(command: str, summary: dict) -> None:

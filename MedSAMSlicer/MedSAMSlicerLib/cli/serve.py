@@ -1,0 +1,70 @@
+"""``medsam-slicer serve``: the engine as a long-lived HTTP service (a thin layer over :mod:`..server`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..errors import OptionError
+
+log = logging.getLogger("MedSAMSlicerLib")
+_MiB = 1 << 20
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    serve = commands.add_parser("serve", help="run the engine as a service for Slicer, the CLI and the web app")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8765, help="TCP port; 0 picks a free one (default 8765). "
+                                                              "The URL is the first line printed on stdout")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--token-file", help="the shared token; created with a fresh random token (mode 0600) when "
+                                           "missing (default ~/.config/medsam-slicer/server.token, fresh each start)")
+    keys.add_argument("--api-key-file", help="one token per line, e.g. one per annotator")
+    serve.add_argument("--model", default="litemedsam", help="model name from model_weights/manifest.json")
+    serve.add_argument("--checkpoint", help="checkpoint file (default: model_weights/, then the bundled LiteMedSAM)")
+    serve.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    serve.add_argument("--backend", default="auto", choices=("auto", "pytorch", "onnx"), help="image encoder runtime")
+    serve.add_argument("--cache-dir", help="keep embeddings on disk here (default: $MEDSAM_SLICER_CACHE, else "
+                                           "memory only)")
+    serve.add_argument("--fp16-cache", action="store_true", help="store cached embeddings as float16")
+    serve.add_argument("--max-sessions", type=int, default=32, help="open volume sessions at most (default 32)")
+    serve.add_argument("--idle-timeout", type=float, default=1800.0,
+                       help="close a session unused this many seconds (default 1800)")
+    serve.add_argument("--max-upload-mb", type=float, default=512.0, help="largest request body (default 512)")
+    serve.add_argument("--memory-mb", type=float, default=4096.0,
+                       help="memory for embeddings (half) and volumes (half), above the model (default 4096)")
+    serve.add_argument("--job-heartbeat", type=float, default=30.0,
+                       help="cancel a propagation nobody polled for this many seconds (default 30)")
+    serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # start_local: exit with the parent
+    return serve
+
+
+def run_serve(args: argparse.Namespace) -> dict:
+    from ..engine.cache import default_disk_dir
+    from ..server.auth import api_keys_from_file, default_token_file, token_from_file
+    from ..server.engine import ServerConfig
+    from ..server.run import serve
+
+    for name in ("max_sessions", "idle_timeout", "max_upload_mb", "memory_mb", "job_heartbeat"):
+        if getattr(args, name) <= 0:
+            raise OptionError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 <= args.port <= 65535:
+        raise OptionError(f"--port {args.port} must be 0..65535")
+    if args.api_key_file:
+        tokens = api_keys_from_file(args.api_key_file)
+    elif args.token_file:
+        tokens = [token_from_file(args.token_file, create=True)]
+    else:
+        path = default_token_file()
+        path.unlink(missing_ok=True)  # a fresh token at every start
+        tokens = [token_from_file(path, create=True)]
+        log.warning("token written to %s (mode 0600); clients pass --token-file %s", path, path)
+    cache_dir = args.cache_dir or default_disk_dir()
+    config = ServerConfig(model=args.model, checkpoint=args.checkpoint, device=args.device, backend=args.backend,
+                          cache_dir=str(cache_dir) if cache_dir else None, fp16_cache=args.fp16_cache,
+                          max_sessions=args.max_sessions, idle_timeout=args.idle_timeout,
+                          max_upload_bytes=int(args.max_upload_mb * _MiB), memory_bytes=int(args.memory_mb * _MiB),
+                          job_heartbeat=args.job_heartbeat)
+    serve(config, args.host, args.port, tokens, args.parent_pid)
+    return {}

@@ -1,0 +1,317 @@
+"""Talking to an engine server (``medsam-slicer serve``): open a volume, segment slices, run propagation jobs.
+
+Blocking calls over one keep-alive HTTP connection pool (``requests``).  Every failure raises a
+:class:`~MedSAMSlicerLib.errors.MedSAMError` subclass with one line: the class the server raised (BoxError, ...),
+a :class:`ServiceError` for refusals (401, 404, 413, ...), or :class:`EngineUnavailable` when the server cannot be
+reached.  Each client carries a random id (``X-MedSAM-Client``); the server lets it see only its own sessions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import requests
+
+from ..errors import Cancelled, EngineUnavailable, MedSAMError, ServiceError, first_line
+from . import wire
+
+log = logging.getLogger(__name__)
+
+CLIENT_HEADER = "X-MedSAM-Client"
+MODEL_TIMEOUT = 600.0  # a first request may wait for the model to load and a slice to be encoded
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: str  # running | done | failed | cancelled
+    done: int
+    total: int
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+def read_token_file(path: str | os.PathLike) -> str:
+    try:
+        token = Path(path).expanduser().read_text().strip().splitlines()
+    except OSError as error:
+        raise ServiceError(f"cannot read the token file {path}: {first_line(error)}", "unauthorized", 401) from None
+    if not token or not token[0].strip():
+        raise ServiceError(f"the token file {path} is empty", "unauthorized", 401)
+    return token[0].strip()
+
+
+class EngineClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ServiceError(f"server URL {url!r} must look like http://HOST:PORT", "bad_request", 400)
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.client_id = secrets.token_hex(16)
+        self.process = None  # the child server when started by start_local
+        self._local_dir: str | None = None  # the server's private upload folder when it shares our file system
+        self._http = requests.Session()
+        self._http.headers[CLIENT_HEADER] = self.client_id
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        self._info: dict | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> dict:
+        """One call; JSON answer as a dict, or the server's error re-raised as its errors.py class."""
+        try:
+            response = self._http.request(method, self.url + path, timeout=timeout or self.timeout, **kwargs)
+        except requests.Timeout:
+            raise EngineUnavailable(f"the engine at {self.url} did not answer {method} {path} within "
+                                    f"{timeout or self.timeout:g} s") from None
+        except requests.RequestException as error:
+            raise EngineUnavailable(f"the engine at {self.url} cannot be reached: {_reason(error)}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            raise wire.error_from_body(response.status_code, body, f"HTTP {response.status_code} from {path}")
+        if not isinstance(body, dict):
+            raise EngineUnavailable(f"the engine at {self.url} sent a non-JSON answer to {path}")
+        return body
+
+    # -- server ---------------------------------------------------------------------------------------------------
+    def health(self, timeout: float | None = None) -> dict:
+        return self.request("GET", "/health", timeout=timeout)
+
+    def info(self) -> dict:
+        self._info = self.request("GET", "/info")
+        return self._info
+
+    def wait_ready(self, timeout: float = 300.0) -> dict:
+        """Block until the model is loaded (``health()['ready']``); the first call after a start loads it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health(timeout=10)
+            if health.get("ready"):
+                return health
+            if health.get("error"):
+                raise EngineUnavailable(f"the engine could not load its model: {health['error']}")
+            if time.monotonic() > deadline:
+                raise EngineUnavailable(f"the engine was still loading ({health.get('loading')}) after {timeout:g} s")
+            time.sleep(0.2)
+
+    # -- volumes --------------------------------------------------------------------------------------------------
+    def upload(self, array: np.ndarray) -> str:
+        """Make the server hold ``array`` (once per content); returns its fingerprint."""
+        array = np.ascontiguousarray(array)
+        fingerprint = wire.content_fingerprint(array)
+        if self.request("GET", f"/volumes/{fingerprint}")["present"]:
+            return fingerprint
+        info = self._info or self.info()
+        if self._local_dir is None and _shares_files(self.url, info.get("local_dir")):
+            self._local_dir = info["local_dir"]
+        if self._local_dir:
+            try:
+                return self._hand_over_path(array, fingerprint)
+            except OSError as error:  # the folder is not ours after all (another user, another machine)
+                log.info("cannot hand the volume over as a file (%s); uploading it", error)
+                self._local_dir = ""
+        body = wire.compress_volume(array)
+        limit = int(info.get("max_upload_bytes", 0))
+        if limit and len(body) > limit:
+            raise ServiceError(f"the compressed volume is {len(body) >> 20} MiB; this server accepts at most "
+                               f"{limit >> 20} MiB (serve --max-upload-mb)", "too_large", 413)
+        self.request("PUT", f"/volumes/{fingerprint}", data=body, timeout=MODEL_TIMEOUT,
+                     headers={"Content-Type": "application/octet-stream"})
+        return fingerprint
+
+    def _hand_over_path(self, array: np.ndarray, fingerprint: str) -> str:
+        """Local mode: write a 0600 .npy into the server's private folder and pass its name (no copy over HTTP)."""
+        handle, name = tempfile.mkstemp(suffix=".npy", dir=self._local_dir)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.save(stream, array, allow_pickle=False)
+            self.request("POST", f"/volumes/{fingerprint}/from-file", json={"name": os.path.basename(name)},
+                         timeout=MODEL_TIMEOUT)
+        finally:
+            Path(name).unlink(missing_ok=True)  # the server removes it too once read
+        return fingerprint
+
+    def open_volume(self, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                    origin: Sequence[float] = (0.0, 0.0, 0.0),
+                    direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1), window: str = "auto",
+                    axis: str = "axial", modality: str | None = None,
+                    already_normalized: bool = False) -> "RemoteVolume":
+        """A session on ``array`` (numpy order (k, j, i)); geometry in ITK order and LPS, as in :class:`Volume`."""
+        array = np.asarray(array)
+        if array.ndim != 3:
+            raise wire.ERROR_CLASSES["input_image"](f"the volume has {array.ndim} dimensions; give a 3D array")
+        fingerprint = self.upload(array)
+        body = self.request("POST", "/sessions", timeout=MODEL_TIMEOUT, json={
+            "fingerprint": fingerprint, "spacing": [float(v) for v in spacing],
+            "origin": [float(v) for v in origin], "direction": [float(v) for v in np.ravel(direction)],
+            "window": str(window), "axis": str(axis), "modality": modality,
+            "already_normalized": bool(already_normalized)})
+        return RemoteVolume(self, body)
+
+    # -- lifetime -------------------------------------------------------------------------------------------------
+    @classmethod
+    def start_local(cls, python: str | None = None, args: Sequence[str] = ("--device", "cpu"),
+                    startup_timeout: float = 120.0) -> "EngineClient":
+        from .local import start_local_server
+
+        return start_local_server(cls, python, args, startup_timeout)
+
+    def stop(self) -> None:
+        """Stop the child server started by :meth:`start_local` (no-op for a remote server)."""
+        from .local import stop_process
+
+        self._http.close()
+        if self.process is not None:
+            stop_process(self.process)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "EngineClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RemoteVolume:
+    """A volume session on the server: the remote twin of :class:`~MedSAMSlicerLib.engine.session.VolumeSession`."""
+
+    def __init__(self, client: EngineClient, body: dict) -> None:
+        self.client = client
+        self.session_id: str = body["session_id"]
+        self.fingerprint: str = body["fingerprint"]
+        self.slice_count: int = int(body["slice_count"])
+        self.slice_shape: tuple[int, int] = tuple(body["slice_shape"])  # type: ignore[assignment]
+        self.shape: tuple[int, int, int] = tuple(body["shape"])  # type: ignore[assignment]
+        self.np_axis: int = int(body["np_axis"])
+        self.window: str = body["window"]
+        self.window_reason: str = body["window_reason"]
+        self.axis_name: str = body["axis"]
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/sessions/{self.session_id}{suffix}"
+
+    def segment_slice(self, index: int, box: Sequence[float], timeout: float = MODEL_TIMEOUT,
+                      allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
+        """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``."""
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
+            "index": int(index), "box": _box_list(box), "allow_degenerate": bool(allow_degenerate)})
+        return wire.unpack_mask(body["mask"]), float(body["score"])
+
+    def prefetch(self, indices: Sequence[int]) -> None:
+        """Ask the server to embed these slices in the background (replaces this session's previous request)."""
+        self.client.request("POST", self._path("/prefetch"), json={"indices": [int(i) for i in indices]})
+
+    def propagate(self, key_boxes: dict, options: dict | None = None) -> "RemoteJob":
+        """Start a propagation job.  ``options``: rule, slice_range (K0, K1), stop (bool), largest_component,
+        fill_holes, margin."""
+        body = self.client.request("POST", self._path("/propagate"), timeout=MODEL_TIMEOUT, json={
+            "key_boxes": {str(int(k)): _box_list(b) for k, b in key_boxes.items()}, "options": dict(options or {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
+
+    def info(self) -> dict:
+        return self.client.request("GET", self._path())
+
+    def close(self) -> None:
+        self.client.request("DELETE", self._path())
+
+
+class RemoteJob:
+    """A propagation running on the server.  Poll it (the server cancels a job nobody polls any more)."""
+
+    def __init__(self, volume: RemoteVolume, job_id: str, total: int = 0) -> None:
+        self.volume = volume
+        self.job_id = job_id
+        self.status = JobStatus("running", 0, total)
+        self._error: dict | None = None  # {"code", "message"} of a failed job
+
+    def poll(self, timeout: float = 0.05) -> JobStatus:
+        """The job's state; waits up to ``timeout`` s on the server for progress (long poll, at most 10 s)."""
+        body = self.volume.client.request("GET", f"/jobs/{self.job_id}", params={"wait": f"{max(0.0, timeout):g}"},
+                                          timeout=self.volume.client.timeout + timeout)
+        self.status = JobStatus(body["state"], int(body["done"]), int(body["total"]), body.get("message", ""))
+        self._error = body.get("error")
+        return self.status
+
+    def wait(self, progress=None, poll_interval: float = 1.0) -> JobStatus:
+        """Block until the job ends; ``progress(done, total)`` after each change."""
+        while True:
+            status = self.poll(timeout=poll_interval)
+            if progress is not None:
+                progress(status.done, status.total)
+            if status.finished:
+                return status
+
+    def cancel(self) -> None:
+        self.volume.client.request("DELETE", f"/jobs/{self.job_id}")
+
+    def result(self, progress=None) -> dict:
+        """Wait for the job; dict(mask=bool (k, j, i), segmented_slices, stopped, scores, encoder_calls, seconds).
+
+        A failed job raises its error; a cancelled one raises :class:`Cancelled`."""
+        status = self.wait(progress)
+        if status.state == "cancelled":
+            raise Cancelled(status.message or "propagation cancelled; nothing was written")
+        if status.state == "failed":
+            raise wire.error_from_body(400, {"error": self._error}, status.message or "propagation failed")
+        body = self.volume.client.request("GET", f"/jobs/{self.job_id}/result", timeout=MODEL_TIMEOUT)
+        body["mask"] = wire.unpack_mask(body["mask"])
+        body["scores"] = {int(k): float(v) for k, v in body.get("scores", {}).items()}
+        return body
+
+
+def _box_list(box) -> list[float]:
+    values = box.as_array() if hasattr(box, "as_array") else box
+    values = [float(v) for v in values]
+    if len(values) != 4:
+        raise wire.ERROR_CLASSES["box"](f"a box has four numbers x0,y0,x1,y1, got {len(values)}")
+    return values
+
+
+def _reason(error: BaseException) -> str:
+    """The root cause of a requests error in a few words (urllib3 nests the socket error several levels deep)."""
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused (is `medsam-slicer serve` running?)"
+    if isinstance(cause, (ConnectionResetError, BrokenPipeError)):
+        return "the connection was closed by the server (it stopped or crashed)"
+    text = first_line(cause, 160)
+    if "RemoteDisconnected" in type(cause).__name__ or "closed connection" in text:
+        return "the server closed the connection without answering (it stopped or crashed)"
+    return text
+
+
+def _shares_files(url: str, local_dir: object) -> bool:
+    """A loopback server whose private folder we can write: hand volumes over as files instead of uploads."""
+    if not isinstance(local_dir, str) or not local_dir:
+        return False
+    host = urlparse(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return loopback and os.path.isdir(local_dir) and os.access(local_dir, os.W_OK)
+
+
+__all__ = ["EngineClient", "RemoteVolume", "RemoteJob", "JobStatus", "EngineUnavailable", "MedSAMError",
+           "read_token_file"]

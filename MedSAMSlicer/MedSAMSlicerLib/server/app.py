@@ -1,0 +1,228 @@
+"""The HTTP API of the engine server (FastAPI; the OpenAPI page is at ``/docs``).
+
+Routes only translate between HTTP and :class:`~.engine.Engine`; they hold no state.  Every error, whoever raises
+it (the engine's errors.py classes, request validation, an unknown route, a bug), goes out as
+``{"error": {"code": ..., "message": one line}}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Annotated, Optional
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..client import wire
+from ..engine.boxes import Box
+from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, ServiceError, first_line
+from .auth import Guard
+from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionRequest(Strict):
+    fingerprint: Fingerprint
+    spacing: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=3, max_length=3)
+    origin: list[Finite] = Field(min_length=3, max_length=3)
+    direction: list[Finite] = Field(min_length=9, max_length=9)
+    window: str = Field("auto", max_length=64)
+    axis: str = Field("axial", max_length=16)
+    modality: Optional[str] = Field(None, max_length=32)
+    already_normalized: StrictBool = False
+
+
+class SegmentRequest(Strict):
+    index: StrictInt
+    box: list[float] = Field(min_length=4, max_length=4)  # NaN reaches checked_box, which names the problem
+    allow_degenerate: StrictBool = False
+
+
+class PrefetchRequest(Strict):
+    indices: list[StrictInt] = Field(max_length=4096)
+
+
+class PropagationSettings(Strict):
+    rule: str = Field("ours", pattern="^(ours|official)$")
+    slice_range: Optional[tuple[StrictInt, StrictInt]] = None
+    stop: StrictBool = True
+    largest_component: StrictBool = False
+    fill_holes: StrictBool = False
+    margin: StrictInt = Field(3, ge=0, le=64)
+
+
+class PropagateRequest(Strict):
+    key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
+    options: PropagationSettings = PropagationSettings()
+
+    @field_validator("key_boxes")
+    @classmethod
+    def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        for key, box in value.items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"key slice {key!r} is not an integer")
+            if len(box) != 4:
+                raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
+        return value
+
+
+class FileRequest(Strict):
+    name: str = Field(max_length=255)
+
+
+def status_of(error: MedSAMError) -> int:
+    if isinstance(error, ServiceError):
+        return error.status
+    if isinstance(error, Cancelled):
+        return 409
+    if isinstance(error, CheckpointError):
+        return 500
+    if isinstance(error, CacheError):
+        return 507
+    return 400
+
+
+def _box(values: list[float]) -> Box:
+    return Box(*(float(v) for v in values))
+
+
+def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
+    config = engine.config
+    app = FastAPI(title="MedSAMSlicer engine", version=__version__,
+                  description="Box-prompted MedSAM / LiteMedSAM segmentation as a service. Every route but "
+                              "/health needs 'Authorization: Bearer <token>'.")
+
+    @app.exception_handler(MedSAMError)
+    async def _medsam_error(request: Request, error: MedSAMError) -> JSONResponse:
+        return JSONResponse(wire.error_body(error), status_code=status_of(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        first = problems[0] if problems else {}
+        if first.get("type") == "json_invalid":
+            return JSONResponse({"error": {"code": "bad_request", "message": "the request body is not valid JSON"}},
+                                status_code=400)
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
+        message = f"{where}: {first_line(Exception(first.get('msg', 'invalid value')))}"
+        return JSONResponse({"error": {"code": "bad_request", "message": message}}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+        return JSONResponse({"error": {"code": code, "message": first_line(Exception(error.detail))}},
+                            status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return JSONResponse(wire.error_body(error, "internal"), status_code=500)
+
+    def owner(request: Request) -> str:
+        return request.state.owner
+
+    @app.get("/health")
+    def health() -> dict:
+        """Open to all: is the server up, is the model loaded."""
+        return {"status": "ok", "ready": engine.ready.is_set(), "loading": engine.loading,
+                "error": engine.load_error, "version": __version__}
+
+    @app.get("/info")
+    def info() -> dict:
+        """Model, device, backend, cache figures, encoder calls, limits."""
+        return engine.info()
+
+    @app.get("/volumes/{fingerprint}")
+    def volume_present(fingerprint: str) -> dict:
+        return {"present": engine.has_volume(fingerprint)}
+
+    @app.put("/volumes/{fingerprint}")
+    async def upload_volume(fingerprint: str, request: Request) -> dict:
+        """Body: zlib-compressed .npy of the (k, j, i) array; named by the sha256 of shape, dtype and voxels."""
+        engine.has_volume(fingerprint)  # validates the name before reading anything
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > config.max_upload_bytes:  # chunked uploads have no Content-Length to refuse early
+                raise ServiceError(f"the upload exceeds this server's limit of {config.max_upload_bytes >> 20} MiB "
+                                   f"(serve --max-upload-mb)", "too_large", 413)
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        del chunks
+        array = await run_in_threadpool(wire.decompress_volume, data, config.memory_bytes // 2)
+        await run_in_threadpool(engine.add_volume, fingerprint, array)
+        return {"present": True, "fingerprint": fingerprint}
+
+    @app.post("/volumes/{fingerprint}/from-file")
+    def volume_from_file(fingerprint: str, body: FileRequest) -> dict:
+        """Local mode: read a .npy the client wrote into the server's private folder (``info.local_dir``)."""
+        engine.has_volume(fingerprint)
+        array = engine.volumes.read_private_file(body.name, config.memory_bytes // 2)
+        engine.add_volume(fingerprint, array)
+        return {"present": True, "fingerprint": fingerprint}
+
+    @app.post("/sessions")
+    def open_session(body: SessionRequest, request: Request) -> dict:
+        return engine.open_session(owner(request), body.fingerprint, body.spacing, body.origin, body.direction,
+                                   body.window, body.axis, body.modality, body.already_normalized)
+
+    @app.get("/sessions/{session_id}")
+    def session_info(session_id: str, request: Request) -> dict:
+        return engine.session(owner(request), session_id).describe()
+
+    @app.delete("/sessions/{session_id}")
+    def close_session(session_id: str, request: Request) -> dict:
+        engine.close_session(owner(request), session_id)
+        return {"closed": session_id}
+
+    @app.post("/sessions/{session_id}/segment")
+    def segment(session_id: str, body: SegmentRequest, request: Request) -> dict:
+        """One box on one slice: the mask as packed bits of its bounding box, and the predicted IoU."""
+        mask, score = engine.segment(owner(request), session_id, body.index, _box(body.box), body.allow_degenerate)
+        return {"mask": wire.pack_mask(mask), "score": score if math.isfinite(score) else 0.0}
+
+    @app.post("/sessions/{session_id}/prefetch")
+    def prefetch(session_id: str, body: PrefetchRequest, request: Request) -> dict:
+        engine.prefetch(owner(request), session_id, body.indices)
+        return {"queued": len(body.indices)}
+
+    @app.post("/sessions/{session_id}/propagate")
+    def start_propagation(session_id: str, body: PropagateRequest, request: Request) -> dict:
+        key_boxes = {int(k): _box(v) for k, v in body.key_boxes.items()}
+        return engine.start_job(owner(request), session_id, key_boxes, body.options.model_dump())
+
+    @app.get("/jobs/{job_id}")
+    def job_status(job_id: str, request: Request, wait: float = Query(0.0, ge=0, le=10)) -> dict:
+        """Progress; ``wait`` seconds of long poll for a change.  A job nobody polls is cancelled."""
+        return engine.job(owner(request), job_id, wait if math.isfinite(wait) else 0.0).describe()
+
+    @app.delete("/jobs/{job_id}")
+    def cancel_job(job_id: str, request: Request) -> dict:
+        return engine.cancel_job(owner(request), job_id)
+
+    @app.get("/jobs/{job_id}/result")
+    def job_result(job_id: str, request: Request) -> dict:
+        job = engine.job(owner(request), job_id)
+        if job.state != "done" or job.result is None:
+            raise ServiceError(f"the job is {job.state}, it has no result", "not_ready", 409)
+        result = dict(job.result)
+        result["mask"] = wire.pack_mask(result["mask"])
+        result["scores"] = {str(k): v for k, v in result["scores"].items()}
+        return result
+
+    app.add_middleware(Guard, tokens=tokens, max_body=config.max_upload_bytes)  # outermost: before any body read
+    return app

@@ -1,0 +1,417 @@
+"""The server's state: one model, one embedding cache, the uploaded volumes, the clients' sessions and jobs.
+
+- The model loads in the background at start (``/health`` answers at once and says what is loading); requests that
+  need it wait for it.  All network calls go through the one :class:`ModelWorker`.
+- Sessions belong to the client that opened them (token + client id); another client gets 404, as if it did not
+  exist.  Sessions of the same volume, window and axis share one prepared (windowed) volume, and every session uses
+  the one :class:`EmbeddingCache`, keyed by content fingerprint: the encoder runs at most once per slice per volume.
+- Limits: ``max_sessions``; idle sessions expire; a job nobody polls for ``job_heartbeat`` seconds (its client
+  crashed or disconnected) is cancelled at its next slice; volumes and embeddings live within ``memory_bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import axes
+from ..engine.boxes import Box
+from ..engine.cache import EmbeddingCache
+from ..engine.propagation import AUTO, CancelToken, PropagationOptions, propagate
+from ..engine.session import VolumeSession
+from ..engine.volume import Volume
+from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
+from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
+from .worker import PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
+
+log = logging.getLogger(__name__)
+_MiB = 1 << 20
+_job_local = threading.local()  # the job whose thread is running, to count its encoder calls
+
+
+@dataclass
+class ServerConfig:
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    device: str = "auto"
+    backend: str = "auto"
+    cache_dir: str | None = None
+    fp16_cache: bool = False
+    max_sessions: int = 32
+    idle_timeout: float = 1800.0
+    max_upload_bytes: int = 512 * _MiB
+    memory_bytes: int = 4096 * _MiB  # embeddings get half, volumes (raw + windowed) the other half
+    job_heartbeat: float = 30.0
+
+
+class CountingSession(VolumeSession):
+    """A prepared volume shared by every client session on it; counts the encoder calls made for it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoder_calls = 0
+        self._count_lock = threading.Lock()
+
+    def embedding(self, index: int):
+        self.check_index(index)
+
+        def compute():
+            with self._count_lock:
+                self.encoder_calls += 1
+            job = getattr(_job_local, "job", None)
+            if job is not None:
+                job.encoder_calls += 1
+            return self.segmenter.embed(axes.take_slice(self.image, self.np_axis, index))
+
+        return self.cache.get_or_compute(self.cache_key(index), compute)
+
+
+@dataclass
+class ClientSession:
+    id: str
+    owner: str
+    key: tuple  # of the prepared volume
+    prepared: CountingSession
+    last_used: float = field(default_factory=time.monotonic)
+    prefetch_stop: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> dict:
+        p = self.prepared
+        return {"session_id": self.id, "fingerprint": self.key[0], "shape": list(p.image.shape),
+                "slice_count": p.slice_count, "slice_shape": list(p.slice_shape), "np_axis": p.np_axis,
+                "axis": p.axis_name, "window": p.window.describe(), "window_reason": p.window_reason,
+                "encoder_calls": p.encoder_calls}
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str
+    session_id: str
+    total: int
+    cancel: CancelToken = field(default_factory=CancelToken)
+    state: str = "running"
+    done: int = 0
+    message: str = ""
+    error: dict | None = None
+    result: dict | None = None
+    encoder_calls: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def describe(self) -> dict:
+        return {"job_id": self.id, "state": self.state, "done": self.done, "total": self.total,
+                "message": self.message, "error": self.error}
+
+    def update(self, **values) -> None:
+        with self.changed:
+            for name, value in values.items():
+                setattr(self, name, value)
+            self.changed.notify_all()
+
+
+class _WarningLog(logging.Handler):
+    """Keeps the server's last warnings for ``/info`` (e.g. the disk cache falling back to memory)."""
+
+    def __init__(self, keep: deque) -> None:
+        super().__init__(logging.WARNING)
+        self.keep = keep
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.keep.append(record.getMessage()[:300])
+
+
+class Engine:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.ready = threading.Event()
+        self.loading = "starting"
+        self.load_error: str | None = None
+        self.segmenter: SerialSegmenter | None = None
+        self.worker = ModelWorker()
+        self.warnings: deque = deque(maxlen=20)
+        logging.getLogger("MedSAMSlicerLib").addHandler(_WarningLog(self.warnings))
+        self.cache = EmbeddingCache(memory_budget=config.memory_bytes // 2, store_fp16=config.fp16_cache,
+                                    disk_dir=config.cache_dir)
+        self.private_dir = Path(tempfile.mkdtemp(prefix="medsam-serve-"))  # 0700
+        self.volumes = VolumeStore(config.memory_bytes // 2, self.private_dir)
+        self.sessions: dict[str, ClientSession] = {}
+        self.prepared: dict[tuple, CountingSession] = {}
+        self.jobs: dict[str, Job] = {}
+        self.expired_sessions = 0
+        self.cancelled_unpolled_jobs = 0
+        self.baseline_rss = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+
+    # -- lifetime -----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self._load, name="medsam-load", daemon=True).start()
+        threading.Thread(target=self._reap, name="medsam-reaper", daemon=True).start()
+
+    def _load(self) -> None:
+        from ..engine.backends import make_segmenter
+
+        self.loading = f"model {self.config.model} on {self.config.device}"
+        try:
+            segmenter = self.worker.call(make_segmenter, self.config.model, self.config.checkpoint,
+                                         self.config.device, self.config.backend)
+        except Exception as error:  # shown by /health and every request that needs the model
+            self.load_error = first_line(error)
+            log.error("cannot load the model: %s", self.load_error)
+            self.loading = ""
+            return
+        self.segmenter = SerialSegmenter(segmenter, self.worker)
+        self.baseline_rss = _rss()
+        self.loading = ""
+        self.ready.set()
+        log.info("%s; encoder backend %s", segmenter.model.describe(), segmenter.backend_name)
+
+    def wait_ready(self, timeout: float = 600.0) -> SerialSegmenter:
+        if not self.ready.wait(timeout) or self.segmenter is None:
+            if self.load_error:
+                raise ServiceError(f"the engine could not load its model: {self.load_error}", "internal", 500)
+            raise ServiceError(f"the engine is still loading ({self.loading})", "loading", 503)
+        return self.segmenter
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for job in self.jobs.values():
+                job.cancel.cancel()
+            for session in self.sessions.values():
+                session.prefetch_stop.set()
+        self.worker.stop()
+        shutil.rmtree(self.private_dir, ignore_errors=True)
+
+    def _reap(self) -> None:
+        """Expire idle sessions and cancel jobs nobody polls (a crashed or disconnected client)."""
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                for job in self.jobs.values():
+                    if job.state == "running" and now - job.last_seen > self.config.job_heartbeat:
+                        log.info("job %s: its client stopped polling; cancelling it", job.id[:8])
+                        job.cancel.cancel()
+                        job.message = "cancelled: the client stopped polling"
+                        self.cancelled_unpolled_jobs += 1
+                busy = {j.session_id for j in self.jobs.values() if j.state == "running"}
+                for session in list(self.sessions.values()):
+                    if session.id not in busy and now - session.last_used > self.config.idle_timeout:
+                        self._close(session)
+                        self.expired_sessions += 1
+                for job in [j for j in self.jobs.values() if j.state != "running"
+                            and now - j.last_seen > self.config.idle_timeout]:
+                    del self.jobs[job.id]
+            sweep_private_dir(self.private_dir)
+
+    # -- volumes ------------------------------------------------------------------------------------------------
+    def _in_use(self) -> set[str]:
+        return {key[0] for key in self.prepared}
+
+    def _prepared_bytes(self) -> int:
+        return sum(p.image.nbytes for p in self.prepared.values())
+
+    def has_volume(self, fingerprint: str) -> bool:
+        return checked_fingerprint(fingerprint) in self.volumes
+
+    def add_volume(self, fingerprint: str, array: np.ndarray) -> None:
+        checked_volume(array, checked_fingerprint(fingerprint))
+        with self._lock:
+            self.volumes.budget_bytes = self.config.memory_bytes // 2 - self._prepared_bytes()
+            self.volumes.add(fingerprint, array, self._in_use())
+
+    # -- sessions -----------------------------------------------------------------------------------------------
+    def open_session(self, owner: str, fingerprint: str, spacing, origin, direction, window: str, axis: str,
+                     modality: str | None, already_normalized: bool) -> dict:
+        segmenter = self.wait_ready()
+        array = self.volumes.get(checked_fingerprint(fingerprint))
+        key = (fingerprint, tuple(spacing), tuple(origin), tuple(direction), window, axis, modality,
+               already_normalized)
+        with self._lock:
+            mine = sum(1 for s in self.sessions.values())
+            if mine >= self.config.max_sessions:
+                raise ServiceError(f"the server holds its maximum of {self.config.max_sessions} sessions; close one "
+                                   f"or wait for idle ones to expire", "too_many_sessions", 429)
+            prepared = self.prepared.get(key)
+            if prepared is None:
+                volume = Volume(array, tuple(spacing), tuple(origin), tuple(direction), "", modality,
+                                already_normalized)
+                prepared = CountingSession(segmenter, volume, window, axis, self.cache)
+                room = self.config.memory_bytes // 2 - self.volumes.bytes - self._prepared_bytes()
+                if prepared.image.nbytes > room:
+                    raise ServiceError(f"the server's volume memory ({self.config.memory_bytes // 2 >> 20} MiB) is "
+                                       f"full; close other sessions", "memory_full", 507)
+                self.prepared[key] = prepared
+            session = ClientSession(secrets.token_urlsafe(16), owner, key, prepared)
+            self.sessions[session.id] = session
+        return session.describe()
+
+    def session(self, owner: str, session_id: str) -> ClientSession:
+        with self._lock:
+            session = self.sessions.get(session_id)
+            if session is None or not secrets.compare_digest(session.owner, owner):
+                raise ServiceError("no such session (it expired, was closed, or belongs to another client)",
+                                   "not_found", 404)
+            session.last_used = time.monotonic()
+            return session
+
+    def close_session(self, owner: str, session_id: str) -> None:
+        with self._lock:
+            self._close(self.session(owner, session_id))
+
+    def _close(self, session: ClientSession) -> None:
+        session.prefetch_stop.set()
+        for job in self.jobs.values():
+            if job.session_id == session.id:
+                job.cancel.cancel()
+        del self.sessions[session.id]
+        if not any(s.key == session.key for s in self.sessions.values()):
+            self.prepared.pop(session.key, None)  # the embeddings stay in the shared cache
+
+    # -- model work ---------------------------------------------------------------------------------------------
+    def segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool) -> tuple:
+        session = self.session(owner, session_id)
+        result = session.prepared.segment_slice(index, box, allow_degenerate)
+        session.last_used = time.monotonic()
+        return result.mask, result.score
+
+    def prefetch(self, owner: str, session_id: str, indices: list[int]) -> None:
+        session = self.session(owner, session_id)
+        for index in indices:
+            session.prepared.check_index(index)
+        session.prefetch_stop.set()  # replaces this session's previous request
+        stop = session.prefetch_stop = threading.Event()
+
+        def run() -> None:
+            with priority(PREFETCH):
+                for index in indices:
+                    if stop.is_set() or self._stop.is_set():
+                        return
+                    try:
+                        session.prepared.embedding(index)
+                    except Exception as error:  # a prefetch failure never reaches a user; the foreground retries
+                        log.warning("prefetch of slice %d failed: %s", index, first_line(error))
+                        return
+
+        threading.Thread(target=run, name="medsam-prefetch", daemon=True).start()
+
+    def start_job(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict) -> dict:
+        session = self.session(owner, session_id)
+        self.wait_ready()
+        prepared = session.prepared
+        rule = options.get("rule", "ours")
+        slice_range = options.get("slice_range")
+        if slice_range is not None:
+            slice_range = (int(slice_range[0]), int(slice_range[1]))
+        settings = PropagationOptions(rule=rule, slice_range=slice_range, margin=int(options.get("margin", 3)),
+                                      stop=AUTO if options.get("stop", True) else None,
+                                      largest_component=bool(options.get("largest_component", False)),
+                                      fill_holes=bool(options.get("fill_holes", False)))
+        if not key_boxes:
+            raise BoxError("propagation needs at least one key box")
+        low, high = slice_range if slice_range is not None else (0, prepared.slice_count - 1)
+        job = Job(secrets.token_urlsafe(16), owner, session.id, max(0, high - low + 1))
+        with self._lock:
+            self.jobs[job.id] = job
+
+        def progress(done: int, total: int) -> None:
+            job.update(done=done, total=total)
+
+        def run() -> None:
+            _job_local.job = job
+            start = time.perf_counter()
+            try:
+                with priority(PROPAGATION):
+                    result = propagate(prepared, key_boxes, settings, progress, job.cancel)
+            except Cancelled as error:
+                job.update(state="cancelled", message=job.message or str(error))
+                return
+            except MedSAMError as error:
+                job.update(state="failed", message=str(error), error={"code": error.code, "message": str(error)})
+                return
+            except Exception as error:  # a bug: keep the server alive, tell the client one line
+                log.exception("propagation job %s failed", job.id[:8])
+                job.update(state="failed", message=first_line(error),
+                           error={"code": "internal", "message": first_line(error)})
+                return
+            finally:
+                _job_local.job = None
+            job.update(result={"mask": result.mask, "segmented_slices": result.segmented_slices,
+                               "stopped": result.stopped, "scores": result.scores,
+                               "encoder_calls": job.encoder_calls,
+                               "seconds": round(time.perf_counter() - start, 3)},
+                       state="done", done=job.total if job.total else job.done)
+
+        threading.Thread(target=run, name=f"medsam-job-{job.id[:8]}", daemon=True).start()
+        return job.describe()
+
+    def job(self, owner: str, job_id: str, wait: float = 0.0) -> Job:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or not secrets.compare_digest(job.owner, owner):
+                raise ServiceError("no such job (it finished long ago, or belongs to another client)",
+                                   "not_found", 404)
+            job.last_seen = time.monotonic()
+            session = self.sessions.get(job.session_id)
+            if session is not None:
+                session.last_used = job.last_seen
+        if wait > 0 and job.state == "running":
+            seen = (job.state, job.done)
+            with job.changed:
+                job.changed.wait_for(lambda: (job.state, job.done) != seen, timeout=min(wait, 10.0))
+        job.last_seen = time.monotonic()
+        return job
+
+    def cancel_job(self, owner: str, job_id: str) -> dict:
+        job = self.job(owner, job_id)
+        job.cancel.cancel()
+        return job.describe()
+
+    # -- figures ------------------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        segmenter = self.segmenter
+        stats = self.cache.stats
+        with self._lock:
+            running = sum(1 for j in self.jobs.values() if j.state == "running")
+            volumes = {key[0][:16]: p.encoder_calls for key, p in self.prepared.items()}
+            prepared_bytes = self._prepared_bytes()
+        model = {}
+        if segmenter is not None:
+            m = segmenter.model
+            model = {"model": m.name, "title": m.entry.title, "checkpoint_sha256": m.checkpoint.sha256,
+                     "checkpoint_verified": m.checkpoint.verified, "device": str(m.device),
+                     "device_reason": m.device_choice.reason, "backend": segmenter.backend_name,
+                     "encoder_calls": segmenter.encoder.calls}
+        return {**model, "ready": self.ready.is_set(), "sessions": len(self.sessions), "jobs_running": running,
+                "max_sessions": self.config.max_sessions, "idle_timeout_s": self.config.idle_timeout,
+                "max_upload_bytes": self.config.max_upload_bytes, "volume_uploads": self.volumes.uploads,
+                "volume_bytes": self.volumes.bytes + prepared_bytes,
+                "encoder_calls_by_volume": volumes, "queued_model_calls": self.worker.queued(),
+                "expired_sessions": self.expired_sessions, "cancelled_unpolled_jobs": self.cancelled_unpolled_jobs,
+                "cache": {"hits": stats.hits, "misses": stats.misses, "disk_hits": stats.disk_hits,
+                          "disk_writes": stats.disk_writes, "bytes": stats.bytes,
+                          "memory_budget": self.cache.memory_budget,
+                          "disk_dir": str(self.cache.disk_dir) if self.cache.disk_dir else None},
+                "rss_mb": round(_rss() / _MiB, 1),
+                "memory_budget_mb": round((self.baseline_rss + self.config.memory_bytes) / _MiB, 1),
+                "local_dir": str(self.private_dir), "warnings": list(self.warnings)}
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except Exception:  # psutil missing: figures only
+        return 0

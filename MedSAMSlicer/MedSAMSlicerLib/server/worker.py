@@ -1,0 +1,92 @@
+"""The one place where model work runs: a single thread that owns the segmenter.
+
+Request handlers, propagation jobs and prefetchers call :class:`SerialSegmenter` (same interface as
+:class:`~MedSAMSlicerLib.engine.predictor.Segmenter`), which queues each encoder or decoder call for the worker thread
+and waits for it.  One thread means the GPU/CPU never runs two networks at once (no thrashing, no doubled memory),
+and the queue is ordered by priority: an annotator's click (interactive) goes before a propagation's next slice,
+which goes before background prefetch.  The priority is per calling thread (:func:`priority`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+
+from ..engine.predictor import Segmenter, SliceEmbedding
+
+T = TypeVar("T")
+INTERACTIVE, PROPAGATION, PREFETCH = 0, 1, 2
+_local = threading.local()
+
+
+@contextmanager
+def priority(level: int) -> Iterator[None]:
+    """Model calls made by this thread inside the block are queued at ``level``."""
+    before = getattr(_local, "priority", INTERACTIVE)
+    _local.priority = level
+    try:
+        yield
+    finally:
+        _local.priority = before
+
+
+class ModelWorker:
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO within one priority
+        self._thread = threading.Thread(target=self._run, name="medsam-model-worker", daemon=True)
+        self._thread.start()
+
+    def call(self, work: Callable[..., T], *args) -> T:
+        future: Future = Future()
+        self._queue.put((getattr(_local, "priority", INTERACTIVE), next(self._order), work, args, future))
+        return future.result()
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        while True:
+            _, _, work, args, future = self._queue.get()
+            if work is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work(*args))
+            except BaseException as error:  # handed to the caller's thread, which reports it
+                future.set_exception(error)
+
+    def stop(self) -> None:
+        self._queue.put((-1, next(self._order), None, (), None))
+
+
+class SerialSegmenter:
+    """A :class:`Segmenter` whose network calls all run on the :class:`ModelWorker` thread."""
+
+    def __init__(self, segmenter: Segmenter, worker: ModelWorker) -> None:
+        self.inner = segmenter
+        self.worker = worker
+        self.model = segmenter.model
+        self.pipeline = segmenter.pipeline
+        self.encoder = segmenter.encoder  # counters
+        self.backend_name = segmenter.backend_name
+
+    @property
+    def image_size(self) -> int:
+        return self.inner.image_size
+
+    def embed(self, slice_u8: np.ndarray) -> SliceEmbedding:
+        return self.worker.call(self.inner.embed, slice_u8)
+
+    def predict(self, embedding: SliceEmbedding, box) -> tuple[np.ndarray, float]:
+        return self.worker.call(self.inner.predict, embedding, box)
+
+    def predict_model_box(self, embedding: SliceEmbedding, box_array: np.ndarray) -> tuple[np.ndarray, float]:
+        return self.worker.call(self.inner.predict_model_box, embedding, box_array)
