@@ -1,9 +1,13 @@
 """The "MedSAM" Segment Editor effect: the panel's box actions, writing into the segment selected in Segment Editor.
 
-Registered by ``MedSAMSlicer.registerEditorEffect`` at start-up.  It shares the module's logic (one model, one
-embedding cache) and its worker: the model runs off the GUI thread, the result is written on it.  Before each write
-the effect saves Segment Editor's undo state, so Segment Editor's Undo takes back a whole propagation.
+Registered by ``MedSAMSlicer.registerEditorEffect`` at start-up.  It shares the module's logic (one engine, one MRML
+logic) with the panel.  The target segment is read when the user clicks; the result is written through Segment
+Editor's own ``modifySelectedSegmentByLabelmap``, so the editable area, the intensity mask and the overwrite
+settings are honoured, and Segment Editor's Undo takes back a whole operation.  The polling timer runs only while
+an operation is pending and stops when the effect is deactivated; shortcuts exist only while the effect is active.
 """
+
+from __future__ import annotations
 
 import os
 
@@ -11,10 +15,13 @@ import qt
 import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from MedSAMSlicerLogic.shortcuts import key_sequences
+
 VIEWS = ("Red", "Green", "Yellow")
 WINDOWS = ("auto", "soft_tissue", "lung", "bone", "brain", "mediastinum", "mr", "none")
 RANGE_MODES = (("auto", "From box thickness, else stop rule"), ("roi", "From box thickness"),
                ("stop", "Stop rule (whole volume)"))
+POLL_MS = 100
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -23,10 +30,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True  # writes the selected segment only
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.task = None
-        self.taskApply = None
+        self.shortcuts = []
         self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(100)
+        self.pollTimer.setInterval(POLL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
 
     def clone(self):
@@ -41,13 +47,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
 
     def helpText(self):
+        keys = key_sequences()
         return ("<html>Box-prompted segmentation with MedSAM / LiteMedSAM into the selected segment.<p>"
-                "<b>Draw box</b> on the slice shown in the chosen view, drag its handles around the object, then "
-                "<b>Segment slice</b> or <b>Propagate 3D</b>. Undo with Segment Editor's Undo. The MedSAM module "
-                "has the same actions with more options.</html>")
+                f"<b>Draw box</b> ({keys['drawBox']}) on the slice shown in the chosen view, drag its handles around "
+                f"the object, then <b>Segment slice</b> ({keys['segmentSlice']}) or <b>Propagate 3D</b> "
+                f"({keys['propagate']}). Undo with Segment Editor's Undo. The engine is set up in the MedSAM "
+                "module (Model section).</html>")
 
     def createCursor(self, widget):
-        return slicer.util.mainWindow().cursor
+        return qt.QCursor(qt.Qt.ArrowCursor)
 
     def setupOptionsFrame(self):
         self.viewComboBox = qt.QComboBox()
@@ -83,13 +91,42 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.propagateButton.connect("clicked()", self.onPropagate)
         self.cancelButton.connect("clicked()", self.onCancel)
 
-    # -- helpers --------------------------------------------------------------------------------------------------
-    def core(self):
+    # -- lifetime -------------------------------------------------------------------------------------------------
+    def activate(self):
         import MedSAMSlicer
 
-        if not MedSAMSlicer.ensureDependencies(self.showMessage):
-            return None
-        return MedSAMSlicer.sharedLogic().core
+        if not self.shortcuts:
+            self.shortcuts = MedSAMSlicer.makeShortcuts(MedSAMSlicer.mainWindowOrNone(), {
+                "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
+                "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
+                "undo": self.onUndo, "cancel": self.onCancel})
+
+    def deactivate(self):
+        """Hidden: no shortcuts, no timer.  A pending operation is cancelled (nothing is written)."""
+        import MedSAMSlicer
+
+        MedSAMSlicer.deleteShortcuts(self.shortcuts)
+        self.pollTimer.stop()
+        logic = self.logic()
+        if logic.core.busy and getattr(logic.core.pending, "writer", None) is not None:
+            logic.core.cancel()  # ours: it would write through this effect, which is going away
+            logic.core.poll()
+            self.progressBar.hide()
+
+    def cleanup(self):
+        """Segment Editor is being destroyed: release the timer and the shortcuts (Slicer calls this)."""
+        import MedSAMSlicer
+
+        self.pollTimer.stop()
+        MedSAMSlicer.deleteShortcuts(self.shortcuts)
+        self.pollTimer = None
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def logic():
+        import MedSAMSlicer
+
+        return MedSAMSlicer.sharedLogic()
 
     def sourceVolume(self):
         parameters = self.scriptedEffect.parameterSetNode()
@@ -109,90 +146,97 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         except Exception as error:  # noqa: BLE001 - one message box, never only the console
             self.showMessage(f"{what}: {user_message(error)}", error=True)
 
+    def writer(self, segmentId):
+        """Write through Segment Editor (editable area, intensity mask, overwrite) into ``segmentId``, the segment
+        selected when the user clicked, even if the selection changed meanwhile."""
+        from MedSAMSlicerLogic.segments import mask_to_labelmap
+
+        def write(target, mask, volumeNode):
+            parameters = self.scriptedEffect.parameterSetNode()
+            selected = parameters.GetSelectedSegmentID()
+            parameters.SetSelectedSegmentID(target.segment_id)
+            try:
+                labelmap = mask_to_labelmap(mask, volumeNode, target.segmentation_node)
+                self.scriptedEffect.modifySelectedSegmentByLabelmap(
+                    labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
+            finally:
+                if selected != target.segment_id:
+                    parameters.SetSelectedSegmentID(selected)
+
+        return write
+
     # -- actions --------------------------------------------------------------------------------------------------
     def onDrawBox(self, newObject):
-        core = self.core()
-        if core is None or self.task is not None:
+        logic = self.logic()
+        if logic.core.busy:
             return
 
         def draw():
             sliceNode = slicer.app.layoutManager().sliceWidget(self.viewComboBox.currentText).mrmlSliceNode()
-            _, _, note = core.draw_box(self.sourceVolume(), sliceNode, newObject)
+            _, _, note = logic.core.draw_box(self.sourceVolume(), sliceNode, newObject)
             self.showMessage(note + "; drag the handles around the object")
 
         self.guarded("Draw box", draw)
 
-    def start(self, title, makeRequest, apply):
-        core = self.core()
-        if core is None or self.task is not None:
+    def start(self, title, startOperation):
+        logic = self.logic()
+        if logic.core.busy:
             return
-        from MedSAMSlicerLogic.messages import user_message
-
-        try:
-            request = makeRequest(core)
-        except Exception as error:  # noqa: BLE001
-            self.showMessage(f"{title}: {user_message(error)}", error=True)
+        if logic.link.client is None or logic.core.engine is not logic.link.client:
+            self.showMessage("The MedSAM engine is not running: open the MedSAM module and click 'Start engine' "
+                             "(Model section), or set a remote server there", error=True)
             return
-        self.task = core.start(title, request)
-        self.taskApply = lambda outcome: apply(core, request, outcome)
-        self.progressBar.setRange(0, 0)
-        self.progressBar.show()
-        self.showMessage(f"{title}: running...")
-        self.pollTimer.start()
-
-    def writeArguments(self):
         parameters = self.scriptedEffect.parameterSetNode()
-        return parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID()
+        segmentation, segmentId = parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID()  # at click
+        if not segmentId:
+            self.showMessage("Select a segment in Segment Editor first", error=True)
+            return
+
+        def begin():
+            self.scriptedEffect.saveStateForUndo()  # Segment Editor's Undo takes back the whole operation
+            startOperation(logic.core, segmentation, segmentId, self.writer(segmentId))
+
+        self.guarded(title, begin)
+        if logic.core.busy:
+            self.progressBar.setRange(0, 0)
+            self.progressBar.show()
+            self.showMessage(f"{title}: running...")
+            self.pollTimer.start()
 
     def onSegmentSlice(self):
-        volume = self.sourceVolume()
-
-        def apply(core, request, outcome):
-            segmentation, segmentId = self.writeArguments()
-            return core.apply_slice(volume, request, outcome, segmentation, segmentId)
-
-        self.start("Segment slice", lambda core: core.slice_request(volume, None, self.windowComboBox.currentText),
-                   apply)
+        volume, window = self.sourceVolume(), self.windowComboBox.currentText
+        self.start("Segment slice", lambda core, segmentation, segmentId, writer: core.start_segment_slice(
+            volume, None, segmentation, segmentId, window, writer=writer))
 
     def onPropagate(self):
-        volume = self.sourceVolume()
-
-        def apply(core, request, outcome):
-            segmentation, segmentId = self.writeArguments()
-            return core.apply_propagation(volume, request, outcome, segmentation, segmentId)
-
-        self.start("Propagate 3D", lambda core: core.propagation_request(
-            volume, None, self.windowComboBox.currentText, self.rangeComboBox.currentData), apply)
+        volume, window, mode = self.sourceVolume(), self.windowComboBox.currentText, self.rangeComboBox.currentData
+        self.start("Propagate 3D", lambda core, segmentation, segmentId, writer: core.start_propagation(
+            volume, None, segmentation, segmentId, window, mode, writer=writer))
 
     def onCancel(self):
-        if self.task is not None:
-            self.task.cancel()
+        self.logic().core.cancel()
+
+    def onUndo(self):
+        self.guarded("Undo", lambda: self.showMessage("Undone: " + self.logic().core.undo().description))
+
+    def onAccept(self):
+        self.guarded("Accept", lambda: (self.logic().core.accept(self.sourceVolume()),
+                                        self.showMessage("Accepted; the next box starts a new segment")))
 
     def onPoll(self):
-        from MedSAMSlicerLogic.messages import user_message
-        from MedSAMSlicerLogic.worker import TaskState
-
-        task = self.task
-        if task is None:
-            self.pollTimer.stop()
-            return
-        done, total = task.progress
-        if total:
-            self.progressBar.setRange(0, total)
-            self.progressBar.setValue(done)
-        if not task.finished:
+        progress = self.logic().core.poll()
+        if progress.total:
+            self.progressBar.setRange(0, progress.total)
+            self.progressBar.setValue(progress.done)
+        if progress.busy:
+            if progress.message:
+                self.statusLabel.text = f"{progress.title}: {progress.message}"
             return
         self.pollTimer.stop()
         self.progressBar.hide()
-        self.task = None
-        if task.state is TaskState.DONE:
-            try:
-                self.scriptedEffect.saveStateForUndo()  # Segment Editor's Undo takes back the whole operation
-                operation = self.taskApply(task.result)
-                self.showMessage(f"{operation.description}: done in {task.seconds:.1f} s")
-            except Exception as error:  # noqa: BLE001
-                self.showMessage(f"{task.title}: {user_message(error)}", error=True)
-        elif task.state is TaskState.CANCELLED:
-            self.showMessage(task.message)
-        else:
-            self.showMessage(f"{task.title}: {task.message}", error=True)
+        if progress.state == "done":
+            self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s")
+        elif progress.state == "cancelled":
+            self.showMessage(progress.message)
+        elif progress.state == "failed":
+            self.showMessage(f"{progress.title}: {progress.message}", error=True)

@@ -4,12 +4,14 @@
 - :mod:`.roi_prompts`: Markups ROI boxes <-> (slice axis, slice index, box)
 - :mod:`.segments`: writing one segment, refusing a segmentation on another grid
 - :mod:`.undo`: one undo step per whole operation
-- :mod:`.worker`: engine work on a thread, polled by the panel
+- :mod:`.engine_link`: the engine service, started locally (a child process) or remote
+- :mod:`.shortcuts`: the keyboard shortcuts of the panel and the effect (plain data)
 - :mod:`.messages`: any error as one line for the user
 - :mod:`.timelog_table`, :mod:`.edit_watch`: the annotation-time log and manual-edit detection
-- :mod:`.dependencies`: missing Python packages, installed with the user's consent
+- :mod:`.dependencies`: where packages go (Slicer's Python: client only; the engine: a private folder)
 - :mod:`.box_segmentation`: the logic the panel and the self-test drive
 
-The submodules import the engine (numpy, torch...) lazily through :mod:`.box_segmentation`; import that module only
-after :mod:`.dependencies` says the packages are present.
+No module here imports torch or starts a thread: the model runs in the engine process, reached through
+``MedSAMSlicerLib.client`` (numpy + requests).  The front ends call ``BoxSegmentationLogic.poll()`` from their own
+timer.
 """

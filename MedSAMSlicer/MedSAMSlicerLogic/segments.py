@@ -94,3 +94,35 @@ def write_segment(segmentation_node, segment_id: str, mask: np.ndarray, volume_n
     segmentation.SeparateSegmentLabelmap(segment_id)  # own layer: writing cannot touch a neighbour's voxels
     slicer.util.updateSegmentBinaryLabelmapFromArray(np.asarray(mask, dtype=np.uint8), segmentation_node,
                                                      segment_id, volume_node)
+
+
+def mask_to_labelmap(mask: np.ndarray, volume_node, segmentation_node=None):
+    """A (k, j, i) mask on the volume's grid as a ``vtkOrientedImageData`` in the segmentation node's coordinates
+    (world without the segmentation's parent transform), the form Segment Editor's
+    ``modifySelectedSegmentByLabelmap`` takes."""
+    import vtk.util.numpy_support
+
+    dimensions = volume_node.GetImageData().GetDimensions()
+    if tuple(mask.shape) != tuple(dimensions[::-1]):
+        raise ValueError(f"mask shape {mask.shape} differs from the volume {dimensions[::-1]}")
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetDimensions(*dimensions)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    scalars = vtk.util.numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    scalars[:] = np.ascontiguousarray(mask, dtype=np.uint8).ravel()
+    labelmap.GetPointData().GetScalars().Modified()
+    matrix = node_to_world(volume_node) @ _ijk_to_ras(volume_node)
+    if segmentation_node is not None:
+        matrix = np.linalg.inv(node_to_world(segmentation_node)) @ matrix
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtk_matrix.SetElement(r, c, float(matrix[r, c]))
+    labelmap.SetImageToWorldMatrix(vtk_matrix)
+    return labelmap
+
+
+def _ijk_to_ras(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return matrix_to_array(matrix)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .box_segmentation import BoxSegmentationLogic, ModelChoice
+from .box_segmentation import BoxSegmentationLogic
 from .geometry import array_to_matrix, ijk_to_world_points
 from .roi_prompts import SLICE_AXIS_ATTRIBUTE
 from .segments import read_segment, segment_exists
@@ -81,8 +81,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 1.0
 
 
-def run_self_test(logic: BoxSegmentationLogic, volumes_logic=None, data_folder: str | Path | None = None,
-                  choice: ModelChoice = ModelChoice()) -> SelfTestReport:
+def run_self_test(logic: BoxSegmentationLogic, volumes_logic=None,
+                  data_folder: str | Path | None = None) -> SelfTestReport:
+    """Needs ``logic.engine`` connected (the module's self-test starts a local engine first)."""
     scene = logic.scene
     lung = Path(data_folder).joinpath(*LUNG1[:2]) if data_folder else None
     if lung is not None and lung.is_file() and volumes_logic is not None:
@@ -101,7 +102,7 @@ def run_self_test(logic: BoxSegmentationLogic, volumes_logic=None, data_folder: 
     # The key is the ROI's middle slice (see roi_prompts); the box is the label's box there.
     roi = box_roi(scene, volume, label, (first + last + 1) // 2, first, last)
     before = len(logic.undo_stack)
-    operation, outcome = logic.propagate(volume, [roi], window=window, range_mode="roi", choice=choice)
+    operation, outcome = logic.propagate(volume, [roi], window=window, range_mode="roi")
     segmentation = scene.GetNodeByID(operation.snapshot.segmentation_node_id)
     segment_id = operation.snapshot.segment_id
     mask = read_segment(segmentation, segment_id, volume)

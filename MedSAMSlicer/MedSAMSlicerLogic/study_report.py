@@ -15,7 +15,7 @@ class ReportUnavailable(MedSAMError):
 
 def export_report(log_folder: str | Path) -> str:
     """Write the report; returns the path of its markdown summary."""
-    from MedSAMSlicerLib.study import study
+    from MedSAMSlicerLib.study import report as study
 
     if not log_folder or not Path(log_folder).is_dir():
         raise ReportUnavailable(f"no time-log folder at {log_folder!r}; choose the folder and start a time log first")

@@ -1,5 +1,9 @@
-"""Helpers shared by the test_slicer_* files: a harness per test, the logic on the shared model and cache, and
-ROIs drawn in RAS from a box given in voxel indices (the way a user's drag ends up in the scene)."""
+"""Helpers shared by the test_slicer_* files: a harness per test, a live local engine service per test module (a
+real ``medsam-slicer serve`` child process started the way Slicer starts it, stopped after the module), the logic
+talking to it, and ROIs drawn in RAS from a box given in voxel indices (the way a user's drag ends up in the scene).
+
+The engine keeps embeddings in the session's disk cache folder, so slices the in-process tests encoded are not
+encoded again by the server (and the other way round)."""
 
 from __future__ import annotations
 
@@ -22,14 +26,33 @@ def harness():
     harness.close()
 
 
-@pytest.fixture
-def logic(harness, segmenter, cache):
-    from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, ModelChoice
+def start_engine(cache_dir) -> "EngineLink":
+    from MedSAMSlicerLogic.engine_link import EngineLink
 
-    logic = BoxSegmentationLogic(harness.scene, cache)
-    logic.use_segmenter(segmenter, ModelChoice())  # the session's model: embeddings are shared with other tests
+    link = EngineLink()
+    link.start_local_and_wait(args=("--device", "cpu", "--cache-dir", str(cache_dir)))
+    link.client.wait_ready(timeout=600)
+    return link
+
+
+@pytest.fixture(scope="module")
+def engine(cache):
+    """A live local engine service for this test module (stopped after it)."""
+    link = start_engine(cache.disk_dir)
+    yield link
+    link.stop()
+
+
+@pytest.fixture
+def logic(harness, engine):
+    from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic
+
+    if engine.client is None:  # a test stopped or killed it: start a fresh one for the next tests
+        engine.start_local_and_wait(args=("--device", "cpu"))
+    logic = BoxSegmentationLogic(harness.scene, engine.client)
     yield logic
-    logic.close_case()
+    logic.reset()
+    logic.detach()
 
 
 def roi_in_ras(scene, volume_node, axis: str, first: int, last: int, box: Box, tag_axis: bool = True,

@@ -3,17 +3,15 @@
 Encoder work: lung1 axial slices 32..34 only (shared with test_slicer_logic and test_propagation).
 """
 
-import threading
-
 import numpy as np
 import pytest
 import vtk
 
 from MedSAMSlicerLib.engine.boxes import Box
-from MedSAMSlicerLib.errors import BoxError, InputImageError
+from MedSAMSlicerLib.errors import BoxError, InputImageError, MedSAMError
 
 from conftest import shared_path
-from slicer_fixtures import harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures
+from slicer_fixtures import engine, harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures
 
 LUNG_KEY = 33
 
@@ -127,82 +125,62 @@ def test_volume_changed_while_running_writes_nothing(harness, logic, lung):
     volume, label = lung
     node, mine, mask = user_segmentation(harness, volume, label.shape)
     roi = roi_in_ras(harness.scene, volume, "k", LUNG_KEY, LUNG_KEY, tight_box(label[LUNG_KEY], 3))
-    request = logic.slice_request(volume, roi, "lung")
-    outcome = logic.run_slice(request, logic.segmenter())
+    logic.start_segment_slice(volume, roi, node, window="lung")
     voxels = slicer.util.arrayFromVolume(volume)
     voxels[0, 0, 0] += 1  # the user edits the volume meanwhile (e.g. another module)
     slicer.util.arrayFromVolumeModified(volume)
-    with pytest.raises(InputImageError, match="changed while segmenting; nothing was written"):
-        logic.apply_slice(volume, request, outcome, node)
+    progress = logic.wait()
+    assert progress.state == "failed"
+    assert "changed while segmenting; nothing was written" in progress.message
     assert_untouched(node, mine, mask, volume)
+    assert not logic.busy and len(logic.undo_stack) == 0
 
 
-def test_cancel_during_propagation_writes_nothing(harness, logic, lung):
-    """Cancel after the first slice, through the worker the panel uses: state CANCELLED, no segment written."""
-    from MedSAMSlicerLogic.worker import BackgroundTask, TaskState
-
-    volume, label = lung
-    node, mine, mask = user_segmentation(harness, volume, label.shape)
-    roi = roi_in_ras(harness.scene, volume, "k", 32, 34, tight_box(label[LUNG_KEY], 3))
-    request = logic.propagation_request(volume, [roi], "lung", "roi")
-    segmenter = logic.segmenter()
-
-    def work(progress, cancel):
-        def report(done, total):
-            progress(done, total)
-            if done == 1:
-                cancel.cancel()  # what the Cancel button does, at a known point
-
-        return logic.run_propagation(request, segmenter, report, cancel)
-
-    task = BackgroundTask("Propagate 3D", work)
-    assert task.wait(timeout=300)
-    assert task.state is TaskState.CANCELLED
-    assert "cancelled after 1 of 3 slices; nothing was written" in task.message
-    assert task.progress == (1, 3)
-    assert_untouched(node, mine, mask, volume)
-    assert len(logic.undo_stack) == 0
-
-
-def test_cancel_before_the_first_slice(harness, logic, lung):
-    from MedSAMSlicerLogic.worker import TaskState
-
+def test_cancel_before_the_engine_started_the_job(harness, logic, lung):
+    """Cancel between the click and the first poll: nothing reaches the engine, nothing is written."""
     volume, label = lung
     roi = roi_in_ras(harness.scene, volume, "k", 32, 34, tight_box(label[LUNG_KEY], 3))
-    request = logic.propagation_request(volume, [roi], "lung", "roi")
-    gate = threading.Event()
-    original = logic.run_propagation
-
-    def gated(*args, **kwargs):
-        gate.wait(60)  # hold the worker until the test has pressed Cancel
-        return original(*args, **kwargs)
-
-    logic.run_propagation = gated
-    task = logic.start("Propagate 3D", request)
-    task.cancel()
-    gate.set()
-    assert task.wait(timeout=300) and task.state is TaskState.CANCELLED
-    assert "after 0 of 3" in task.message
+    logic.start_propagation(volume, [roi], window="lung", range_mode="roi")
+    logic.cancel()
+    progress = logic.wait()
+    assert progress.state == "cancelled" and "nothing was written" in progress.message
     assert harness.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert logic.poll().state == "idle"
 
 
-def test_gpu_out_of_memory_is_one_message_and_writes_nothing(harness, logic, lung):
-    """Simulated: the work raises torch's own OutOfMemoryError, as a CUDA allocation does (no GPU here)."""
-    import torch
-
-    from MedSAMSlicerLogic.worker import BackgroundTask, TaskState
-
+def test_second_operation_while_one_runs_is_refused(harness, logic, lung):
     volume, label = lung
-    node, mine, mask = user_segmentation(harness, volume, label.shape)
+    roi = roi_in_ras(harness.scene, volume, "k", 32, 34, tight_box(label[LUNG_KEY], 3))
+    logic.start_propagation(volume, [roi], window="lung", range_mode="roi")
+    with pytest.raises(MedSAMError, match="still running"):
+        logic.start_segment_slice(volume, roi, window="lung")
+    logic.cancel()
+    assert logic.wait().state == "cancelled"
 
-    def work(progress, cancel):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 4.00 GiB total)")
 
-    task = BackgroundTask("Propagate 3D", work)
-    assert task.wait(timeout=30) and task.state is TaskState.FAILED
-    assert task.message.startswith("the GPU ran out of memory; nothing was written. Choose 'cpu'")
-    assert "\n" not in task.message
-    assert_untouched(node, mine, mask, volume)
+def test_no_engine_is_one_message():
+    from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic
+    from MedSAMSlicerLogic.messages import user_message
+    from slicer_harness import SlicerHarness
+
+    harness = SlicerHarness()
+    try:
+        volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
+        logic = BoxSegmentationLogic(harness.scene, None)
+        roi = roi_in_ras(harness.scene, volume, "k", LUNG_KEY, LUNG_KEY, Box(200, 340, 240, 380))
+        with pytest.raises(MedSAMError) as raised:
+            logic.start_segment_slice(volume, roi)
+        assert user_message(raised.value).startswith("no engine: choose 'Local' or enter a server URL")
+    finally:
+        harness.close()
+
+
+def test_gpu_out_of_memory_text_is_one_message():
+    """The engine's own out-of-memory error text (CUDA allocation failures) becomes the advice line."""
+    from MedSAMSlicerLogic.messages import user_message
+
+    text = user_message(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 4.00 GiB total)"))
+    assert text.startswith("the GPU ran out of memory; nothing was written. Choose 'cpu'") and "\n" not in text
 
 
 def test_unexpected_error_is_one_line_with_its_type():

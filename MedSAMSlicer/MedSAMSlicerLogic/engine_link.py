@@ -1,0 +1,173 @@
+"""The connection to the engine service, for any front end and without Qt or threads.
+
+Two modes:
+
+- **local**: :meth:`EngineLink.start_local` starts ``python -m MedSAMSlicerLib.cli serve --port 0`` as a child
+  process (in Slicer ``python`` is ``PythonSlicer``, run in Slicer's start-up environment), with its output going to
+  a log file, not a pipe: a pipe needs a reader thread, and Slicer's Python must not run one (PythonQt holds the GIL
+  while Slicer idles, so a full pipe would stall the engine).  The child prints its URL as the first line of that
+  file and writes a fresh token into a private folder; :meth:`EngineLink.poll_start` (called from the front end's
+  timer) picks both up without waiting.  The child stops with :meth:`EngineLink.stop`, at interpreter exit, and by
+  itself when its parent process is gone (``--parent-pid``).
+- **remote**: :meth:`EngineLink.connect_remote` takes a URL and an API key; :meth:`EngineLink.test_connection`
+  answers in one short request with a sentence for the user.
+
+``EngineLink.client`` is the :class:`MedSAMSlicerLib.client.EngineClient` the MRML logic talks to.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from MedSAMSlicerLib.errors import EngineUnavailable, MedSAMError
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding MedSAMSlicerLib/ and this package
+START_TIMEOUT = 120.0  # seconds for the child to print its URL (imports only; the model loads after)
+
+
+class EngineLink:
+    def __init__(self) -> None:
+        self.client = None  # EngineClient once connected
+        self.mode = ""  # "local" or "remote"
+        self.process: Optional[subprocess.Popen] = None
+        self.log_path: Optional[Path] = None
+        self._folder: Optional[str] = None
+        self._started = 0.0
+
+    # -- local --------------------------------------------------------------------------------------------------------
+    def start_local(self, python: Optional[str] = None, args: Sequence[str] = ("--device", "auto"),
+                    env: Optional[dict] = None, extra_paths: Sequence[str] = (),
+                    log_dir: Optional[str] = None) -> None:
+        """Start the child engine; returns at once (``poll_start`` says when it answers).
+
+        ``extra_paths``: folders put first on the child's ``PYTHONPATH`` (the private engine packages folder).
+        """
+        self.stop()
+        self._folder = tempfile.mkdtemp(prefix="medsam-engine-")  # mode 0700: token readable by this user only
+        token_file = os.path.join(self._folder, "token")
+        self.log_path = Path(log_dir or self._folder) / "engine.log"
+        command = [python or sys.executable, "-u", "-m", "MedSAMSlicerLib.cli", "serve", "--port", "0",
+                   "--token-file", token_file, "--parent-pid", str(os.getpid()), *args]
+        environment = dict(env if env is not None else os.environ)
+        paths = [*extra_paths, PACKAGE_ROOT, environment.get("PYTHONPATH", "")]
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        environment["PYTHONUNBUFFERED"] = "1"
+        log_file = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - the child owns it from here
+        try:
+            kwargs = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else \
+                {"start_new_session": True}
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                            stderr=subprocess.STDOUT, env=environment, **kwargs)
+        except OSError as error:
+            raise EngineUnavailable(f"cannot start the engine with {command[0]}: {error}") from None
+        finally:
+            log_file.close()
+        self.mode, self._started = "local", time.monotonic()
+        atexit.register(self.stop)
+
+    def poll_start(self, timeout: float = START_TIMEOUT) -> bool:
+        """True once the child answered with its URL (``client`` is set); raises when it died or took too long."""
+        if self.client is not None:
+            return True
+        if self.process is None:
+            raise EngineUnavailable("the local engine was not started")
+        url = self._url_from_log()
+        if url is None:
+            if self.process.poll() is not None:
+                raise EngineUnavailable(f"the engine stopped at start-up: {self.last_log_line() or 'no output'} "
+                                        f"(log: {self.log_path})")
+            if time.monotonic() - self._started > timeout:
+                self.stop()
+                raise EngineUnavailable(f"the engine did not start within {timeout:g} s (log: {self.log_path})")
+            return False
+        from MedSAMSlicerLib.client import EngineClient, read_token_file
+
+        token = read_token_file(os.path.join(self._folder, "token"))
+        client = EngineClient(url, token)
+        client.process = self.process  # the logic notices a dead child at once
+        self.client = client
+        return True
+
+    def start_local_and_wait(self, python: Optional[str] = None, args: Sequence[str] = ("--device", "cpu"),
+                             timeout: float = START_TIMEOUT, **kwargs):
+        """Scripts and tests: start and block until the child answers (the model may still be loading)."""
+        self.start_local(python, args, **kwargs)
+        deadline = time.monotonic() + timeout
+        while not self.poll_start(timeout):
+            if time.monotonic() > deadline:
+                raise EngineUnavailable("the engine did not start in time")
+            time.sleep(0.05)
+        return self.client
+
+    def _url_from_log(self) -> Optional[str]:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as stream:
+                for line in stream:
+                    if line.startswith(("http://", "https://")):
+                        return line.strip()
+        except OSError:
+            return None
+        return None
+
+    def last_log_line(self) -> str:
+        try:
+            lines = [line.strip() for line in Path(self.log_path).read_text(errors="replace").splitlines()]
+        except (OSError, TypeError):
+            return ""
+        return next((line for line in reversed(lines) if line), "")
+
+    # -- remote -------------------------------------------------------------------------------------------------------
+    def connect_remote(self, url: str, api_key: str = "") -> None:
+        from MedSAMSlicerLib.client import EngineClient
+
+        self.stop()
+        if not url.strip():
+            raise EngineUnavailable("enter the engine server's URL (for example http://gpu-server:8765) under Model")
+        self.client = EngineClient(url.strip(), api_key.strip() or None)
+        self.mode = "remote"
+
+    def test_connection(self, timeout: float = 2.0) -> str:
+        """One sentence for the user: reachable and ready, loading, or why not."""
+        if self.client is None:
+            return "not connected: choose Local, or enter a server URL and click Test connection"
+        try:
+            health = self.client.health(timeout=timeout)
+        except MedSAMError as error:
+            return f"not reachable: {error}"
+        if not health.get("ready"):
+            return f"reachable, still loading: {health.get('loading') or 'the model'}"
+        try:
+            info = self.client.info()
+        except MedSAMError as error:  # /health needs no key; /info does: a wrong key shows here
+            return f"reachable, but refused: {error}"
+        return f"connected: {info.get('model', '?')} on {info.get('device', '?')} ({info.get('backend', '?')})"
+
+    # -- lifetime -----------------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop a local child (terminate, then kill after 5 s) and forget the connection."""
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection must not stop the shutdown
+                pass
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.mode = ""
