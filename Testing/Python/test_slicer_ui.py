@@ -69,7 +69,7 @@ def test_manifest_is_installed_where_weights_py_looks():
 def test_extension_cmake_and_index_entry():
     text = (REPO / "CMakeLists.txt").read_text()
     for needed in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
-                   "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)",
+                   "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer 5.10 REQUIRED)",
                    "add_subdirectory(MedSAMSlicer)", "include(${Slicer_EXTENSION_CPACK})"):
         assert needed in text
     entry = json.loads((REPO / "Resources" / "MedSAMSlicer.json").read_text())

@@ -1,0 +1,178 @@
+"""The MRML logic against a live local engine service, the way the panel drives it (start, then ``poll()`` from a
+timer): cancel, the server killed mid-job, the scene closed during a job, undo after a remote propagation.
+
+The engine of this module keeps no disk cache (a private empty folder), so a propagation over lung1's slices
+really encodes them (about 0.3 s each): the job is still running when the test cancels, kills or closes.
+Encoder work: lung1 axial slices from 26 up, a few per test, stopped early.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from slicer_fixtures import harness, label_array, roi_in_ras, start_engine, tight_box  # noqa: F401 - fixtures
+
+LUNG_KEY = 33
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    link = start_engine(tmp_path_factory.mktemp("engine-cache"))
+    yield link
+    link.stop()
+
+
+@pytest.fixture
+def logic(harness, engine):
+    from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic
+
+    if engine.client is None:
+        restarted = start_engine(engine.log_path.parent)
+        engine.process, engine.client, engine.log_path = restarted.process, restarted.client, restarted.log_path
+    logic = BoxSegmentationLogic(harness.scene, engine.client)
+    yield logic
+    logic.reset()
+    logic.detach()
+
+
+@pytest.fixture
+def lung(harness):
+    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
+    return volume, label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
+
+
+def user_segment(harness, volume, shape):
+    import slicer
+
+    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[30:36, 330:390, 190:250] = 1
+    segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
+    return node, segment_id, mask > 0
+
+
+def read(node, segment_id, volume):
+    from MedSAMSlicerLogic.segments import read_segment
+
+    return read_segment(node, segment_id, volume)
+
+
+def start_long_propagation(logic, harness, lung, node=None, segment_id=None):
+    """A propagation into the user's segment over many uncached slices; polled until the engine runs it."""
+    volume, label = lung
+    roi = roi_in_ras(harness.scene, volume, "k", 10, 47, tight_box(label[LUNG_KEY], 3))  # thick box: range 10..47
+    logic.start_propagation(volume, [roi], node, segment_id, window="lung", range_mode="roi")
+    for _ in range(400):
+        progress = logic.poll()
+        assert not progress.finished, progress
+        if progress.state == "running" and logic.pending.job is not None:
+            return progress
+    raise AssertionError("the engine never started the job")
+
+
+def test_segment_slice_and_propagate_through_polling(harness, logic, lung):
+    volume, label = lung
+    roi = roi_in_ras(harness.scene, volume, "k", 32, 34, tight_box(label[LUNG_KEY], 3))
+    logic.start_segment_slice(volume, roi, window="lung")
+    states = []
+    while True:
+        progress = logic.poll()
+        states.append(progress.state)
+        if progress.finished:
+            break
+    assert progress.state == "done", progress.message
+    segmentation = harness.scene.GetNodeByID(progress.operation.snapshot.segmentation_node_id)
+    segment_id = progress.operation.snapshot.segment_id
+    written = read(segmentation, segment_id, volume)
+    assert written[LUNG_KEY].any() and not np.delete(written, LUNG_KEY, axis=0).any()
+    assert np.logical_and(written, label).sum() > 0.5 * written.sum()  # on the tumour
+
+    logic.start_propagation(volume, [roi], window="lung", range_mode="roi")
+    seen = []
+    while True:
+        progress = logic.poll()
+        seen.append((progress.state, progress.done, progress.total))
+        if progress.finished:
+            break
+    assert progress.state == "done", progress.message
+    assert progress.outcome.propagation.segmented_slices == 3
+    written = read(segmentation, segment_id, volume)  # the object's own segment, now 3 slices
+    assert sorted(np.flatnonzero(written.any(axis=(1, 2)))) == [32, 33, 34]
+    assert logic.poll().state == "idle"
+
+
+def test_cancel_mid_job_writes_nothing(harness, logic, lung):
+    volume, label = lung
+    node, mine, mask = user_segment(harness, volume, label.shape)
+    start_long_propagation(logic, harness, lung, node, mine)
+    logic.cancel()
+    progress = logic.wait()
+    assert progress.state == "cancelled", progress
+    assert "nothing was written" in progress.message
+    np.testing.assert_array_equal(read(node, mine, volume), mask)
+    assert len(logic.undo_stack) == 0 and logic.poll().state == "idle"
+
+
+def test_server_killed_mid_job_leaves_the_segment_untouched(harness, logic, lung, engine):
+    volume, label = lung
+    node, mine, mask = user_segment(harness, volume, label.shape)
+    start_long_propagation(logic, harness, lung, node, mine)
+    engine.process.kill()  # the engine crashes (or the user kills it) while propagating
+    engine.process.wait()
+    progress = logic.wait()
+    assert progress.state == "failed"
+    assert "engine" in progress.message and "nothing was written" in progress.message and "\n" not in progress.message
+    np.testing.assert_array_equal(read(node, mine, volume), mask)
+    assert node.GetSegmentation().GetNumberOfSegments() == 1 and len(logic.undo_stack) == 0
+    engine.stop()  # the next test's fixture starts a fresh engine
+
+
+def test_scene_close_during_a_job_resets_everything(harness, logic, lung):
+    volume, label = lung
+    roi = roi_in_ras(harness.scene, volume, "k", LUNG_KEY, LUNG_KEY, tight_box(label[LUNG_KEY], 3))
+    logic.segment_slice(volume, roi, window="lung")  # something to undo, a current object
+    assert len(logic.undo_stack) == 1 and logic.current.segment_id
+    start_long_propagation(logic, harness, lung)
+    job = logic.pending.job
+
+    harness.scene.Clear(0)  # File > Close Scene: the logic observes the scene's StartCloseEvent
+
+    assert logic.pending is None and logic.poll().state == "idle"
+    assert len(logic.undo_stack) == 0 and logic.current.segment_id == "" and logic.current.box_ids == []
+    assert harness.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    for _ in range(200):  # the engine was told to stop the job
+        status = job.poll(timeout=1.0)
+        if status.finished:
+            break
+    assert status.state == "cancelled"
+
+
+def test_undo_after_a_remote_propagation_restores_the_segment(harness, logic, lung):
+    volume, label = lung
+    node, mine, mask = user_segment(harness, volume, label.shape)
+    roi = roi_in_ras(harness.scene, volume, "k", 32, 34, tight_box(label[LUNG_KEY], 3))
+    operation, outcome = logic.propagate(volume, [roi], node, mine, window="lung", range_mode="roi")
+    assert outcome.propagation.segmented_slices == 3
+    assert not np.array_equal(read(node, mine, volume), mask)
+    assert logic.undo() is operation
+    np.testing.assert_array_equal(read(node, mine, volume), mask)
+    assert node.GetSegmentation().GetSegment(mine).GetName() == "Mine"
+
+
+def test_mask_to_labelmap_round_trip(harness, lung):
+    """The labelmap the Segment Editor effect hands to modifySelectedSegmentByLabelmap lands on the same voxels
+    (checked through the segmentations logic, as Segment Editor's own write would; no Qt here)."""
+    import slicer
+
+    from MedSAMSlicerLogic.segments import mask_to_labelmap
+
+    volume, label = lung
+    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "effect target")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = node.GetSegmentation().AddEmptySegment("", "target")
+    labelmap = mask_to_labelmap(label, volume, node)
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        labelmap, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    np.testing.assert_array_equal(read(node, segment_id, volume), label)
