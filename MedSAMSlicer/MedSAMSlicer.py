@@ -62,8 +62,9 @@ def sharedLogic() -> "MedSAMSlicerLogic":
 
 
 def mainWindowOrNone():
-    """The main window, or None (``--no-main-window``, Slicer's generic tests) without the warning util prints."""
-    return slicer.util.mainWindow() if slicer.app.commandOptions().noMainWindow is False else None
+    """The main window, or None with ``--no-main-window`` (Slicer's generic tests): ``slicer.util.mainWindow`` returns
+    None there without a warning, and no shortcut is created without a window to hold it."""
+    return slicer.util.mainWindow()
 
 
 def makeShortcuts(parent, actions: dict) -> list:
@@ -187,12 +188,14 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         """Advance the package install and the local start by one non-blocking step.  Returns "ready", "busy" or
         "idle"; raises (once) when a step failed."""
         if self.install is not None:
+            install = self.install
             try:
-                if not self.install.poll():
-                    return "busy"
-            finally:
-                if self.install is not None and self.install.process.poll() not in (None, 0):
-                    self.install = None
+                finished = install.poll()
+            except Exception:
+                self.install = None  # reported once by the caller; a new click may try again
+                raise
+            if not finished:
+                return "busy"
             self.install = None
             return "idle"  # installed: the caller starts the engine
         if self.link.process is not None and self.link.client is None:
@@ -347,10 +350,10 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         missing = logic.missingEnginePackages()
         if missing:
-            if logic.installDeclined:
+            if logic.installDeclined and then is not None:  # a "no" holds for actions; Start engine asks again
+                self.afterEngine = None
                 self.showMessage(_("The engine's packages are not installed (declined earlier). Open the Model "
-                                   "section and click 'Start engine' to be asked again"), error=False)
-                logic.installDeclined = then is not None  # the Start-engine button asks again
+                                   "section and click 'Start engine' to be asked again"))
                 return
             if not slicer.util.confirmOkCancelDisplay(dependencies.consent_text(missing, logic.packagesDir()),
                                                       windowTitle=_("MedSAM: install the engine")):
@@ -358,6 +361,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.afterEngine = None
                 self.showMessage(_("MedSAM needs its engine packages; nothing was installed"))
                 return
+            logic.installDeclined = False
             self.guarded(_("Install"), lambda: logic.startInstall(missing))
             self.showMessage(_("Installing the engine's packages (a few minutes)..."))
         else:
