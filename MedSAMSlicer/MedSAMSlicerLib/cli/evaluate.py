@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .remote import add_server_options
 from .options import add_model_options, add_propagation_options, describe_run, make_session, propagation_options
 
 
@@ -28,6 +29,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     add_model_options(evaluate)
     add_propagation_options(evaluate)
+    add_server_options(evaluate)
     return evaluate
 
 

@@ -61,7 +61,11 @@ def parse_key_box(text: str):
 
 
 def make_session(args: argparse.Namespace, image_path: str):
-    """Model, encoder backend, cache and windowed volume, from the shared options."""
+    """Model, encoder backend, cache and windowed volume, from the shared options (or a server's, --server)."""
+    if getattr(args, "server", None):
+        from .remote import open_remote_session
+
+        return open_remote_session(args, image_path)
     from ..engine.backends import make_segmenter
     from ..engine.cache import EmbeddingCache, default_disk_dir
     from ..engine.session import VolumeSession
@@ -105,6 +109,8 @@ class ProgressBar:
 
 
 def describe_run(session) -> dict:
+    if getattr(session, "remote", False):  # cli.remote.RemoteSession: the server describes its model
+        return session.describe()
     segmenter = session.segmenter
     return {"model": segmenter.model.name, "checkpoint": str(segmenter.model.checkpoint.path),
             "checkpoint_verified": segmenter.model.checkpoint.verified, "device": str(segmenter.model.device),

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ..errors import OptionError
+from .remote import add_server_options
 from .options import (ProgressBar, add_model_options, add_propagation_options, describe_run, make_session,
                       parse_key_box, parse_range, propagation_options)
 
@@ -23,6 +24,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_options(segment)
     add_propagation_options(segment)
+    add_server_options(segment)
     return segment
 
 
@@ -46,7 +48,9 @@ def run_segment(args: argparse.Namespace) -> dict:
     if args.propagate or args.key_box or slice_range:
         bar = ProgressBar("propagating")
         try:
-            result = propagate(session, key_boxes, propagation_options(args, slice_range), progress=bar)
+            options = propagation_options(args, slice_range)
+            result = (session.propagate(key_boxes, options, progress=bar) if getattr(session, "remote", False)
+                      else propagate(session, key_boxes, options, progress=bar))
         finally:
             bar.close()
         mask = result.mask

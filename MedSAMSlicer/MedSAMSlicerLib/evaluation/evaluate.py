@@ -168,7 +168,9 @@ def evaluate_3d(session: VolumeSession, target: Target, rule: str = "ours", rang
                                  largest_component=base.largest_component, fill_holes=base.fill_holes)
     calls_before, start = session.segmenter.encoder.calls, time.perf_counter()
     with PeakMemory() as memory:
-        result = propagate(session, key_boxes, options)
+        # a remote session (segment/eval --server) propagates on its engine server
+        result = (session.propagate(key_boxes, options) if getattr(session, "remote", False)
+                  else propagate(session, key_boxes, options))
     seconds = time.perf_counter() - start
     dsc, nsd = score(result.mask, target.mask, session.volume.spacing_zyx, tolerance_mm)
     baseline, baseline3d = filled_box_baselines(target.mask, session.np_axis)

@@ -200,7 +200,8 @@ class Engine:
             now = time.monotonic()
             with self._lock:
                 for job in self.jobs.values():
-                    if job.state == "running" and now - job.last_seen > self.config.job_heartbeat:
+                    if (job.state == "running" and not job.cancel.cancelled
+                            and now - job.last_seen > self.config.job_heartbeat):
                         log.info("job %s: its client stopped polling; cancelling it", job.id[:8])
                         job.cancel.cancel()
                         job.message = "cancelled: the client stopped polling"
