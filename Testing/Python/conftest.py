@@ -17,6 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "MedSAMSlicer"))  # the engine also imports without being pip-installed
 
+# Tests that count encoder calls assume the sequential propagation walk; test_runtimes.py turns encode-ahead on.
+os.environ.setdefault("MEDSAM_SLICER_ENCODE_AHEAD", "off")
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 NO_DATA = f"real scans not found at {SHARED_DATA} (a user's clone has none; CI has them)"
 
@@ -44,7 +47,7 @@ def onnx_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def segmenter(onnx_dir):
-    """LiteMedSAM with the fastest encoder available here (ONNX Runtime on CPU)."""
+    """LiteMedSAM on the fastest verified runtime here (OpenVINO on the CPU, exact precision)."""
     from MedSAMSlicerLib.engine.backends import make_segmenter
 
     return make_segmenter("litemedsam", device="cpu", backend="auto")

@@ -33,7 +33,7 @@ def test_segment_one_slice_writes_a_label_on_the_input_grid(capsys, tmp_path):
     box = f"{cols.min()},{rows.min()},{cols.max()},{rows.max()}"
     out = tmp_path / "tumour.nii.gz"
     summary = run_json(capsys, "segment", image, "--box", box, "--slice", 20, "--window", "lung", "--out", out)
-    assert summary["mode"] == "2d" and summary["backend"] == "onnxruntime" and "lung" in summary["window"]
+    assert summary["mode"] == "2d" and summary["backend"] == "openvino" and "lung" in summary["window"]
     written = sitk.ReadImage(str(out))
     reference = sitk.ReadImage(str(image))
     assert written.GetSize() == reference.GetSize()

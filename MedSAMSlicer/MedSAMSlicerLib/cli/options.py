@@ -22,8 +22,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", help="checkpoint file (default: model_weights/, then the bundled LiteMedSAM)")
     group.add_argument("--checkpoint-sha256", help="expected sha256 of --checkpoint when the manifest has none")
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    group.add_argument("--backend", default="auto", choices=("auto", "pytorch", "onnx"),
-                       help="image encoder runtime; auto = ONNX Runtime on CPU when available (default)")
+    group.add_argument("--backend", default="auto", choices=("auto", "openvino", "onnx", "pytorch"),
+                       help="network runtime; auto = OpenVINO on the CPU, else ONNX Runtime, else PyTorch (default)")
+    group.add_argument("--precision", default="exact", choices=("exact", "fast"),
+                       help="exact: fp32 (default); fast: bf16 image encoder in OpenVINO where the CPU has bf16 "
+                            "(about 2x faster, DSC cost measured in the README)")
     group.add_argument("--window", default="auto",
                        help="auto, mr, none, a CT preset (soft_tissue, lung, bone, brain, mediastinum) or L,W")
     group.add_argument("--axis", default="axial", help="axial, coronal, sagittal, or the index axis k, j, i")
@@ -72,11 +75,12 @@ def make_session(args: argparse.Namespace, image_path: str):
     from ..volumeio.files import read_volume
 
     volume = read_volume(image_path)
-    segmenter = make_segmenter(args.model, args.checkpoint, args.device, args.backend, args.checkpoint_sha256)
+    segmenter = make_segmenter(args.model, args.checkpoint, args.device, args.backend, args.checkpoint_sha256,
+                               getattr(args, "precision", "exact"))
     cache = EmbeddingCache(store_fp16=args.fp16_cache, disk_dir=args.cache_dir or default_disk_dir())
     session = VolumeSession(segmenter, volume, args.window, args.axis, cache)
-    log.info("%s; encoder backend %s; window %s (%s)", segmenter.model.describe(), segmenter.backend_name,
-             session.window.describe(), session.window_reason)
+    log.info("%s; runtime %s (%s); window %s (%s)", segmenter.model.describe(), segmenter.describe_backend(),
+             segmenter.backend_reason, session.window.describe(), session.window_reason)
     return session
 
 
@@ -115,5 +119,6 @@ def describe_run(session) -> dict:
     return {"model": segmenter.model.name, "checkpoint": str(segmenter.model.checkpoint.path),
             "checkpoint_verified": segmenter.model.checkpoint.verified, "device": str(segmenter.model.device),
             "device_reason": segmenter.model.device_choice.reason, "backend": segmenter.backend_name,
+            "precision": segmenter.precision, "backend_reason": segmenter.backend_reason,
             "window": session.window.describe(), "window_reason": session.window_reason,
             "axis": session.axis_name, "slice_axis": "kji"[session.np_axis]}

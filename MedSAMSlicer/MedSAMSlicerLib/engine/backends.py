@@ -1,120 +1,161 @@
-"""Image-encoder runtimes: PyTorch, or ONNX Runtime on the CPU (about twice as fast there).
+"""Choosing the runtime that runs the networks: OpenVINO, ONNX Runtime or PyTorch, and the precision.
 
-The ONNX file is exported by this project from the loaded PyTorch encoder, once per checkpoint, into the user
-cache folder (``~/.cache/medsam-slicer/onnx`` or ``$MEDSAM_SLICER_ONNX_DIR``) and reused after checking the sha256
-recorded beside it.  Before use, every freshly exported file is checked against PyTorch on a fixed input; a file
-whose output drifts more than 1e-3 is discarded and PyTorch is used instead.
+``--backend auto`` on the CPU tries OpenVINO, then ONNX Runtime, then PyTorch, and says why it passed over each;
+on a GPU it is PyTorch.  A runtime is used only after its outputs were checked against PyTorch on a fixed probe
+(:mod:`.export`): exact mode within 1e-3 (measured 6e-6), fast mode (OpenVINO bf16 encoder) within a relative L2
+error of 10 % (a sanity bound; fast mode's real cost is the per-case DSC table of the README).  The result is
+recorded beside the exported file, so the check runs once per file, runtime version and precision.  ``--precision fast`` needs OpenVINO on a CPU with bf16; elsewhere it says so and runs exact.
+
+Start-up: when the exported files are verified and the checkpoint's sha256 matched its record, the PyTorch network
+is not read at all (:class:`DeferredModel` reads it on first use), which saves about a second.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import warnings
-from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..atomic import atomic_path, write_bytes_atomically
-from ..errors import OptionError
-from .models import LoadedModel, load_model
-from .predictor import Segmenter
-from .weights import file_sha256
+from ..errors import OptionError, first_line
+from .device import DeviceChoice, choose_device
+from .export import cached_export, exported, measure_decoder, measure_encoder
+from .models import LoadedModel, ModelEntry, load_model
+from .predictor import Runtime, Segmenter
+from .weights import VerifiedCheckpoint, model_entry, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-ONNX_DIR_ENV = "MEDSAM_SLICER_ONNX_DIR"
-MAX_EXPORT_DRIFT = 1e-3
+BACKENDS = ("auto", "openvino", "onnx", "pytorch")
+PRECISIONS = ("exact", "fast")
+MAX_EXACT_DRIFT = 1e-3  # max |Δ| of the embedding and of the logits, against PyTorch
+MAX_FAST_REL_L2 = 0.1  # relative L2 error of the bf16 embedding on the random probe (measured 0.042)
 
 
-def onnx_dir() -> Path:
-    value = os.environ.get(ONNX_DIR_ENV)
-    if value:
-        return Path(value).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "medsam-slicer" / "onnx"
+class DeferredModel(LoadedModel):
+    """A :class:`LoadedModel` whose network is read from its (already verified) checkpoint on first use."""
+
+    def __init__(self, name: str, entry: ModelEntry, checkpoint: VerifiedCheckpoint, device_choice: DeviceChoice,
+                 checkpoint_arg: str | None, checkpoint_sha256: str | None, device_arg: str) -> None:
+        self.name, self.entry, self.checkpoint, self.device_choice = name, entry, checkpoint, device_choice
+        self._args = (name, checkpoint_arg, device_arg, checkpoint_sha256)
+        self._net = None
+
+    @property
+    def net(self):  # type: ignore[override]
+        if self._net is None:
+            loaded = load_model(*self._args)
+            self._net, self.device_choice = loaded.net, loaded.device_choice
+        return self._net
+
+    @net.setter
+    def net(self, value) -> None:
+        self._net = value
+
+    @property
+    def loaded(self) -> bool:
+        return self._net is not None
 
 
-def _export(model: LoadedModel, target: Path) -> None:
-    encoder = model.net.image_encoder.to("cpu").eval()
-    size = 256 if model.pipeline == "lite" else 1024
-    example = torch.zeros(1, 3, size, size)
-    try:
-        with atomic_path(target, suffix=".onnx") as temp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            torch.onnx.export(encoder, (example,), str(temp), input_names=["image"], output_names=["embedding"],
-                              opset_version=17, dynamo=False)
-    finally:
-        model.net.to(model.device)
+def _verify(model, part: str, file, key: str, measure, limit) -> None:
+    """Check a runtime's ``part`` against PyTorch once; raise when it drifts too far."""
+    found = file.verification(key)
+    if found is None:
+        found = measure()
+        problem = limit(found)
+        found["ok"] = problem is None
+        file.record_verification(key, found)
+        log.info("%s %s checked against PyTorch: %s", key, part, found)
+    if not found.get("ok"):
+        raise RuntimeError(f"{key} {part} differs from PyTorch ({limit(found) or found})")
 
 
-class OnnxEncoder:
-    """Callable (1, 3, S, S) float32 tensor -> (1, 256, 64, 64) tensor, through an ONNX Runtime session."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.path = path
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        (output,) = self.session.run(None, {"image": image.numpy().astype(np.float32, copy=False)})
-        return torch.from_numpy(output)
+def _exact_limit(drift: dict) -> str | None:
+    return None if drift["max_abs"] <= MAX_EXACT_DRIFT else f"max |Δ| {drift['max_abs']:.2e} > {MAX_EXACT_DRIFT}"
 
 
-def onnx_encoder(model: LoadedModel) -> OnnxEncoder:
-    """The ONNX encoder of ``model``, exported and verified on first use."""
-    target = onnx_dir() / f"{model.name}-{model.checkpoint.sha256[:16]}-encoder.onnx"
-    record = target.with_suffix(".json")
-    if target.is_file() and record.is_file():
+def _fast_limit(drift: dict) -> str | None:
+    return None if drift["rel_l2"] <= MAX_FAST_REL_L2 else f"relative L2 {drift['rel_l2']:.3f} > {MAX_FAST_REL_L2}"
+
+
+def _exports(model) -> tuple:
+    return exported(model, "encoder"), exported(model, "decoder")
+
+
+def _checked(model, runtime, encoder_file, decoder_file) -> Runtime:
+    """``runtime`` once its encoder and decoder passed the check (a decoder that fails is dropped: PyTorch's)."""
+    key = runtime.verification_key("encoder")
+    limit = _fast_limit if runtime.precision == "fast" else _exact_limit
+    _verify(model, "encoder", encoder_file, key, lambda: measure_encoder(model, runtime.encode), limit)
+    if runtime.has_decoder:
+        key = runtime.verification_key("decoder")
         try:
-            if json.loads(record.read_text())["sha256"] == file_sha256(target):
-                return OnnxEncoder(target)
-        except (OSError, ValueError, KeyError):
-            pass
-        log.warning("cached ONNX encoder %s failed its checksum; exporting it again", target)
-    log.info("exporting the %s image encoder to ONNX (once): %s", model.name, target)
-    _export(model, target)
-    encoder = OnnxEncoder(target)
-    drift = _drift(model, encoder)
-    if drift > MAX_EXPORT_DRIFT:
-        target.unlink(missing_ok=True)
-        raise RuntimeError(f"ONNX export differs from PyTorch by {drift:.2e}")
-    write_bytes_atomically(record, json.dumps({"sha256": file_sha256(target), "max_abs_drift": drift,
-                                               "checkpoint_sha256": model.checkpoint.sha256}).encode())
-    return encoder
+            _verify(model, "decoder", decoder_file, key, lambda: measure_decoder(model, runtime.decode), _exact_limit)
+        except RuntimeError as error:
+            log.warning("%s; the PyTorch decoder is used", error)
+            runtime.drop_decoder()
+    return runtime
 
 
-def _drift(model: LoadedModel, encoder: OnnxEncoder) -> float:
-    size = 256 if model.pipeline == "lite" else 1024
-    probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        reference = model.net.image_encoder(probe.to(model.device)).cpu()
-    return float((encoder(probe) - reference).abs().max())
+def openvino_runtime(model, precision: str) -> Runtime:
+    from .runtime_openvino import OpenVinoRuntime, bf16_available
+
+    if precision == "fast" and not bf16_available():
+        log.warning("--precision fast: this CPU reports no bf16 support to OpenVINO; running exact (fp32)")
+        precision = "exact"
+    encoder_file, decoder_file = _exports(model)
+    return _checked(model, OpenVinoRuntime(encoder_file, decoder_file, precision), encoder_file, decoder_file)
+
+
+def onnx_runtime(model) -> Runtime:
+    from .runtime_onnx import OnnxRuntime
+
+    encoder_file, decoder_file = _exports(model)
+    return _checked(model, OnnxRuntime(encoder_file.path, decoder_file.path), encoder_file, decoder_file)
+
+
+def _model(name: str, checkpoint: str | None, device: str, checkpoint_sha256: str | None) -> LoadedModel:
+    """The model, its network deferred when both exported files are there and verified for this checkpoint."""
+    choice = choose_device(device)
+    if choice.device.type == "cpu":
+        verified = resolve_checkpoint(name, checkpoint, checkpoint_sha256)
+        deferred = DeferredModel(name, model_entry(name), verified, choice, checkpoint, checkpoint_sha256, device)
+        if verified.verified and all(cached_export(deferred, part) for part in ("encoder", "decoder")):
+            return deferred
+    return load_model(name, checkpoint, device, checkpoint_sha256)
 
 
 def make_segmenter(model_name: str = "litemedsam", checkpoint: str | None = None, device: str = "auto",
-                   backend: str = "auto", checkpoint_sha256: str | None = None) -> Segmenter:
-    """A :class:`Segmenter` with the fastest encoder runtime available, saying which it chose."""
-    if backend not in ("auto", "pytorch", "onnx"):
-        raise OptionError(f"--backend must be auto, pytorch or onnx, got {backend!r}")
-    model = load_model(model_name, checkpoint, device, checkpoint_sha256)
+                   backend: str = "auto", checkpoint_sha256: str | None = None,
+                   precision: str = "exact") -> Segmenter:
+    """A :class:`Segmenter` on the fastest verified runtime available, saying which it chose and why."""
+    if backend not in BACKENDS:
+        raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise OptionError(f"--precision must be exact or fast, got {precision!r}")
+    model = _model(model_name, checkpoint, device, checkpoint_sha256)
     on_cpu = model.device.type == "cpu"
-    if backend == "pytorch" or (backend == "auto" and not on_cpu):
-        return Segmenter(model)
-    if backend == "onnx" and not on_cpu:
-        raise OptionError("--backend onnx runs on the CPU; use --device cpu with it, or --backend pytorch")
-    try:
-        encoder = onnx_encoder(model)
-    except Exception as error:  # onnxruntime missing, export unsupported, disk read-only, drift too large
-        if backend == "onnx":
-            raise OptionError(f"the ONNX Runtime encoder is unavailable: {error}") from error
-        log.warning("ONNX Runtime encoder unavailable (%s); using PyTorch", error)
-        return Segmenter(model)
-    return Segmenter(model, encoder, backend_name="onnxruntime")
+    if backend in ("openvino", "onnx") and not on_cpu:
+        raise OptionError(f"--backend {backend} runs on the CPU; use --device cpu with it, or --backend pytorch")
+    if backend == "pytorch" or not on_cpu:
+        reason = "requested" if backend == "pytorch" else f"on the GPU ({model.device})"
+        if precision == "fast":
+            log.warning("--precision fast needs OpenVINO on the CPU; running exact")
+        return Segmenter(model, None, reason)
+    passed_over = []
+    candidates = ["openvino", "onnx"] if backend == "auto" else [backend]
+    for candidate in candidates:
+        try:
+            if candidate == "openvino":
+                runtime = openvino_runtime(model, precision)
+            else:
+                if precision == "fast":
+                    log.warning("--precision fast needs OpenVINO; ONNX Runtime runs exact")
+                runtime = onnx_runtime(model)
+        except Exception as error:  # not installed, export unsupported, disk read-only, drift too large
+            why = f"{'OpenVINO' if candidate == 'openvino' else 'ONNX Runtime'} unavailable: {first_line(error, 160)}"
+            if backend != "auto":
+                raise OptionError(f"--backend {backend}: {why}") from error
+            log.warning("%s; trying the next runtime", why)
+            passed_over.append(why)
+            continue
+        reason = "requested" if backend != "auto" else "; ".join(passed_over + ["fastest verified runtime here"])
+        return Segmenter(model, runtime, reason)
+    return Segmenter(model, None, "; ".join(passed_over))

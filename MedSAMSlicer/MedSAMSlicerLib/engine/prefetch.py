@@ -1,15 +1,25 @@
-"""Background warming of the embedding cache around the slice the user is looking at.
+"""Background warming of the embedding cache: around the slice the user is looking at, and ahead of a propagation.
 
-One worker thread embeds the neighbours of a slice, nearest first, through the session's cache (so a slice the
+``Prefetcher``: one worker thread embeds the neighbours of a slice, nearest first, through the session's cache (so a slice the
 foreground asks for at the same time is still computed once).  ``warm`` on another slice, or ``cancel``, stops the
 current job between two slices; an encoder call already running finishes first (it cannot be interrupted).
+
+``EncodeAhead``: while a propagation's decoder walks slice by slice, the next few slices it will need are encoded
+by ``depth`` worker threads on the runtime's throughput requests (OpenVINO streams, each on its own cores), so the
+encoder never waits for the decoder and two slices encode side by side.  Workers go through
+``session.embedding``, so the cache still computes each slice once and a session subclass still counts its calls.
 """
+
 
 from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable
 
+from ..errors import first_line
+from .predictor import SliceEmbedding, encoding_ahead
 from .session import VolumeSession
 
 log = logging.getLogger(__name__)
@@ -62,3 +72,42 @@ class Prefetcher:
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+
+class EncodeAhead:
+    """Encodes slices ``depth`` at a time ahead of their use; :meth:`embedding` hands each one over."""
+
+    def __init__(self, session: VolumeSession, depth: int) -> None:
+        self.session = session
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="medsam-ahead",
+                                        initializer=encoding_ahead)
+        self._futures: dict[int, Future] = {}
+        self._submitted: set[int] = set()
+
+    def want(self, indices: Iterable[int]) -> None:
+        """Start encoding ``indices`` (those not asked for before and not in memory already), in order."""
+        for index in indices:
+            if index not in self._submitted and self.session.cache_key(index) not in self.session.cache:
+                self._submitted.add(index)
+                self._futures[index] = self._pool.submit(self.session.embedding, index)
+
+    def embedding(self, index: int) -> SliceEmbedding:
+        """The embedding of ``index``: waits for its encode-ahead, or computes it here if none was started."""
+        future = self._futures.pop(index, None)
+        if future is not None:
+            try:
+                return future.result()
+            except Exception as error:  # retried in the foreground, which reports a real failure itself
+                log.warning("encode-ahead of slice %d failed (%s); encoding it again", index, first_line(error))
+        return self.session.embedding(index)
+
+    def close(self) -> None:
+        """Drop what has not started; wait for encodes already running (they land in the cache)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "EncodeAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -9,7 +9,9 @@ Two rules share one loop:
   their own slice), a stop rule (empty mask, area collapse, low predicted IoU) so that a range need not be known,
   and optional 3D clean-up (largest connected component, hole filling).
 
-Embeddings come from the session's cache, so re-prompting or re-propagating never re-encodes a slice.
+Embeddings come from the session's cache, so re-prompting or re-propagating never re-encodes a slice.  With a
+runtime that runs requests side by side (OpenVINO), the next slices in processing order are encoded ahead of the
+decoder (:class:`~.prefetch.EncodeAhead`); the masks are those of the sequential loop.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from . import axes
 from .boxes import Box, box_from_mask, checked_box
 from ..errors import BoxError, Cancelled, OptionError
 from .pipelines import SliceGeometry, longest_side_shape
+from .prefetch import EncodeAhead
 from .session import VolumeSession
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,30 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
     stop = options.stop_rule()
 
     order = plan_order(list(keys), low, high)
+    depth = getattr(session.segmenter, "ahead_depth", 0) if len(order) > 1 else 0
+    ahead = EncodeAhead(session, depth) if depth > 0 else None
+    try:
+        return _walk(session, keys, order, options, stop, progress, cancel, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def upcoming(order: list[tuple[int, int, int]], start: int, stopped: set[tuple[int, int]], count: int) -> list[int]:
+    """The next ``count`` slices the walk will visit from position ``start``, skipping directions that stopped
+    (a direction that stops later wastes at most ``count - 1`` encodes, which stay in the cache)."""
+    found = []
+    for index, key, step in order[start:]:
+        if step == 0 or (key, step) not in stopped:
+            found.append(index)
+            if len(found) == count:
+                break
+    return found
+
+
+def _walk(session: VolumeSession, keys: dict[int, Box], order: list[tuple[int, int, int]],
+          options: PropagationOptions, stop: StopRule | None, progress: ProgressCallback | None,
+          cancel: CancelToken | None, ahead: EncodeAhead | None) -> PropagationResult:
     result = PropagationResult(session.empty_mask(), {}, {}, {}, 0)
     previous_mask: dict[tuple[int, int], np.ndarray] = {}  # (key, step) -> last mask in that direction
     previous_area: dict[tuple[int, int], int] = {}
@@ -185,7 +212,11 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
             raise Cancelled(f"propagation cancelled after {done} of {len(order)} slices; nothing was written")
         if step != 0 and (key, step) in stopped:
             continue
-        embedding = session.embedding(index)
+        if ahead is not None:
+            ahead.want(upcoming(order, done, stopped, ahead.depth))
+            embedding = ahead.embedding(index)
+        else:
+            embedding = session.embedding(index)
         if step == 0:
             mask, score = session.segmenter.predict(embedding, keys[key])
             key_stats[key] = RegionStats.of(axes.take_slice(session.image, session.np_axis, index), mask)

@@ -53,8 +53,10 @@ class VolumeSession:
         return tuple(shape)  # type: ignore[return-value]
 
     def cache_key(self, index: int) -> tuple:
+        # The precision tag keeps fast-mode (bf16) embeddings apart; exact ones are shared by every runtime.
         return (self.fingerprint, self.np_axis, index, self.segmenter.model.name,
-                self.segmenter.model.checkpoint.sha256[:16], self.window.key)
+                self.segmenter.model.checkpoint.sha256[:16], self.window.key,
+                getattr(self.segmenter, "embedding_tag", "exact"))
 
     def check_index(self, index: int) -> int:
         if not 0 <= index < self.slice_count:
