@@ -24,7 +24,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     serve.add_argument("--model", default="litemedsam", help="model name from model_weights/manifest.json")
     serve.add_argument("--checkpoint", help="checkpoint file (default: model_weights/, then the bundled LiteMedSAM)")
     serve.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    serve.add_argument("--backend", default="auto", choices=("auto", "pytorch", "onnx"), help="image encoder runtime")
+    serve.add_argument("--backend", default="auto", choices=("auto", "openvino", "onnx", "pytorch"),
+                       help="network runtime (as for segment; default auto)")
+    serve.add_argument("--precision", default="exact", choices=("exact", "fast"),
+                       help="exact: fp32 (default); fast: bf16 encoder where the runtime offers it")
     serve.add_argument("--cache-dir", help="keep embeddings on disk here (default: $MEDSAM_SLICER_CACHE, else "
                                            "memory only)")
     serve.add_argument("--fp16-cache", action="store_true", help="store cached embeddings as float16")
@@ -62,6 +65,7 @@ def run_serve(args: argparse.Namespace) -> dict:
         log.warning("token written to %s (mode 0600); clients pass --token-file %s", path, path)
     cache_dir = args.cache_dir or default_disk_dir()
     config = ServerConfig(model=args.model, checkpoint=args.checkpoint, device=args.device, backend=args.backend,
+                          precision=args.precision,
                           cache_dir=str(cache_dir) if cache_dir else None, fp16_cache=args.fp16_cache,
                           max_sessions=args.max_sessions, idle_timeout=args.idle_timeout,
                           max_upload_bytes=int(args.max_upload_mb * _MiB), memory_bytes=int(args.memory_mb * _MiB),

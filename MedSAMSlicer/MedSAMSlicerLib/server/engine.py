@@ -44,6 +44,7 @@ class ServerConfig:
     checkpoint: str | None = None
     device: str = "auto"
     backend: str = "auto"
+    precision: str = "exact"
     cache_dir: str | None = None
     fp16_cache: bool = False
     max_sessions: int = 32
@@ -164,8 +165,9 @@ class Engine:
 
         self.loading = f"model {self.config.model} on {self.config.device}"
         try:
-            segmenter = self.worker.call(make_segmenter, self.config.model, self.config.checkpoint,
-                                         self.config.device, self.config.backend)
+            extra = {"precision": self.config.precision} if self.config.precision != "exact" else {}
+            segmenter = self.worker.call(lambda: make_segmenter(self.config.model, self.config.checkpoint,
+                                                                self.config.device, self.config.backend, **extra))
         except Exception as error:  # shown by /health and every request that needs the model
             self.load_error = first_line(error)
             log.error("cannot load the model: %s", self.load_error)

@@ -78,9 +78,19 @@ class SerialSegmenter:
         self.encoder = segmenter.encoder  # counters
         self.backend_name = segmenter.backend_name
 
+    # The engine's encode-ahead threads would run outside this worker's priorities and job accounting; the worker
+    # serialises the network anyway, so propagation walks slice by slice here.
+    ahead_depth = 0
+
     @property
     def image_size(self) -> int:
         return self.inner.image_size
+
+    def __getattr__(self, name: str):
+        """Descriptive attributes of the segmenter (precision, embedding tag, runtime reason) read through."""
+        if name == "inner":  # not set yet (during __init__ or unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def embed(self, slice_u8: np.ndarray) -> SliceEmbedding:
         return self.worker.call(self.inner.embed, slice_u8)
