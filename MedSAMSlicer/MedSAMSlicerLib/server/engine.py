@@ -157,17 +157,18 @@ class Engine:
 
     # -- lifetime -----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        threading.Thread(target=self._load, name="medsam-load", daemon=True).start()
         threading.Thread(target=self._reap, name="medsam-reaper", daemon=True).start()
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Load the model.  Call it from the main thread: measured, a model built in another thread decodes ~3x
+        slower afterwards (OpenVINO/oneDNN thread set-up), whichever thread then runs it."""
         from ..engine.backends import make_segmenter
 
         self.loading = f"model {self.config.model} on {self.config.device}"
         try:
             extra = {"precision": self.config.precision} if self.config.precision != "exact" else {}
-            segmenter = self.worker.call(lambda: make_segmenter(self.config.model, self.config.checkpoint,
-                                                                self.config.device, self.config.backend, **extra))
+            segmenter = make_segmenter(self.config.model, self.config.checkpoint, self.config.device,
+                                       self.config.backend, **extra)
         except Exception as error:  # shown by /health and every request that needs the model
             self.load_error = first_line(error)
             log.error("cannot load the model: %s", self.load_error)

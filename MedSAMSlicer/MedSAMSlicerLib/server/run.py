@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -72,12 +73,20 @@ def serve(config: ServerConfig, host: str, port: int, tokens: list[str], parent_
     app = create_app(engine, tokens)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
                                            lifespan="off"))
+    stop = lambda *_: setattr(server, "should_exit", True)  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)  # uvicorn runs in a thread below, so the main thread handles signals
+    signal.signal(signal.SIGINT, stop)
     if parent_pid:
-        threading.Thread(target=_watch_parent, args=(parent_pid, lambda: setattr(server, "should_exit", True)),
-                         daemon=True).start()
+        threading.Thread(target=_watch_parent, args=(parent_pid, stop), daemon=True).start()
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="medsam-http", daemon=True)
+    http.start()  # /health answers "loading" while the main thread loads the model
     try:
-        server.run(sockets=[sock])
+        engine.load()
+        while http.is_alive():
+            http.join(0.5)
     finally:
+        server.should_exit = True
+        http.join(15)
         engine.shutdown()
         sock.close()
     print("medsam-slicer: engine stopped", file=sys.stderr)
