@@ -6,21 +6,43 @@ comes back.  Every operation has three steps:
 
 1. ``start_segment_slice`` / ``start_propagation`` (caller's thread, fast): check the inputs, copy what the engine
    needs out of MRML (voxels, geometry, boxes) and fix the target segment *now*, when the user clicks;
-2. ``poll()`` (called by the front end from its own timer, every 100 ms or so): one short request to the engine
-   (``POLL_TIMEOUT`` at most), returns a :class:`Progress`; while the engine starts or loads its model the operation
-   waits for it;
+2. ``poll()`` (called by the front end from its own timer, every 100 ms or so) advances the operation by as many
+   short steps as fit in ``POLL_TIMEOUT`` (50 ms) and returns a :class:`Progress`.  Every request it makes carries a
+   timeout of at most ``POLL_TIMEOUT``: the engine's health while it starts or loads its model ("waiting"); sending
+   the volume (:class:`MedSAMSlicerLib.client.VolumeOpening`: hashing and, for a local engine, writing the hand-over
+   file a slab at a time, then the engine reads and windows it as a job); starting the work as a job on the engine
+   (a slice too: ``RemoteVolume.start_segment_slice``, so no poll ever waits for an encoder); polling the job; and
+   fetching its result.  A request that times out is retried at the next poll (start requests carry a request id,
+   so a retry never starts a second job); ``UNREACHABLE_POLLS`` failures in a row end the operation;
 3. when the engine has the result, the same ``poll()`` writes it into the target segment, recording one undo step
    and a time-log event.
+
+What may keep the GUI longer than 50 ms, and why:
+
+- the click itself (step 1): copying the voxels out of MRML the first time a volume is used (a 512x512x60 int16
+  volume is 30 MB: tens of ms), kept for the next operations;
+- a remote engine only: the one request that uploads the (compressed) volume, once per volume content -- its
+  duration is the network's (seconds for a CT on a slow link); the progress says "sending the volume" first.  A
+  local engine gets the volume as a file in its private folder, written over several polls;
+- fetching a finished propagation's mask (``RESULT_TIMEOUT``): the engine packed it when the job ended (bounding box,
+  one bit per voxel: a few MB at most), so the answer starts at once; the timeout only bounds a wedged engine;
+- writing the result into the segment (step 3): Slicer's own segmentation update, proportional to the volume.
 
 Nothing is written before step 3 succeeds, so a cancelled or failed operation, a killed server or a closed scene
 leaves every segment as it was.  ``segment_slice`` and ``propagate`` chain the steps (polling in a loop) for scripts,
 tests and the self-test.  The logic holds no thread and no Qt object, so any front end (the Slicer panel, the
 Segment Editor effect, the browser app) drives it the same way.
+
+Prefetch: when a box is drawn or moved (``draw_box``, ``note_box_moved``, or a front end calling ``box_changed``)
+the logic asks the engine to encode that slice and its neighbours in the background (lowest priority on the engine),
+so "Segment slice" and "Propagate" find them cached.  When the volume is not on the engine yet, ``poll()`` sends it
+first while no operation is pending: front ends keep polling while ``preparing`` is true.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -30,7 +52,8 @@ import slicer
 
 from MedSAMSlicerLib.engine import axes
 from MedSAMSlicerLib.engine.boxes import Box
-from MedSAMSlicerLib.errors import BoxError, Cancelled, EngineUnavailable, InputImageError, MedSAMError
+from MedSAMSlicerLib.errors import (BoxError, Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError,
+                                    first_line)
 
 from .edit_watch import ManualEdit, ManualEditWatcher
 from .messages import user_message
@@ -42,9 +65,11 @@ from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (one loopback request)
-SLICE_TIMEOUT = 60.0  # seconds for the one "segment slice" request once the model is loaded (first encode included)
+POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (its requests' timeouts, its local work)
+MIN_STEP = 0.02  # seconds: a poll starts another step only with this much of its POLL_TIMEOUT left
+RESULT_TIMEOUT = 5.0  # seconds for fetching a finished propagation's mask (packed by the engine when the job ended)
 UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up
+PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine encodes ahead
 STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
 
 # A writer puts a (k, j, i) bool mask into a target segment: the default is segments.write_segment; the Segment
@@ -161,6 +186,19 @@ class PendingOperation:
     encoder_calls_before: int = 0
     failed_polls: int = 0
     cancel_requested: bool = False
+    engine_ready: bool = False  # the engine said it has its model (no more health checks)
+    request_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # a retried start is the same job
+    message: str = ""  # what the operation is doing now (the last step's words)
+
+
+@dataclass
+class PrefetchWish:
+    """Slices to encode ahead on the engine, for the volume session ``key`` = (grid key, window, axis)."""
+
+    key: tuple
+    grid: Any
+    indices: list
+    failures: int = 0
 
 
 class BoxSegmentationLogic:
@@ -178,8 +216,13 @@ class BoxSegmentationLogic:
         self.time_log = None  # a CaseTimeLog when the user turned logging on
         self.edit_watcher: Optional[ManualEditWatcher] = None
         self.pending: Optional[PendingOperation] = None
+        self.prefetch_window = "auto"  # the window boxes are prefetched for: the last one used, or the front end's
+        self.prefetch_neighbours = PREFETCH_NEIGHBOURS
         self._grids: dict = {}
         self._remote: dict = {}  # (grid key, window, axis) -> RemoteVolume
+        self._openings: dict = {}  # (grid key, window, axis) -> VolumeOpening on its way (shared by ops and prefetch)
+        self._fingerprints: dict = {}  # grid key -> content fingerprint (hashed once per volume)
+        self._prefetch: Optional[PrefetchWish] = None
         # Scene close (File > Close Scene, or a test's Clear): node IDs are reused by the next scene, so the undo
         # stack, the current object and a pending job must go, whichever front end is open.
         self._close_observer = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_close)
@@ -199,6 +242,8 @@ class BoxSegmentationLogic:
         self.cancel()
         self.engine = engine
         self._remote = {}
+        self._drop_openings()
+        self._prefetch = None
 
     def _require_engine(self):
         if self.engine is None:
@@ -217,11 +262,32 @@ class BoxSegmentationLogic:
             self._remote[remote_key] = remote
         return self._remote[remote_key]
 
-    def _encoder_calls(self) -> int:
-        try:
-            return int(self._require_engine().info().get("encoder_calls", 0))
-        except Exception:  # only for the record: a failure here must not stop the operation
-            return 0
+    def _open_step(self, grid: VolumeOnGrid, key: tuple, window: str, axis: str, budget: float):
+        """:meth:`remote_volume` a step at a time (at most ``budget`` s): the RemoteVolume once open, else None."""
+        remote_key = (key, window, axis)
+        if remote_key in self._remote:
+            return self._remote[remote_key]
+        opening = self._openings.get(remote_key)
+        if opening is None:
+            volume = grid.volume
+            opening = self._require_engine().start_opening(
+                np.asarray(volume.array), volume.spacing, volume.origin, volume.direction, window=window, axis=axis,
+                modality=volume.modality, fingerprint=self._fingerprints.get(key))
+            self._drop_openings(keep=key)  # one volume at a time
+            self._openings[remote_key] = opening
+        remote = opening.step(budget)
+        if opening.fingerprint:
+            self._fingerprints = {key: opening.fingerprint}
+        if remote is None:
+            return None
+        del self._openings[remote_key]
+        self._remote = {k: v for k, v in self._remote.items() if k[0] == key}
+        self._remote[remote_key] = remote
+        return remote
+
+    def _drop_openings(self, keep: Optional[tuple] = None) -> None:
+        for remote_key in [k for k in self._openings if k[0] != keep]:
+            self._openings.pop(remote_key).close()  # a half-written hand-over file goes
 
     # -- inputs (at click time) -------------------------------------------------------------------------------------
     def grid(self, volume_node) -> VolumeOnGrid:
@@ -288,16 +354,25 @@ class BoxSegmentationLogic:
             check_segmentation_grid(segmentation_node, request.grid)  # say it now, before the engine works
         segmentation_id, segment_id = self._fix_target(segmentation_node, segment_id)
         self.pending = PendingOperation(title, volume_node.GetID(), request, segmentation_id, segment_id, writer)
+        self.prefetch_window = request.window  # the next boxes are prefetched for the window the user works with
         return self.pending
 
     @property
     def busy(self) -> bool:
         return self.pending is not None
 
+    @property
+    def preparing(self) -> bool:
+        """A prefetch is on its way (the volume is being sent first): keep calling ``poll()`` while this is true."""
+        return self._prefetch is not None
+
     def poll(self) -> Progress:
-        """Advance the pending operation by at most one short engine request; call it from the front end's timer."""
+        """Advance the pending operation by short steps (``POLL_TIMEOUT`` in all); call it from the front end's
+        timer.  With no operation pending it advances a prefetch (``preparing``) and says "idle"."""
         pending = self.pending
         if pending is None:
+            if self._prefetch is not None:
+                self._advance_prefetch(POLL_TIMEOUT)
             return Progress("idle")
         try:
             progress = self._advance(pending)
@@ -311,37 +386,95 @@ class BoxSegmentationLogic:
         return progress
 
     def _advance(self, pending: PendingOperation) -> Progress:
+        """Steps while time is left in this poll: each request's timeout is what is left (``POLL_TIMEOUT`` at most).
+        A request that times out ends the poll; the next poll retries it."""
         engine = self._require_engine()
-        if pending.cancel_requested and pending.job is None:
+        if pending.cancel_requested:
+            self._deliver_cancel(pending)
             raise Cancelled(f"{pending.title} cancelled; nothing was written")
-        if pending.job is None:
-            waiting = self._engine_waiting(engine, pending)
+        if not pending.engine_ready:
+            waiting = self._engine_waiting(engine, pending)  # one health request; raises when the engine is gone
             if waiting is not None:
                 return waiting
-            request = pending.request
+            pending.engine_ready, pending.failed_polls = True, 0
+        deadline = time.monotonic() + POLL_TIMEOUT
+        first = True
+        while True:
+            budget = min(POLL_TIMEOUT, deadline - time.monotonic())
+            if not first and budget < MIN_STEP:
+                return self._running(pending)
+            try:
+                progress = self._step(pending, budget)
+            except EngineUnavailable:
+                if not first:  # a later step ran out of this poll's time: the next poll retries it in full
+                    return self._running(pending)
+                pending.failed_polls += 1
+                if pending.failed_polls >= UNREACHABLE_POLLS or self._local_engine_exited(engine):
+                    raise EngineUnavailable(f"the engine stopped answering during '{pending.title}'; nothing was "
+                                            "written. Check the engine (Model section) and run it again") from None
+                return Progress("running", pending.title, message="waiting for the engine")
+            pending.failed_polls = 0
+            if progress is not None:
+                return progress
+            first = False
+
+    def _step(self, pending: PendingOperation, budget: float) -> Optional[Progress]:
+        """One short step (local work or one request of at most ``budget`` s); a Progress when the poll should
+        report now, None when the next step can follow at once."""
+        request = pending.request
+        if pending.remote is None:  # 1. the volume on the engine (sent once per content, opened once per window)
             axis = request.prompt.axis if isinstance(request, SliceRequest) else request.axis
-            pending.remote = self.remote_volume(request.grid, request.grid_key, request.window, axis)
+            remote = self._open_step(request.grid, request.grid_key, request.window, axis, budget)
+            if remote is None:
+                opening = self._openings.get((request.grid_key, request.window, axis))
+                pending.message = opening.message if opening is not None else "sending the volume to the engine"
+                return None
+            pending.remote = remote
+            return None
+        if pending.job is None:  # 2. the work starts as a job on the engine (the same request id if repeated)
             if isinstance(request, SliceRequest):
-                return self._finish_slice(pending)
-            keys = {int(p.index): _box_tuple(p.box) for p in request.prompts}
-            pending.job = pending.remote.propagate(keys, request.options)
-            return Progress("running", pending.title, message="propagating")
+                prompt = request.prompt
+                pending.job = self._start_slice_job(pending, prompt, budget)
+            else:
+                keys = {int(p.index): _box_tuple(p.box) for p in request.prompts}
+                pending.job = pending.remote.propagate(keys, request.options, timeout=budget,
+                                                       request_id=pending.request_id)
+            pending.message = "segmenting" if isinstance(request, SliceRequest) else "propagating"
+            return None
+        status = pending.job.status
+        if not status.finished:  # 3. progress (a long poll for half the time left: a quick job answers now)
+            status = pending.job.poll(timeout=budget / 2, request_timeout=budget)
+            if status.state == "running":
+                return Progress("running", pending.title, status.done, status.total, status.message or
+                                pending.message)
+            if status.state != "done":
+                pending.job.raise_failure()
+        if isinstance(request, SliceRequest):  # 4. the result, then the write
+            return self._finish_slice(pending, pending.job.result(timeout=budget))
+        return self._finish_propagation(pending, pending.job.result(timeout=RESULT_TIMEOUT))
+
+    def _start_slice_job(self, pending: PendingOperation, prompt: SlicePrompt, budget: float):
         try:
-            status = pending.job.poll(timeout=POLL_TIMEOUT)
-        except EngineUnavailable:
-            pending.failed_polls += 1
-            if pending.failed_polls >= UNREACHABLE_POLLS or self._local_engine_exited(engine):
-                raise EngineUnavailable(f"the engine stopped answering during '{pending.title}'; nothing was "
-                                        "written. Check the engine (Model section) and run it again") from None
-            return Progress("running", pending.title, message="waiting for the engine")
-        pending.failed_polls = 0
-        if status.state == "running":
-            return Progress("running", pending.title, status.done, status.total, status.message or "")
-        if status.state == "cancelled":
-            raise Cancelled(f"{pending.title} cancelled; nothing was written")
-        if status.state == "failed":
-            raise MedSAMError(f"{status.message or 'the engine failed'}; nothing was written")
-        return self._finish_propagation(pending)
+            return pending.remote.start_segment_slice(int(prompt.index), _box_tuple(prompt.box), timeout=budget,
+                                                      request_id=pending.request_id)
+        except ServiceError as error:
+            if error.code != "not_found":
+                raise
+        # The engine no longer knows the session (it expired while idle, or the engine restarted): open it again.
+        request = pending.request
+        self._remote.pop((request.grid_key, request.window, prompt.axis), None)
+        pending.remote = None
+        return None
+
+    def _running(self, pending: PendingOperation) -> Progress:
+        if pending.job is not None:
+            status = pending.job.status
+            return Progress("running", pending.title, status.done, status.total, pending.message)
+        opening = next(iter(self._openings.values()), None) if pending.remote is None else None
+        if opening is not None:
+            return Progress("running", pending.title, opening.done * 100 // max(opening.total, 1), 100,
+                            opening.message)
+        return Progress("running", pending.title, message=pending.message)
 
     def _engine_waiting(self, engine, pending: PendingOperation) -> Optional[Progress]:
         """None when the engine is ready; else a "waiting" progress (model loading), or an error when it is gone."""
@@ -367,23 +500,19 @@ class BoxSegmentationLogic:
         process = getattr(engine, "process", None)
         return process is not None and process.poll() is not None
 
-    def _finish_slice(self, pending: PendingOperation) -> Progress:
+    def _finish_slice(self, pending: PendingOperation, result: dict) -> Progress:
         request: SliceRequest = pending.request
-        calls = self._encoder_calls()
-        start = time.perf_counter()
         prompt = request.prompt
-        mask, score = pending.remote.segment_slice(int(prompt.index), _box_tuple(prompt.box),
-                                                   timeout=SLICE_TIMEOUT)
-        outcome = Outcome(time.perf_counter() - start, self._encoder_calls() - calls,
-                          slice_result=SliceResult(int(prompt.index), prompt.box, np.asarray(mask, dtype=bool),
-                                                   float(score)),
+        outcome = Outcome(float(result.get("seconds", time.monotonic() - pending.started)),
+                          int(result.get("encoder_calls", 0)),
+                          slice_result=SliceResult(int(prompt.index), prompt.box, np.asarray(result["mask"], dtype=bool),
+                                                   float(result.get("score", 0.0))),
                           window=_window_text(pending.remote))
         operation = self.apply_slice(self._volume_of(pending), request, outcome, *self._target_of(pending),
                                      writer=pending.writer)
         return Progress("done", pending.title, 1, 1, operation.description, operation, outcome)
 
-    def _finish_propagation(self, pending: PendingOperation) -> Progress:
-        result = pending.job.result()
+    def _finish_propagation(self, pending: PendingOperation, result: dict) -> Progress:
         outcome = Outcome(float(result.get("seconds", time.monotonic() - pending.started)),
                           int(result.get("encoder_calls", 0)),
                           propagation=PropagationResult(np.asarray(result["mask"], dtype=bool),
@@ -408,30 +537,87 @@ class BoxSegmentationLogic:
         return segmentation, pending.segment_id or None
 
     def cancel(self) -> None:
-        """Ask the engine to stop the pending operation (between two slices); ``poll`` then reports "cancelled"."""
+        """Stop the pending operation: the next ``poll`` reports "cancelled" (nothing is written) and the engine is
+        told to stop (between two slices; one short request, retried once by that poll)."""
         pending = self.pending
         if pending is None:
             return
         pending.cancel_requested = True
-        if pending.job is not None:
-            try:
-                pending.job.cancel()
-            except MedSAMError as error:  # the engine is gone: the next poll reports it
-                log.info("cancel not delivered: %s", error)
+        self._deliver_cancel(pending)
+
+    @staticmethod
+    def _deliver_cancel(pending: PendingOperation) -> None:
+        job, pending.job = pending.job, None  # at most once per job
+        if job is None or job.status.finished:
+            return
+        try:
+            job.cancel(timeout=POLL_TIMEOUT)
+        except MedSAMError as error:  # the engine is gone or slow: it stops jobs nobody polls by itself
+            pending.job = job
+            log.info("cancel not delivered: %s", error)
 
     def reset(self) -> None:
         """The scene is closing (node IDs will be reused by the next scene): forget everything tied to it."""
         pending, self.pending = self.pending, None
         if pending is not None and pending.job is not None:
-            try:
-                pending.job.cancel()
-            except MedSAMError:
-                pass
+            self._deliver_cancel(pending)
         self.close_case()
         self.undo_stack.clear()
         self.current = ObjectState()
         self._grids = {}
         self._remote = {}
+        self._drop_openings()
+        self._fingerprints = {}
+        self._prefetch = None
+
+    # -- prefetch -------------------------------------------------------------------------------------------------
+    def box_changed(self, volume_node, roi_node, window: Optional[str] = None) -> list:
+        """A box was drawn or moved: ask the engine to encode its slice and ``prefetch_neighbours`` slices on each
+        side now, in the background, so that "Segment slice" and "Propagate" find them cached.  ``window``: the one
+        the user will segment with (default ``prefetch_window``, the last one used).
+
+        Never blocks and never raises: at most one short request here (a failure is logged); when the volume is not
+        on the engine yet, ``poll()`` sends it first while no operation is pending (``preparing``).  Returns the
+        slices asked for (nearest first), [] when there is no engine or the box is not on the volume."""
+        if self.engine is None or volume_node is None or roi_node is None:
+            return []
+        try:
+            grid = self.grid(volume_node)
+            prompt = prompt_from_roi(roi_node, grid)
+            key = (grid_key(volume_node), window or self.prefetch_window, prompt.axis)
+        except Exception as error:  # noqa: BLE001 - a box off the volume: the next run reports it, not the prefetch
+            log.info("no prefetch for this box: %s", first_line(error))
+            return []
+        count = int(grid.shape_kji[prompt.np_axis])
+        indices = [int(prompt.index)]
+        for step in range(1, max(0, int(self.prefetch_neighbours)) + 1):
+            indices += [i for i in (prompt.index + step, prompt.index - step) if 0 <= i < count]
+        self._prefetch = PrefetchWish(key, grid, indices)  # the latest box wins
+        if self.pending is None:
+            self._advance_prefetch(POLL_TIMEOUT)
+        return indices
+
+    def _advance_prefetch(self, budget: float) -> None:
+        """One step of the wished prefetch: send the volume (a step of it), or, once it is there, the request."""
+        wish = self._prefetch
+        try:
+            remote = self._remote.get(wish.key)
+            if remote is None:
+                self._open_step(wish.grid, *wish.key, budget)  # the request goes at the next poll
+                return
+            remote.prefetch(wish.indices, timeout=budget)
+            self._prefetch = None
+        except EngineUnavailable as error:  # slow or gone: retried at the next polls, then given up
+            wish.failures += 1
+            if wish.failures >= UNREACHABLE_POLLS:
+                log.info("prefetch given up: %s", first_line(error))
+                self._prefetch = None
+        except Exception as error:  # noqa: BLE001 - a prefetch never reaches the user; the operation reports
+            if isinstance(error, ServiceError) and error.code == "not_found":
+                self._remote.pop(wish.key, None)  # the session expired: opened again at the next poll
+                return
+            log.info("prefetch not sent: %s", first_line(error))
+            self._prefetch = None
 
     def wait(self, pending: Optional[PendingOperation] = None, interval: float = 0.05,
              timeout: float = 3600.0) -> Progress:
@@ -545,13 +731,15 @@ class BoxSegmentationLogic:
         return operation
 
     # -- boxes --------------------------------------------------------------------------------------------------------
-    def draw_box(self, volume_node, slice_node, new_object: bool = True) -> tuple[object, SlicePrompt, str]:
+    def draw_box(self, volume_node, slice_node, new_object: bool = True,
+                 corners_world=None) -> tuple[object, SlicePrompt, str]:
         """A flat ROI on the slice ``slice_node`` shows.  ``new_object``: replace the current boxes (first box of a
-        new object); else add a key box on another slice of the same object."""
+        new object); else add a key box on another slice of the same object.  ``corners_world``: two opposite
+        corners of a box dragged in the view (else the box is centred in the view, for the user to resize)."""
         grid = self.grid(volume_node)
         if new_object:
             self.remove_boxes()
-        roi, prompt, note = place_roi_on_view(self.scene, slice_node, volume_node, grid)
+        roi, prompt, note = place_roi_on_view(self.scene, slice_node, volume_node, grid, corners_world=corners_world)
         others = [prompt_from_roi(box, grid) for box in self.boxes()]
         clash = [p for p in others if p.axis == prompt.axis and p.index == prompt.index]
         if clash:

@@ -143,8 +143,9 @@ def propagation_range(prompts: list[SlicePrompt], mode: str) -> tuple[int, int] 
 
 
 def place_roi_on_view(scene, slice_node, volume_node, grid: VolumeOnGrid, roi_node=None,
-                      fraction: float = 0.25) -> tuple[object, SlicePrompt, str]:
-    """Put a flat ROI on the volume slice the view shows, centred in the view, ``fraction`` of its field of view wide.
+                      fraction: float = 0.25, corners_world=None) -> tuple[object, SlicePrompt, str]:
+    """Put a flat ROI on the volume slice the view shows, centred in the view, ``fraction`` of its field of view wide;
+    or, with ``corners_world`` (two opposite corners of a box dragged in the view, world coordinates), spanning them.
 
     The ROI follows the volume's index axes (so its box is exact on any volume orientation) and is half a voxel
     thick across the slice.  Returns the ROI, the prompt it stands for, and a note for the user.
@@ -163,10 +164,14 @@ def place_roi_on_view(scene, slice_node, volume_node, grid: VolumeOnGrid, roi_no
         raise BoxError(f"the {view_name} view shows no slice of {grid.name} (slice {index} along {axis}, which runs "
                        f"0..{count - 1}); scroll the {view_name} view into the volume and draw again")
     dimensions_ijk = np.array(grid.shape_kji[::-1], dtype=float)
-    field_of_view = np.asarray(slice_node.GetFieldOfView()[:2], dtype=float)
-    width_mm = max(float(field_of_view.min()) * fraction, 1e-6)
-    size_ijk = np.clip(width_mm / spacing, 4.0, dimensions_ijk - 1.0)  # at least 4 voxels, at most the volume
-    centre = np.clip(centre, size_ijk / 2.0, dimensions_ijk - 1.0 - size_ijk / 2.0)
+    if corners_world is not None:  # a dragged box (browser app): exactly what the user drew, checked by the prompt
+        ends = world_to_ijk_points(grid.ijk_to_world, np.asarray(corners_world, dtype=float).reshape(2, 3))
+        centre, size_ijk = ends.mean(axis=0), np.abs(ends[1] - ends[0])
+    else:
+        field_of_view = np.asarray(slice_node.GetFieldOfView()[:2], dtype=float)
+        width_mm = max(float(field_of_view.min()) * fraction, 1e-6)
+        size_ijk = np.clip(width_mm / spacing, 4.0, dimensions_ijk - 1.0)  # at least 4 voxels, at most the volume
+        centre = np.clip(centre, size_ijk / 2.0, dimensions_ijk - 1.0 - size_ijk / 2.0)
     centre[across] = index
     size_ijk[across] = 0.5  # half a voxel: covers the one slice whatever the rounding
     node_matrix = np.linalg.inv(node_to_world(volume_node))  # ROI lives beside the volume, under its transform

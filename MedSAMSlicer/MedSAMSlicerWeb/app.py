@@ -1,0 +1,549 @@
+"""The browser app: three slice views and a 3D view of real Slicer (trame-slicer), and the MedSAM panel.
+
+Every action goes through the shared logic (``MedSAMSlicerLogic.box_segmentation.BoxSegmentationLogic``): this module
+only wires buttons, keys and mouse drags to it, polls it from the server's event loop (every ``POLL_SECONDS``) and
+shows what it says.  The model runs in the engine service (a local child, or ``--server``), never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # the shared logic's poll: at most one short engine request each time
+CLOCK_SECONDS = 1.0  # the time log's running active time, manual-edit detection
+WINDOWS = {  # engine window -> display (window, level); "auto": the engine decides, the display uses its auto W/L
+    "auto": None, "lung": (1500.0, -160.0), "soft_tissue": (400.0, 40.0), "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0), "mr": None,
+}
+RANGE_MODES = {"auto": "box thickness, else stop rule", "roi": "what the boxes cover", "stop": "whole volume"}
+SAVE_FORMATS = (".seg.nrrd", ".nii.gz")
+
+
+class WebApp:
+    """One trame server with one Slicer scene: one annotator per process (a ward runs several processes)."""
+
+    def __init__(self, engine, images: list[str], log_folder: Optional[str] = None, reader: str = "anonymous",
+                 out_folder: Optional[str] = None, volume_rendering: bool = False) -> None:
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+        from undo_stack import UndoStack
+
+        from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic
+
+        from .scene_bridge import install_slicer_globals
+
+        self.engine = engine
+        self.log_folder = log_folder
+        self.reader = reader
+        self.out_folder = Path(out_folder or log_folder or Path.cwd())
+        self.volume_rendering = volume_rendering
+        self.server = get_server(client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.slicer_app = SlicerApp()
+        install_slicer_globals(self.slicer_app)
+        register_rca_factories(self.slicer_app.view_manager, self.server, slice_view_ui_f=_marked_slice_ui,
+                               three_d_view_ui_f=_marked_threed_ui)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        red, green, yellow, three_d = (ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
+                                       ViewLayoutDefinition.sagittal_view(), ViewLayoutDefinition.threed_view())
+        self.layout_manager.register_layout("FourUp", Layout(LayoutDirection.Horizontal, [
+            Layout(LayoutDirection.Vertical, [red, yellow]), Layout(LayoutDirection.Vertical, [three_d, green])]))
+        self.layout_manager.set_layout("FourUp")
+        self.editor = self.slicer_app.segmentation_editor
+        self.editor.set_undo_stack(UndoStack(undo_limit=20))  # the manual tools' own undo (Segment Editor's)
+        self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
+        self.volume = None
+        self.segmentation = None
+        self.images = list(images)
+        self._drag = None
+        self._ticks = 0
+        self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
+        self.state.update(dict(
+            status="", error="", busy=False, progress_title="", progress_done=0, progress_total=0,
+            window="auto", windows=list(WINDOWS), range_mode="auto", stop_rule=True, largest_component=False,
+            fill_holes=False, drawing=False, boxes=0, can_undo=False, voxels=0, tool="none", log_running=False,
+            active_time="0:00", log_path="", save_path="", save_format=SAVE_FORMATS[0], save_formats=list(SAVE_FORMATS),
+            volume_name="", image_path="", last_action="", reader=reader, log_folder=log_folder or "",
+        ))
+        self._build_ui()
+        self._register_triggers()
+        self.ctrl.on_server_ready.add(self._on_ready)
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def load(self, path: str) -> None:
+        """Load a volume (replacing the current one) and show it in the three views and the 3D view."""
+        from MedSAMSlicerLogic.volume_nodes import check_volume_node
+
+        nodes = self.slicer_app.io_manager.load_volumes(str(path))
+        if not nodes:
+            raise ValueError(f"could not read {path}")
+        node = nodes[0]
+        check_volume_node(node)
+        if self.volume is not None:
+            self.logic.reset()
+            for old in (self.volume, self.segmentation):
+                if old is not None:
+                    self.slicer_app.scene.RemoveNode(old)
+        self.volume = node
+        display = self.slicer_app.display_manager
+        if self.volume_rendering:  # slow on a CPU renderer (llvmpipe): off unless asked for
+            display.show_volume(node, vr_preset="CT-Chest-Contrast-Enhanced", do_reset_views=True)
+        else:
+            display.show_volume_in_slice_background(node)
+            for view in self.slicer_app.view_manager.get_slice_views():
+                view.set_visible_in_3d(True)  # slice planes in 3D, with the segment's surface
+            display.reset_views()
+        self.segmentation = self.editor.create_empty_segmentation_node()
+        self.segmentation.SetName(f"{node.GetName()} MedSAM")
+        self.editor.set_active_segmentation(self.segmentation, node)
+        self.editor.show_3d(True)
+        self._apply_display_window(self.state.window)
+        stem = Path(str(path)).name.split(".")[0]
+        self.state.update(dict(volume_name=node.GetName(), image_path=str(path),
+                               save_path=str(self.out_folder / f"{stem}-medsam{self.state.save_format}")))
+        self._refresh()
+
+    def _apply_display_window(self, window: str) -> None:
+        if self.volume is None or self.volume.GetDisplayNode() is None:
+            return
+        display = self.volume.GetDisplayNode()
+        preset = WINDOWS.get(window)
+        if preset is None:
+            display.AutoWindowLevelOn()
+        else:
+            display.AutoWindowLevelOff()
+            display.SetWindowLevel(*preset)
+
+    # -- actions (buttons, keys and triggers) ----------------------------------------------------------------------
+    def draw_box(self, new_object: bool = True) -> None:
+        """Arm the drag: the next press-drag-release in a slice view is the box."""
+        self._need_volume()
+        self.editor.deactivate_effect()
+        self.state.tool = "none"
+        self._new_object = new_object
+        self._drag.arm()
+        self.state.drawing = True
+        self._say("drag a box around the object in a slice view" if new_object
+                  else "drag a key box on another slice of the same object")
+
+    def _on_box(self, slice_node, corner0, corner1) -> None:
+        with self.state:
+            self.state.drawing = False
+            try:
+                roi, prompt, note = self.logic.draw_box(self.volume, slice_node, self._new_object,
+                                                        corners_world=(corner0, corner1))
+                roi.GetDisplayNode().SetFillOpacity(0.0)  # outline only: the mask under it stays visible
+                self._say(f"{note}: {prompt.box}", action="box_drawn")
+            except Exception as error:  # noqa: BLE001 - one line to the user, nothing kept
+                self._fail(error)
+            self._refresh()
+
+    def segment_slice(self) -> None:
+        self._need_volume()
+        self._start(lambda: self.logic.start_segment_slice(
+            self.volume, None, self.segmentation, None, self.state.window))
+
+    def propagate(self) -> None:
+        self._need_volume()
+        self._start(lambda: self.logic.start_propagation(
+            self.volume, None, self.segmentation, None, self.state.window, self.state.range_mode,
+            stop=bool(self.state.stop_rule), largest_component=bool(self.state.largest_component),
+            fill_holes=bool(self.state.fill_holes)))
+
+    def _start(self, start) -> None:
+        self.editor.deactivate_effect()
+        self.state.tool = "none"
+        try:
+            pending = start()
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+            return
+        self.state.update(dict(busy=True, progress_title=pending.title, progress_done=0, progress_total=0,
+                               error=""))
+        self._say(f"{pending.title}: sending to the engine")
+
+    def cancel(self) -> None:
+        self.logic.cancel()
+        self._say("cancelling...")
+
+    def undo(self) -> None:
+        try:
+            operation = self.logic.undo()
+            self._say(f"undone: {operation.description}", action="undo")
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+        self._refresh()
+
+    def accept(self) -> None:
+        try:
+            segment_id = self.logic.accept(self.volume)
+            self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
+        except Exception as error:  # noqa: BLE001
+            self._fail(error)
+        self._refresh()
+
+    def next_object(self) -> None:
+        """Accept the current object and arm the drag for the next one."""
+        self.accept()
+        if not self.state.error:
+            self.draw_box(new_object=True)
+
+    def set_tool(self, tool: str) -> None:
+        """The Segment Editor's manual tools on the current object's segment (its undo is Segment Editor's)."""
+        from trame_slicer.segmentation import (SegmentationEffectErase, SegmentationEffectPaint,
+                                               SegmentationEffectScissors)
+
+        effects = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase,
+                   "scissors": SegmentationEffectScissors}
+        if tool not in effects:
+            self.editor.deactivate_effect()
+            self.state.tool = "none"
+            return
+        segment_id = self.logic.current.segment_id
+        if not segment_id:
+            self._fail(ValueError("nothing to refine yet: segment a slice or propagate first"))
+            return
+        self._drag.disarm()
+        self.state.drawing = False
+        self.editor.set_active_segment_id(segment_id)
+        self.editor.set_active_effect_type(effects[tool])
+        self.state.tool = tool
+        self._say(f"{tool}: draw in a slice view")
+
+    def save(self) -> str:
+        """The segmentation as a label file (every segment, 1..n), through the checked atomic writers."""
+        from MedSAMSlicerLib.volumeio.files import write_label
+        from MedSAMSlicerLogic.segments import read_segment
+
+        self._need_volume()
+        path = Path(self.state.save_path).expanduser()
+        if not path.name.endswith(SAVE_FORMATS + (".nii", ".nrrd")):
+            raise ValueError(f"{path.name}: save as {' or '.join(SAVE_FORMATS)}")
+        grid = self.logic.grid(self.volume)
+        label = np.zeros(grid.shape_kji, dtype=np.uint8)
+        segmentation = self.segmentation.GetSegmentation()
+        for number in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(number)
+            label[read_segment(self.segmentation, segment_id, self.volume) & (label == 0)] = number + 1
+        written = write_label(path, label, _lps_reference(grid))
+        self._say(f"saved {written}", action="saved")
+        return str(written)
+
+    def toggle_time_log(self) -> None:
+        if self.logic.time_log is not None:
+            self.logic.close_case()
+            self.state.log_running = False
+            self._say("time log stopped", action="log_stopped")
+            return
+        self._need_volume()
+        folder = self.state.log_folder
+        if not folder:
+            raise ValueError("choose a time-log folder (--log-folder) first")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        time_log = self.logic.open_case(self.volume, folder, self.state.reader or "anonymous")
+        self.state.update(dict(log_running=True, log_path=str(time_log.path)))
+        self._say(f"time log: {time_log.path}", action="log_started")
+
+    def export_report(self) -> str:
+        from MedSAMSlicerLogic.study_report import export_report
+
+        where = export_report(self.state.log_folder)
+        self._say(f"report: {where}", action="report")
+        return where
+
+    # -- polling ----------------------------------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the loop must survive; the logic reports its own failures
+                log.exception("poll failed")
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        if self.logic.busy:
+            progress = self.logic.poll()
+            with self.state:
+                self.state.update(dict(progress_done=progress.done, progress_total=progress.total))
+                if progress.message and not progress.finished:
+                    self._say(progress.message)
+                if progress.finished:
+                    self.state.busy = False
+                    if progress.state == "done":
+                        self.editor.set_active_segment_id(self.logic.current.segment_id)
+                        self._say(progress.operation.description, action=progress.title)
+                    elif progress.state == "cancelled":
+                        self._say(progress.message, action="cancelled")
+                    else:
+                        self.state.error = progress.message
+                        self._say(progress.message, action="failed")
+                    self._refresh()
+        if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
+            with self.state:
+                if not self.logic.busy:
+                    self.logic.collect_manual_edits()
+                seconds = int(self.logic.time_log.active_seconds())
+                self.state.active_time = f"{seconds // 60}:{seconds % 60:02d}"
+
+    # -- state shown in the page ------------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        self.state.boxes = len(self.logic.boxes())
+        self.state.can_undo = len(self.logic.undo_stack) > 0
+        self.state.voxels = int(sum(int(m.sum()) for m in self._masks().values()))
+
+    def _masks(self) -> dict:
+        from MedSAMSlicerLogic.segments import read_segment
+
+        if self.segmentation is None or self.volume is None:
+            return {}
+        segmentation = self.segmentation.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+        return {sid: read_segment(self.segmentation, sid, self.volume) for sid in ids}
+
+    def _say(self, text: str, action: str = "") -> None:
+        self.state.status = text
+        if action:
+            self.state.last_action = action
+            self.state.error = ""
+            self.actions += 1
+
+    def _fail(self, error: BaseException) -> None:
+        from MedSAMSlicerLogic.messages import user_message
+
+        self.state.error = user_message(error)
+        self.state.status = ""
+        self.actions += 1
+
+    def _need_volume(self) -> None:
+        if self.volume is None:
+            raise ValueError("no volume: load one first")
+
+    def _guard(self, action):
+        """A button's handler: one line in the panel for any failure, never a traceback in the page."""
+        def run(*args):
+            try:
+                action(*args)
+            except Exception as error:  # noqa: BLE001
+                self._fail(error)
+        return run
+
+    # -- server side of the page --------------------------------------------------------------------------------
+    def _on_ready(self, **_) -> None:
+        asyncio.get_event_loop().create_task(self._poll_loop())
+
+    def _on_key(self, ctrl, alt, shift, code) -> None:
+        from .keys import action_for
+
+        action = action_for(bool(ctrl), bool(alt), bool(shift), str(code))
+        handlers = {"drawBox": lambda: self.draw_box(True), "addKeyBox": lambda: self.draw_box(False),
+                    "segmentSlice": self.segment_slice, "propagate": self.propagate, "accept": self.accept,
+                    "undo": self.undo, "cancel": self.cancel}
+        if action in handlers:
+            self._guard(handlers[action])()
+
+    def _register_triggers(self) -> None:
+        self.ctrl.trigger("on_key")(self._on_key)
+        self.ctrl.trigger("app_state")(self.app_state)
+        self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
+        self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
+
+        @self.state.change("window")
+        def _window_changed(window, **_):
+            self._apply_display_window(window)
+
+    def app_state(self) -> dict:
+        """What a test (or a script) asks the server: boxes, segments, digests, the time log."""
+        grid = self.logic.grid(self.volume) if self.volume is not None else None
+        prompts = []
+        if grid is not None:
+            from MedSAMSlicerLogic.roi_prompts import prompts_from_rois
+
+            try:
+                prompts = [dict(axis=p.axis, index=p.index, box=[int(p.box.x0), int(p.box.y0), int(p.box.x1),
+                                                                  int(p.box.y1)])
+                           for p in prompts_from_rois(self.logic.boxes(), grid)]
+            except Exception:  # noqa: BLE001 - a box being edited
+                prompts = []
+        masks = self._masks()
+        digest = hashlib.sha256()
+        for sid, mask in sorted(masks.items()):
+            digest.update(sid.encode())
+            digest.update(np.packbits(mask).tobytes())
+        return dict(busy=self.logic.busy, boxes=prompts, segments={k: int(v.sum()) for k, v in masks.items()},
+                    digest=digest.hexdigest(), current_segment=self.logic.current.segment_id,
+                    log_path=str(self.logic.time_log.path) if self.logic.time_log else self.state.log_path,
+                    status=self.state.status, error=self.state.error, last_action=self.state.last_action,
+                    actions=self.actions,
+                    shape=list(grid.shape_kji) if grid is not None else None)
+
+    def _slice_view(self, tag: str):
+        return next(v for v in self.slicer_app.view_manager.get_slice_views() if v.get_singleton_tag() == tag)
+
+    def show_slice(self, tag: str, ijk) -> None:
+        """Scroll a slice view to the slice through voxel ``ijk`` (the slider in each view does the same)."""
+        from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points
+
+        point = ijk_to_world_points(ijk_to_world(self.volume), np.asarray(ijk, dtype=float))[0]
+        self._slice_view(tag).get_view_node().JumpSliceByOffsetting(*point)
+
+    def ijk_to_view(self, tag: str, ijk) -> list:
+        """Where voxel ``ijk`` is in a slice view's image, as fractions of its width and height from the top left."""
+        from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points
+
+        from .box_drag import world_to_xy
+
+        node = self._slice_view(tag).get_view_node()
+        point = ijk_to_world_points(ijk_to_world(self.volume), np.asarray(ijk, dtype=float))[0]
+        x, y = world_to_xy(node, point)
+        width, height = node.GetDimensions()[:2]
+        return [float(x / width), float(1.0 - y / height)]
+
+    # -- page ---------------------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+        from trame.widgets import client, html
+        from trame.widgets import vuetify3 as v3
+
+        from MedSAMSlicerLogic.shortcuts import SHORTCUTS
+
+        from .keys import listener_js
+
+        def keys(action: str) -> str:
+            return SHORTCUTS[action][0]
+
+        g = self._guard
+        with SinglePageWithDrawerLayout(self.server, full_height=True) as ui:
+            ui.title.set_text("MedSAMSlicer")
+            client.ClientTriggers(mounted=listener_js())
+            with ui.toolbar:
+                v3.VSpacer()
+                html.Span("{{ volume_name }}", id="volume-name", classes="mr-4")
+            with ui.drawer as drawer:
+                drawer.width = 320
+                with v3.VContainer(classes="pa-2", style="font-size: 13px"):
+                    v3.VSelect(label="Window", v_model=("window",), items=("windows",), id="window",
+                               density="compact", hide_details=True, classes="mb-2")
+                    with v3.VRow(dense=True):
+                        with v3.VCol(cols=6):
+                            v3.VBtn("Draw box", id="btn-box", click=g(lambda: self.draw_box(True)), block=True,
+                                    color=("drawing ? 'primary' : undefined",), title=keys("drawBox"))
+                        with v3.VCol(cols=6):
+                            v3.VBtn("Key box", id="btn-key-box", click=g(lambda: self.draw_box(False)), block=True,
+                                    title=keys("addKeyBox"))
+                        with v3.VCol(cols=6):
+                            v3.VBtn("Segment slice", id="btn-slice", click=g(self.segment_slice), block=True,
+                                    disabled=("busy",), title=keys("segmentSlice"))
+                        with v3.VCol(cols=6):
+                            v3.VBtn("Propagate", id="btn-propagate", click=g(self.propagate), block=True,
+                                    disabled=("busy",), title=keys("propagate"))
+                    v3.VSelect(label="Range", v_model=("range_mode",), id="range-mode", density="compact",
+                               items=(str([dict(title=t, value=v) for v, t in RANGE_MODES.items()]),),
+                               hide_details=True, classes="mt-2")
+                    v3.VCheckbox(label="Stop rule", v_model=("stop_rule",), id="stop-rule", density="compact",
+                                 hide_details=True)
+                    v3.VCheckbox(label="Largest component", v_model=("largest_component",), density="compact",
+                                 hide_details=True)
+                    v3.VCheckbox(label="Fill holes", v_model=("fill_holes",), density="compact", hide_details=True)
+                    v3.VProgressLinear(model_value=("progress_total ? 100 * progress_done / progress_total : 0",),
+                                       indeterminate=("busy && !progress_total",), v_show=("busy",), height=6,
+                                       id="progress")
+                    html.Div("{{ progress_title }} {{ progress_done }}/{{ progress_total }}", v_show=("busy",),
+                             id="progress-text")
+                    with v3.VRow(dense=True, classes="mt-1"):
+                        with v3.VCol(cols=4):
+                            v3.VBtn("Cancel", id="btn-cancel", click=g(self.cancel), block=True,
+                                    disabled=("!busy",), title=keys("cancel"))
+                        with v3.VCol(cols=4):
+                            v3.VBtn("Undo", id="btn-undo", click=g(self.undo), block=True,
+                                    disabled=("busy || !can_undo",), title=keys("undo"))
+                        with v3.VCol(cols=4):
+                            v3.VBtn("Accept", id="btn-accept", click=g(self.accept), block=True,
+                                    disabled=("busy",), title=keys("accept"))
+                        with v3.VCol(cols=12):
+                            v3.VBtn("Next object", id="btn-next", click=g(self.next_object), block=True,
+                                    disabled=("busy",))
+                    html.Div("Refine", classes="text-caption mt-2")
+                    with v3.VBtnToggle(v_model=("tool",), density="compact", mandatory=True, divided=True,
+                                       update_modelValue=(g(self.set_tool), "[$event]")):
+                        for tool in ("none", "paint", "erase", "scissors"):
+                            v3.VBtn(tool, value=tool, id=f"tool-{tool}", size="small")
+                    html.Div("Save", classes="text-caption mt-2")
+                    v3.VTextField(v_model=("save_path",), id="save-path", density="compact", hide_details=True)
+                    v3.VBtn("Save segmentation", id="btn-save", click=g(self.save), block=True, classes="mt-1",
+                            disabled=("busy",))
+                    html.Div("Time log", classes="text-caption mt-2")
+                    v3.VTextField(label="Folder", v_model=("log_folder",), density="compact", hide_details=True)
+                    v3.VTextField(label="Reader", v_model=("reader",), density="compact", hide_details=True)
+                    with v3.VRow(dense=True, classes="mt-1"):
+                        with v3.VCol(cols=6):
+                            v3.VBtn("{{ log_running ? 'Stop log' : 'Start log' }}", id="btn-log",
+                                    click=g(self.toggle_time_log), block=True)
+                        with v3.VCol(cols=6):
+                            v3.VBtn("Export report", id="btn-report", click=g(self.export_report), block=True)
+                    html.Div("active time {{ active_time }}", id="active-time", v_show=("log_running",))
+                    html.Div("{{ status }}", id="status", classes="mt-2", style="white-space: pre-wrap")
+                    html.Div("{{ error }}", id="error", classes="text-error", style="white-space: pre-wrap")
+                    html.Div("boxes {{ boxes }} | voxels {{ voxels }}", id="counts", classes="text-caption")
+                    html.Div("{{ last_action }}", id="last-action", style="display: none")
+                    with html.Details(classes="text-caption mt-2"):
+                        html.Summary("Shortcuts")
+                        for action, (sequence, what) in SHORTCUTS.items():
+                            html.Div(f"{sequence}: {what}")
+            with ui.content:
+                with v3.VContainer(fluid=True, classes="fill-height pa-0"):
+                    self.layout_manager.initialize_layout_grid(ui)
+
+    def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+        from .box_drag import BoxDrag
+
+        self._drag = BoxDrag(self.slicer_app.view_manager.get_slice_views(), self.slicer_app.scene, self._on_box)
+        for image in self.images:
+            self.load(image)
+        self.server.start(host=host, port=port, open_browser=False)
+
+
+def _lps_reference(grid):
+    """The volume on its file's grid: ``volume_from_node`` keeps Slicer's RAS world geometry (the engine only uses
+    the spacing), while the label writers, like every medical file format, want LPS."""
+    from dataclasses import replace
+
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    matrix = ras_to_lps @ grid.ijk_to_world[:3, :]
+    spacing = np.linalg.norm(matrix[:, :3], axis=0)
+    direction = matrix[:, :3] / spacing
+    return replace(grid.volume, origin=tuple(float(v) for v in matrix[:, 3]),
+                   direction=tuple(float(v) for v in direction.ravel()))
+
+
+def _marker(view) -> None:
+    """A hidden element in each view's box, so that a test (or a script) can find that view's image."""
+    from trame.widgets import html
+
+    html.Span(id=f"view-{view.get_singleton_tag()}", style="display: none")
+
+
+def _marked_slice_ui(server, view_id, view) -> None:
+    from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+    create_vertical_slice_view_gutter_ui(server, view_id, view)
+    _marker(view)
+
+
+def _marked_threed_ui(server, view_id, view) -> None:
+    from trame_slicer.app.ui import create_vertical_view_gutter_ui
+
+    create_vertical_view_gutter_ui(server, view_id, view)
+    _marker(view)

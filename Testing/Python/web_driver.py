@@ -1,0 +1,183 @@
+"""Drive ``medsam-slicer web`` in Debian's headless Chromium, as a person would (mouse, buttons, keys).
+
+Used by ``test_web.py`` and ``bench/web_latency.py``.  Real parts only: an engine server process on loopback, the
+web app process on it, Chromium through Playwright.  The page is queried through trame's ``trigger`` RPC
+(``app_state``, ``ijk_to_view``) to learn where things are; every action is a real mouse or key event.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWS = ("Red", "Yellow", "Green", "ThreeD")
+
+# Page helpers: a view's <img> (found through the marker span the app puts in each view) and its frames.
+INIT_JS = r"""
+window.__img = (tag) => {
+  const m = document.getElementById('view-' + tag);
+  return m ? m.parentElement.querySelector('img.image-display-area') : null;
+};
+window.__frames = {};
+window.__overlay = (img) => {   // pixels where a saturated colour (segment or box outline) dominates the grey scan
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    const mx = Math.max(d[i], d[i+1], d[i+2]), mn = Math.min(d[i], d[i+1], d[i+2]);
+    if (mx - mn > 60) n++;
+  }
+  return n;
+};
+window.__watch = (tag) => {
+  const img = window.__img(tag); if (!img || img.__watched) return !!img;
+  img.__watched = true; window.__frames[tag] = [];
+  img.addEventListener('load', () => window.__frames[tag].push({t: performance.now(), overlay: window.__overlay(img)}));
+  return true;
+};
+"""
+
+
+def missing_browser_parts() -> str:
+    """Why the browser tests cannot run here ("" when they can)."""
+    try:
+        import playwright  # noqa: F401
+        import trame_slicer  # noqa: F401
+    except ImportError as error:
+        return f"the web extra is not installed ({error.name}): pip install -e '.[web]'"
+    if not Path(CHROMIUM).exists():
+        return "no chromium browser (apt-get install chromium; .ci/setup does it where apt works)"
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "MedSAMSlicer"), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def start_engine(folder: Path, cache_dir: str | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """``medsam-slicer serve`` on a free loopback port: (process, url, token file)."""
+    token = folder / "token"
+    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "serve", "--port", "0", "--token-file", str(token),
+               "--device", "cpu"]
+    if cache_dir:
+        command += ["--cache-dir", cache_dir]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(folder / "engine.log", "w"), text=True,
+                               env=_env(), start_new_session=True)
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise RuntimeError(f"engine did not start: {(folder / 'engine.log').read_text()[-2000:]}")
+    return process, url, token
+
+
+def start_app(folder: Path, image: Path, engine_url: str, token: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", str(image), "--server", engine_url,
+               "--token-file", str(token), "--port", str(port), "--log-folder", str(folder / "logs"),
+               "--out-folder", str(folder), "--reader", "tester"]
+    process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT, env=_env(),
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"web app exited: {(folder / 'app.log').read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("web app did not answer in 180 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Page:
+    """One Chromium page on the app, with the few moves a person makes."""
+
+    def __init__(self, playwright, url: str) -> None:
+        self.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        self.page = self.browser.new_page(viewport={"width": 1400, "height": 900})
+        self.page.set_default_timeout(60_000)
+        self.page.goto(url)
+        self.page.wait_for_function("() => !!document.getElementById('view-Red')")
+        self.page.evaluate(INIT_JS)
+        self.page.wait_for_function(f"() => {list(VIEWS)}.every(t => window.__watch(t))")
+        self.page.wait_for_function(
+            f"() => {list(VIEWS)}.every(t => {{ const i = window.__img(t);"
+            " return i && i.style.display !== 'none' && i.complete && i.naturalWidth > 0; })")
+
+    def close(self) -> None:
+        self.browser.close()
+
+    def ask(self, name: str, *args):
+        """A server trigger's answer (trame RPC)."""
+        return self.page.evaluate("([n, a]) => window.trame.trigger(n, a)", [name, list(args)])
+
+    def state(self) -> dict:
+        return self.ask("app_state")
+
+    def wait_state(self, predicate, what: str, timeout: float = 300.0) -> dict:
+        """Poll the server until ``predicate(state)``; page.wait_for_function does not await async predicates."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            if predicate(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; last state {state}")
+            self.page.wait_for_timeout(100)
+
+    def click(self, selector: str) -> None:
+        self.page.click(selector)
+
+    def view_point(self, tag: str, ijk) -> tuple[float, float]:
+        """Page coordinates of voxel ``ijk`` in a slice view's image."""
+        fx, fy = self.ask("ijk_to_view", tag, [float(v) for v in ijk])
+        rect = self.page.evaluate(f"() => {{ const r = window.__img('{tag}').getBoundingClientRect();"
+                                  " return [r.x, r.y, r.width, r.height]; }")
+        return rect[0] + fx * rect[2], rect[1] + fy * rect[3]
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
+        mouse = self.page.mouse
+        mouse.move(*start)
+        mouse.down()
+        mouse.move(*end, steps=12)
+        mouse.up()
+
+    def frames(self, tag: str) -> list:
+        return self.page.evaluate(f"window.__frames['{tag}'] || []")
+
+    def screenshot(self, path: Path, clip_tag: str | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if clip_tag is None:
+            self.page.screenshot(path=str(path))
+        else:
+            self.page.locator(f"#view-{clip_tag}").locator("xpath=..").screenshot(path=str(path))
