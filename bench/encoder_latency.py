@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/encoder_latency.py [--repeats 7] [--medsam PATH] [--sam-vit-b PATH]
 
-Uses slice 17 of slicerio's CTChest4.nrrd.  Prints medians and the ratios between backends; the ratios are the
+Uses slice 17 of slicerio's CTChest4.nrrd.  ``bench/runtimes.py`` is the fuller comparison (propagation, DSC, start-up).  Prints medians and the ratios between backends; the ratios are the
 figures to quote (this machine is noisy; absolute times drift between runs).
 """
 
@@ -52,8 +52,8 @@ def main() -> None:
           f"median of {args.repeats}")
     for name, checkpoint in models:
         results = {}
-        for backend in ("pytorch", "onnx"):
-            if backend == "onnx" and args.device != "cpu":
+        for backend in ("pytorch", "onnx", "openvino"):
+            if backend != "pytorch" and args.device != "cpu":
                 continue
             segmenter = make_segmenter(name, checkpoint, args.device, backend)
             embedding = segmenter.embed(plane)
@@ -62,9 +62,10 @@ def main() -> None:
             results[backend] = (encoder, decoder)
             print(f"{name:12s} {segmenter.backend_name:12s} encoder {encoder * 1000:8.1f} ms   "
                   f"prompt encoder + decoder {decoder * 1000:6.1f} ms")
-        if "onnx" in results:
-            print(f"{name:12s} encoder speed-up onnxruntime / pytorch: "
-                  f"{results['pytorch'][0] / results['onnx'][0]:.2f}x")
+        for backend in ("onnx", "openvino"):
+            if backend in results:
+                print(f"{name:12s} encoder speed-up {backend} / pytorch: "
+                      f"{results['pytorch'][0] / results[backend][0]:.2f}x")
 
 
 if __name__ == "__main__":
