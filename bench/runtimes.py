@@ -244,12 +244,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         t = totals[name]
-        enc = statistics.median(encoder_ms[name]) if encoder_ms[name] else float("nan")
+        enc = f"{statistics.median(encoder_ms[name]):.0f}" if encoder_ms[name] else "= openvino"
         dsc3 = statistics.mean(per_case[c][name]["dsc3d"] for c in per_case)
         dsc2 = statistics.mean(per_case[c][name]["dsc2d"] for c in per_case)
         ratio = f"{totals[reference]['cold_s'] / t['cold_s']:.2f}x" if reference else "—"
         up = f"{startup[name]:.2f}" if name in startup else "—"
-        print(f"| {name} | {enc:.0f} | {decoder_ms[name]:.1f} | {t['cold_s']:.1f} ({t['cold_s'] / slices * 1000:.0f}) | "
+        print(f"| {name} | {enc} | {decoder_ms[name]:.1f} | {t['cold_s']:.1f} ({t['cold_s'] / slices * 1000:.0f}) | "
               f"{t['warm_s']:.2f} ({t['warm_s'] / slices * 1000:.0f}) | {dsc3:.4f} | {dsc2:.4f} | {up} | {ratio} |")
     if reference:
         print("\nmasks against the pytorch row (voxels that differ in the cold 3D propagation, all cases):")
