@@ -53,9 +53,17 @@ ENGINE_PACKAGES = (
     Package("scipy", "scipy>=1.10", "3D clean-up of propagated masks"),
     Package("SimpleITK", "SimpleITK>=2.3", "reading volumes"),
     Package("psutil", "psutil>=5.9", "sizing the embedding cache to the free memory"),
-    Package("onnxruntime", "onnxruntime>=1.17", "about twice as fast image encoder on the CPU"),
-    Package("onnx", "onnx>=1.16", "exporting the encoder for ONNX Runtime"),
+    Package("onnxruntime", "onnxruntime>=1.17", "faster image encoder on the CPU (fallback runtime)"),
+    Package("onnx", "onnx>=1.16", "exporting the encoder and decoder for the CPU runtimes"),
+    Package("openvino", "openvino>=2024.0", "the fastest CPU runtime for the encoder and decoder"),
+    Package("fastapi", "fastapi>=0.110", "the engine service's HTTP API"),
+    Package("uvicorn", "uvicorn>=0.29", "the engine service's HTTP server"),
     Package("requests", "requests>=2.28", "the engine's own HTTP needs"),
+    Package("nrrd", "pynrrd>=1.0", "writing .seg.nrrd files"),
+    Package("slicerio", "slicerio>=1.4", "Slicer segmentation files and the demo scan"),
+    Package("tqdm", "tqdm>=4.66", "progress bars of the command line"),
+    Package("PIL", "pillow>=9", "images of the study report"),
+    Package("matplotlib", "matplotlib>=3.7", "plots of the study report"),
 )
 
 

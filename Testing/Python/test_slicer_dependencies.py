@@ -54,3 +54,17 @@ def test_engine_install_runs_steps_and_reports_a_failure_once(tmp_path):
     message = str(raised.value)
     assert "No matching distribution found for torch" in message and str(tmp_path / "bad.txt") in message
     assert "\n" not in message and failing.step == 0  # the second step never ran
+
+
+def test_every_engine_dependency_of_the_package_is_installed_for_slicer():
+    """The engine that Slicer starts runs from the private folder: every runtime dependency in pyproject.toml must be
+    in ENGINE_PACKAGES (or be one of the client's packages that Slicer ships), else `serve` fails there."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    wanted = {re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0].lower() for spec in project["project"]["dependencies"]}
+    listed = {re.split(r"[<>=!~ \[]", p.requirement, maxsplit=1)[0].lower()
+              for p in (*dependencies.ENGINE_PACKAGES, *dependencies.CLIENT_PACKAGES)}
+    assert wanted - listed == set()
