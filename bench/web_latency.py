@@ -24,7 +24,7 @@ sys.path[:0] = [str(REPO / "MedSAMSlicer"), str(REPO / "Testing" / "Python")]
 from web_driver import Page, missing_browser_parts, start_app, start_engine, stop  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "pyradiomics"
-MORE_PIXELS = 80  # the mask adds at least this many coloured pixels to the red view
+MORE_PIXELS = 80  # the mask changes at least this many coloured pixels of the red view (fill over the outline)
 
 
 def main() -> int:
@@ -85,12 +85,13 @@ def _segment(page: Page) -> float:
                                  " document.getElementById('btn-slice').click(); return t; }")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        hit = [f for f in page.frames("Red")[before:] if f["overlay"] > baseline + MORE_PIXELS]
+        hit = [f for f in page.frames("Red")[before:] if abs(f["overlay"] - baseline) > MORE_PIXELS]
         if hit:
             page.wait_state(lambda s: not s["busy"], "segment slice")
             return hit[0]["t"] - clicked
         page.page.wait_for_timeout(20)
-    raise RuntimeError("the mask never appeared in the red view")
+    raise RuntimeError(f"the mask never appeared in the red view (baseline {baseline}, frames "
+                       f"{[f['overlay'] for f in page.frames('Red')[before:]]})")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ class WebApp:
         self.volume_rendering = volume_rendering
         self.server = get_server(client_type="vue3")
         self.server.enable_module(trame_slicer_module)
+        from .keys import MODULE as KEYS_MODULE
+
+        self.server.enable_module(KEYS_MODULE)  # the shortcuts' key listener
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
         install_slicer_globals(self.slicer_app)
@@ -414,12 +417,10 @@ class WebApp:
     # -- page ---------------------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         from trame.ui.vuetify3 import SinglePageWithDrawerLayout
-        from trame.widgets import client, html
+        from trame.widgets import html
         from trame.widgets import vuetify3 as v3
 
         from MedSAMSlicerLogic.shortcuts import SHORTCUTS
-
-        from .keys import listener_js
 
         def keys(action: str) -> str:
             return SHORTCUTS[action][0]
@@ -427,7 +428,6 @@ class WebApp:
         g = self._guard
         with SinglePageWithDrawerLayout(self.server, full_height=True) as ui:
             ui.title.set_text("MedSAMSlicer")
-            client.ClientTriggers(mounted=listener_js())
             with ui.toolbar:
                 v3.VSpacer()
                 html.Span("{{ volume_name }}", id="volume-name", classes="mr-4")

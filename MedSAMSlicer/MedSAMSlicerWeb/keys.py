@@ -6,6 +6,8 @@ is turned into the same form here, so the browser and the Slicer panel can never
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from MedSAMSlicerLogic.shortcuts import key_sequences, normalized
 
 
@@ -21,17 +23,7 @@ def action_for(ctrl: bool, alt: bool, shift: bool, code: str) -> str | None:
     return next((action for action, keys in key_sequences().items() if normalized(keys) == pressed), None)
 
 
-# Sent to the page once: every Ctrl+Alt key goes to the server's "on_key" trigger (the server looks it up), and the
-# browser's own use of it is prevented only when it is one of ours.
-LISTENER_JS = (
-    "window.addEventListener('keydown', (e) => {"
-    " if (!(e.ctrlKey && e.altKey) || ['Control','Alt','Shift'].includes(e.key)) return;"
-    " const ours = %s; const k = e.code.replace(/^Key|^Digit/, '');"
-    " if (ours.includes(k)) { e.preventDefault(); trigger('on_key', [e.ctrlKey, e.altKey, e.shiftKey, e.code]); }"
-    "})"
-)
-
-
-def listener_js() -> str:
-    letters = sorted({normalized(keys).split("+")[-1] for keys in key_sequences().values()})
-    return LISTENER_JS % ("[" + ",".join(f"'{k}'" for k in letters) + "]")
+# The page side is static/keys.js (loaded as a trame module script): a template's ``mounted`` expression cannot
+# reach ``window``, so the listener is a plain script that calls ``window.trame.trigger('on_key', ...)``.
+STATIC = Path(__file__).resolve().parent / "static"
+MODULE = {"serve": {"__medsam_slicer": str(STATIC)}, "scripts": ["__medsam_slicer/keys.js"]}

@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, shared_path
 from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
 
-SCREENSHOTS = REPO / "MedSAMSlicer" / "Resources" / "Screenshots"
+SCREENSHOTS = REPO / "Resources" / "Screenshots"  # README and Extension Index pictures
 MARGIN = 3  # voxels around the lesion's extent on its key slice, as an annotator's box
 
 pytestmark = pytest.mark.skipif(bool(missing_browser_parts()), reason=missing_browser_parts() or "ok")
@@ -122,7 +122,9 @@ def test_box_segment_propagate_undo_accept_save(app, case, engine):
     first_propagation = state["digest"]
     assert first_propagation != slice_only
 
-    state = _run(page, "#btn-undo")
+    before = page.state()["actions"]
+    page.page.keyboard.press("Control+Alt+U")  # the panel's Undo shortcut
+    state = page.wait_state(lambda s: s["actions"] > before, "undo by Ctrl+Alt+U")
     assert state["last_action"] == "undo", state
     assert state["digest"] == slice_only  # exactly the state before the propagation
 

@@ -35,7 +35,7 @@ window.__overlay = (img) => {   // pixels where a saturated colour (segment or b
   const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
   for (let i = 0; i < d.length; i += 4) {
     const mx = Math.max(d[i], d[i+1], d[i+2]), mn = Math.min(d[i], d[i+1], d[i+2]);
-    if (mx - mn > 60) n++;
+    if (mx - mn > 30) n++;
   }
   return n;
 };
@@ -176,8 +176,13 @@ class Page:
         return self.page.evaluate(f"window.__frames['{tag}'] || []")
 
     def screenshot(self, path: Path, clip_tag: str | None = None) -> None:
+        """A PNG of the page (or of one view), in 256 colours: small enough to commit."""
+        import io
+
+        from PIL import Image
+
+        png = (self.page.screenshot() if clip_tag is None
+               else self.page.locator(f"#view-{clip_tag}").locator("xpath=..").screenshot())
         path.parent.mkdir(parents=True, exist_ok=True)
-        if clip_tag is None:
-            self.page.screenshot(path=str(path))
-        else:
-            self.page.locator(f"#view-{clip_tag}").locator("xpath=..").screenshot(path=str(path))
+        image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256)
+        image.save(path, optimize=True)
