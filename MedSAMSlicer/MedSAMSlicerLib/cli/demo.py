@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from ..paths import check_output_folder
 from .options import ProgressBar, add_model_options, describe_run, make_session
+
+DEMO_OUTPUTS = ("right_lung.seg.nrrd", "right_lung.nii.gz")
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -27,6 +29,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from ..volumeio.files import write_label
 
     image_path, segmentation_path = demo_files()
+    out = check_output_folder(args.out, DEMO_OUTPUTS, [image_path, segmentation_path])  # before any model work
     if args.window == "auto":
         args.window = DEMO_WINDOW
     session = make_session(args, str(image_path))
@@ -40,9 +43,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         bar.close()
     seconds = time.perf_counter() - start
     dsc, nsd = score(result.mask, reference, session.volume.spacing_zyx, 2.0)
-    out = Path(args.out)
-    written = [write_label(out / "right_lung.seg.nrrd", result.mask, session.volume, "right lung"),
-               write_label(out / "right_lung.nii.gz", result.mask, session.volume)]
+    written = [write_label(out / DEMO_OUTPUTS[0], result.mask, session.volume, "right lung"),
+               write_label(out / DEMO_OUTPUTS[1], result.mask, session.volume)]
     return {"image": str(image_path), **describe_run(session), "segment": DEMO_SEGMENT, "key_slice": key,
             "box": str(box), "dsc": round(dsc, 4), "nsd_2mm": round(nsd, 4),
             "segmented_slices": result.segmented_slices, "stopped": result.stopped,

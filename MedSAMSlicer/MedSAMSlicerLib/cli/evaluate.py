@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from .remote import add_server_options
-from .options import add_model_options, add_propagation_options, describe_run, make_session, propagation_options
+from .options import (add_model_options, add_propagation_options, describe_run, make_session, positive_float,
+                      propagation_options)
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--box-per-piece", action="store_true",
                           help="2d: one box per connected piece of the target on each slice")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    evaluate.add_argument("--tolerance", type=positive_float, default=2.0, help="NSD tolerance in mm (default 2)")
     evaluate.add_argument("--json", action="store_true")
     add_model_options(evaluate)
     add_propagation_options(evaluate)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
 
 from ..errors import OptionError
@@ -44,13 +46,43 @@ def add_propagation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-stop", action="store_true", help="ours: run over the whole range, never stop early")
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number ("nan", "inf" and "1e999" are refused with one line)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type (and ``NAME=SECONDS`` values): a finite number of 0 or more."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+_INDEX = re.compile(r"^\s*-?[0-9]+\s*$")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+
+
 def parse_range(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
-    try:
-        low, high = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise OptionError(f"--range {text!r} must be K0:K1 (two slice indices)") from None
+    parts = text.split(":")
+    if len(parts) != 2 or not all(_INDEX.match(v) and len(v.strip()) <= 12 for v in parts):
+        raise OptionError(f"--range {text!r} must be K0:K1 (two slice indices)")
+    low, high = (int(v) for v in parts)
     return low, high
 
 
@@ -58,7 +90,7 @@ def parse_key_box(text: str):
     from ..engine.boxes import parse_box
 
     index, sep, box = text.partition(":")
-    if not sep or not index.strip().lstrip("-").isdigit():
+    if not sep or not _INDEX.match(index) or len(index.strip()) > 12:
         raise OptionError(f"--key-box {text!r} must be K:X0,Y0,X1,Y1")
     return int(index), parse_box(box)
 

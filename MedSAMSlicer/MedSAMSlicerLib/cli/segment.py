@@ -32,16 +32,25 @@ def run_segment(args: argparse.Namespace) -> dict:
     from ..engine.axes import put_slice
     from ..engine.boxes import parse_box
     from ..engine.propagation import propagate
-    from ..volumeio.files import write_label
+    from ..volumeio.files import check_label_output, write_label
 
-    key_boxes = dict(parse_key_box(text) for text in args.key_box)
+    key_boxes = {}
+    for text in args.key_box:
+        index, box = parse_key_box(text)
+        if index in key_boxes:
+            raise OptionError(f"--key-box {text!r}: slice {index} already has a key box; give one box per slice")
+        key_boxes[index] = box
     if args.box is not None or args.slice is not None:
         if args.box is None or args.slice is None:
             raise OptionError("--box and --slice go together")
+        if args.slice in key_boxes:
+            raise OptionError(f"--key-box on slice {args.slice} repeats --slice {args.slice}, which has --box; give "
+                              f"one box per slice")
         key_boxes[args.slice] = parse_box(args.box)
     if not key_boxes:
         raise OptionError("give --box X0,Y0,X1,Y1 and --slice K (or --key-box K:X0,Y0,X1,Y1)")
     slice_range = parse_range(args.slice_range)
+    check_label_output(args.out, [args.image])  # before any model work: never overwrite the scan, fail early
     session = make_session(args, args.image)
     start = time.perf_counter()
     summary = {"image": args.image, **describe_run(session)}

@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import OptionError
-from .options import add_model_options, make_session
+from ..paths import check_output_file, check_output_folder
+from .options import add_model_options, finite_float, make_session, nonnegative_float, positive_float
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -30,7 +32,7 @@ def _csv_ints(text: str) -> list[int]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``study`` with its sub-commands ``plan``, ``report`` and ``simulate`` to the CLI's sub-parsers."""
-    from ..study.simulation import CORRECTIONS, ActionTimes
+    from ..study.protocol import CORRECTIONS, ActionTimes  # not .simulation: building the parser loads no torch
     from ..study.timelog import DEFAULT_IDLE_THRESHOLD_S
 
     study = subparsers.add_parser("study", help="annotation-time study: plan, report from session logs, simulate")
@@ -51,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     report.add_argument("--cases", help="the case list (CSV); adds reference labels and lists cases not read")
     report.add_argument("--reference", action="append", default=[], metavar="CASE=LABEL",
                         help="reference label for a case id (repeatable)")
-    report.add_argument("--idle-threshold", type=float, default=DEFAULT_IDLE_THRESHOLD_S,
+    report.add_argument("--idle-threshold", type=positive_float, default=DEFAULT_IDLE_THRESHOLD_S,
                         help=f"seconds without a logged action that count as a break (default "
                              f"{DEFAULT_IDLE_THRESHOLD_S:g})")
     report.add_argument("--out", help="folder for study_report.csv/.png/.md (default: LOGDIR)")
@@ -64,9 +66,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     simulate.add_argument("--every", type=_csv_ints, default=[5], metavar="N[,N...]",
                           help="a key slice (two axes -> box) every N labelled slices; several values "
                                "compare them (default 5; MedSAM's readers used 3-10)")
-    simulate.add_argument("--dice-threshold", type=float, default=0.9,
+    simulate.add_argument("--dice-threshold", type=finite_float, default=0.9,
                           help="slices whose Dice with the label is below this are corrected (default 0.9)")
-    simulate.add_argument("--tolerance-mm", type=float, default=1.0,
+    simulate.add_argument("--tolerance-mm", type=positive_float, default=1.0,
                           help="drawn polygons stay this close to the boundary; closer model boundaries need "
                                "no edit (default 1)")
     simulate.add_argument("--correction", default="best", choices=CORRECTIONS,
@@ -98,6 +100,13 @@ def _run_plan(args: argparse.Namespace) -> dict:
     missing = [image for image in args.images if not Path(image).exists()]
     if missing:
         raise OptionError(f"image {missing[0]} does not exist")
+    logs = Path(args.logs)
+    if os.path.lexists(logs) and not logs.is_dir():
+        raise OptionError(f"--logs {logs} is a file; give the study's log folder")
+    key = logs / ".pseudonym-key"
+    if not os.path.lexists(key):
+        check_output_folder(logs, [], what="--logs")
+    check_output_file(args.out, [*args.images, *args.reference, key])  # before the key is created
     cases = plan_cases(args.images, args.logs, args.reference, both_modes=not args.one_mode, seed=args.seed)
     out = write_case_list(args.out, cases)
     return {"study_command": "plan", "case_list": str(out), "rows": len(cases),
@@ -107,8 +116,11 @@ def _run_plan(args: argparse.Namespace) -> dict:
 def _run_report(args: argparse.Namespace) -> dict:
     from ..study.report import build_report, read_case_list, rows_as_dicts, write_report
 
+    references = _pairs(args.reference, "--reference")
+    check_output_folder(args.out or args.logdir, ["study_report.csv", "study_report.png", "study_report.md"],
+                        [args.cases, *references.values()], what="--out" if args.out else "the report (in LOGDIR)")
     cases = read_case_list(args.cases) if args.cases else []
-    report = build_report(args.logdir, _pairs(args.reference, "--reference"), cases, args.idle_threshold)
+    report = build_report(args.logdir, references, cases, args.idle_threshold)
     files = write_report(report, args.out or args.logdir)
     summary = report.as_dict()
     summary["rows"] = rows_as_dicts(report.rows)
@@ -122,12 +134,14 @@ def _run_simulate(args: argparse.Namespace) -> dict:
     from ..volumeio.files import read_label
 
     try:
-        overrides = {name: float(value) for name, value in _pairs(args.time, "--time").items()}
-    except ValueError:
-        raise OptionError("--time values must be seconds, e.g. --time review_slice_s=5") from None
+        overrides = {name: nonnegative_float(value) for name, value in _pairs(args.time, "--time").items()}
+    except argparse.ArgumentTypeError as error:
+        raise OptionError(f"--time values must be seconds (0 or more), e.g. --time review_slice_s=5: {error}") from None
     times = ActionTimes().with_overrides(overrides)
     protocols = [Protocol(key_every=n, dice_threshold=args.dice_threshold, contour_tolerance_mm=args.tolerance_mm,
                           correction=args.correction, range_mode=args.range_mode).check() for n in args.every]
+    if args.out:
+        check_output_folder(args.out, ["simulation.md", "simulation.png"], [args.image, args.label])
     session = make_session(args, args.image)
     label = read_label(args.label, session.volume)
     (target,) = targets_from_label(label, Path(args.image).name, args.label_value)

@@ -52,7 +52,8 @@ def checked_box(box: Box, slice_shape: tuple[int, int], allow_degenerate: bool =
     """Validate a user box against a slice of ``slice_shape`` = (rows, columns); clip what overhangs the edge.
 
     A box that overhangs the slice is clipped (a user dragging a handle past the edge means "to the edge"); one
-    that does not overlap the slice at all, is inverted or has no area is an error.
+    that does not overlap the slice at all, is inverted or has no area once clipped is an error (the area is
+    checked after clipping: on a 1x1 slice, 0,0,1,1 clips to a single point).
     """
     rows, cols = slice_shape
     values = box.as_array()
@@ -60,11 +61,13 @@ def checked_box(box: Box, slice_shape: tuple[int, int], allow_degenerate: bool =
         raise BoxError(f"box {box} has a non-finite coordinate")
     if box.x1 < box.x0 or box.y1 < box.y0:
         raise BoxError(f"box {box} is inverted: need X0 <= X1 and Y0 <= Y1")
-    if not allow_degenerate and (box.width < 1 or box.height < 1):
-        raise BoxError(f"box {box} is empty: it must be at least 1 voxel wide and high")
     if box.x1 < 0 or box.y1 < 0 or box.x0 > cols - 1 or box.y0 > rows - 1:
         raise BoxError(f"box {box} lies outside the slice (columns 0..{cols - 1}, rows 0..{rows - 1})")
     clipped = Box(max(box.x0, 0.0), max(box.y0, 0.0), min(box.x1, cols - 1.0), min(box.y1, rows - 1.0))
+    if not allow_degenerate and (clipped.width < 1 or clipped.height < 1):
+        inside = "" if clipped == box else f" once clipped to the slice ({clipped}; columns 0..{cols - 1}, rows " \
+                                           f"0..{rows - 1})"
+        raise BoxError(f"box {box} is empty{inside}: it must be at least 1 voxel wide and high")
     if clipped != box:
         log.warning("box %s overhangs the slice; clipped to %s", box, clipped)
     return clipped

@@ -5,8 +5,10 @@
 - Memory: an LRU store with a byte budget (default: a quarter of the RAM available, at most 4 GiB), optionally
   holding float16 (half the bytes; the mask change this causes is measured by ``bench/cache_precision.py``).
 - Disk (optional): one ``.npz`` per slice under ``<cache dir>/<fingerprint>/``, written atomically, loaded without
-  pickle, with a sha256 of the features inside; a file that fails to load or to verify is recomputed and replaced.
-  A cache folder that cannot be written degrades to memory only, with one warning.
+  pickle, with a sha256 inside that covers every array in the file (features, geometry) and the cache key, so a
+  tampered, truncated or misplaced file is recomputed and replaced, never used.  Temporary files left by a killed
+  process are removed the first time a folder is used (:func:`MedSAMSlicerLib.atomic.is_abandoned` tells them from
+  a write in progress).  A cache folder that cannot be written degrades to memory only, with one warning.
 - Concurrency: one computation per key at a time; a second caller waits for the first (prefetch thread included).
 """
 
@@ -24,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, is_abandoned
 from ..errors import CacheError
 from .pipelines import SliceGeometry
 from .predictor import SliceEmbedding
@@ -84,6 +86,7 @@ class EmbeddingCache:
         self._lock = threading.RLock()
         self._in_flight: dict[tuple, threading.Event] = {}
         self._disk_warned = False
+        self._swept: set[Path] = set()  # folders already cleared of orphan temporary files
 
     # -- memory -------------------------------------------------------------------------------------------------
     def __contains__(self, key: tuple) -> bool:
@@ -155,17 +158,59 @@ class EmbeddingCache:
         name = "-".join(str(part).replace(os.sep, "_").replace(":", "_").replace(",", "_") for part in rest)
         return self.disk_dir / str(fingerprint)[:32] / f"{name}.npz"
 
+    @staticmethod
+    def _digest(key: tuple, features: np.ndarray, geometry: np.ndarray) -> bytes:
+        """sha256 over the key (as the file name spells it), the features (dtype, shape, bytes) and the geometry."""
+        digest = hashlib.sha256()
+        digest.update("/".join(str(part) for part in key).encode("utf-8"))
+        digest.update(repr((features.dtype.str, features.shape)).encode())
+        digest.update(np.ascontiguousarray(features).tobytes())
+        digest.update(np.ascontiguousarray(geometry, dtype="<i8").tobytes())
+        return digest.digest()
+
+    def _sweep(self, folder: Path) -> None:
+        """Remove temporary files that a killed process left in ``folder`` (once per folder and process)."""
+        if folder in self._swept:
+            return
+        self._swept.add(folder)
+        try:
+            names = [entry for entry in os.scandir(folder) if entry.name.startswith(".")]
+        except OSError:
+            return
+        for entry in names:  # cache entries never start with a dot: these are temporary files
+            path = Path(entry.path)
+            if is_abandoned(path):
+                try:
+                    path.unlink()
+                    log.info("removed %s, left by an interrupted cache write", path.name)
+                except OSError:
+                    pass
+
     def _read_disk(self, key: tuple) -> SliceEmbedding | None:
         path = self._path(key)
-        if path is None or not path.is_file():
+        if path is None:
+            return None
+        self._sweep(path.parent)
+        if not os.path.lexists(path):
             return None
         try:
+            if not path.is_file():
+                raise ValueError("not a regular file")
             with np.load(path, allow_pickle=False) as data:
                 features = np.asarray(data["features"])
-                geometry = [int(v) for v in data["geometry"]]
+                geometry = np.asarray(data["geometry"])
                 digest = bytes(np.asarray(data["sha256"], dtype=np.uint8))
-            if features.shape != EMBEDDING_SHAPE or hashlib.sha256(features.tobytes()).digest() != digest:
-                raise ValueError("shape or checksum mismatch")
+            if features.shape != EMBEDDING_SHAPE or features.dtype.kind != "f":
+                raise ValueError(f"features of shape {features.shape} and type {features.dtype}")
+            if geometry.shape != (4,) or geometry.dtype.kind not in "iu":
+                raise ValueError(f"geometry of shape {geometry.shape} and type {geometry.dtype}")
+            if self._digest(key, features, geometry) != digest:
+                raise ValueError("checksum mismatch")
+            sizes = [int(v) for v in geometry]
+            if min(sizes) < 1 or max(sizes[2:]) > 4096:
+                raise ValueError(f"geometry {sizes} out of range")
+            embedding = SliceEmbedding(torch.from_numpy(features).to(self.store_dtype),
+                                       SliceGeometry((sizes[0], sizes[1]), (sizes[2], sizes[3])))
         except Exception as error:  # truncated, corrupt, tampered or from an incompatible version
             log.warning("embedding cache file %s is unusable (%s); recomputing it", path, error)
             with self._lock:
@@ -173,8 +218,7 @@ class EmbeddingCache:
             return None
         with self._lock:
             self.stats.disk_hits += 1
-        tensor = torch.from_numpy(features).to(self.store_dtype)
-        return SliceEmbedding(tensor, SliceGeometry((geometry[0], geometry[1]), (geometry[2], geometry[3])))
+        return embedding
 
     def _write_disk(self, key: tuple, embedding: SliceEmbedding) -> None:
         path = self._path(key)
@@ -183,9 +227,11 @@ class EmbeddingCache:
         features = embedding.features.numpy()
         geometry = np.array([*embedding.geometry.original_size, *embedding.geometry.input_size], dtype=np.int64)
         try:
+            if os.path.isdir(path):  # a folder where the file belongs (damage): it cannot be replaced
+                raise OSError(f"{path} is a folder")
             with atomic_path(path, suffix=".npz") as temp:
                 np.savez(temp, features=features, geometry=geometry,
-                         sha256=np.frombuffer(hashlib.sha256(features.tobytes()).digest(), dtype=np.uint8))
+                         sha256=np.frombuffer(self._digest(key, features, geometry), dtype=np.uint8))
             with self._lock:
                 self.stats.disk_writes += 1
         except OSError as error:

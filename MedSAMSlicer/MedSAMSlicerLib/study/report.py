@@ -25,16 +25,18 @@ import io
 import logging
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import InputImageError, OptionError
+from ..errors import InputImageError, MedSAMError, OptionError
 from ..evaluation.metrics import dice
-from .timelog import (DEFAULT_IDLE_THRESHOLD_S, MODES, LogFile, active_time, case_pseudonym, load_log, log_path,
-                      write_atomically)
+from ..paths import regular_file
+from .timelog import (DEFAULT_IDLE_THRESHOLD_S, MODES, LogFile, active_time, case_pseudonym, finite_number, load_log,
+                      log_path, whole_number, write_atomically)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,17 @@ class StudyCase:
 
 
 def read_case_list(path: str | os.PathLike) -> list[StudyCase]:
-    path = Path(path)
+    path = regular_file(path, "case list", OptionError, "give the case list (CSV) file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise InputImageError(f"cannot read the case list {path}: {error.strerror or error}") from None
-    rows = list(csv.DictReader(io.StringIO(text)))
+    except UnicodeDecodeError:
+        raise OptionError(f"case list {path} is not a UTF-8 text (CSV) file") from None
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as error:
+        raise OptionError(f"case list {path} is not a valid CSV file ({error})") from None
     if not rows or not {"case", "mode"} <= set(rows[0]):
         raise OptionError(f"case list {path} needs a header with at least the columns case,mode")
     cases = []
@@ -153,10 +160,8 @@ class CaseMetrics:
 
 
 def _int(value, default: int = 0) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+    """A count or index from a log field; anything else (text, null, NaN, 1e400, a list) counts as ``default``."""
+    return whole_number(value, default)
 
 
 def _slices(event: dict) -> set[int]:
@@ -199,7 +204,8 @@ def case_metrics(log_file: LogFile, idle_threshold_s: float = DEFAULT_IDLE_THRES
         box_moves=kinds.count("box_moved"), key_boxes=kinds.count("key_box_added"),
         slice_segmentations=kinds.count("segment_slice"), propagations=kinds.count("propagate"),
         propagated_slices=sum(_int(e.get("slices")) for e in events if e["kind"] == "propagate"),
-        model_s=round(sum(float(e.get("seconds") or 0.0) for e in events if e["kind"] in AI_KINDS), 3),
+        model_s=round(sum(max(0.0, finite_number(e.get("seconds")) or 0.0) for e in events if e["kind"] in AI_KINDS),
+                      3),
         encoder_calls=sum(_int(e.get("encoder_calls")) for e in events if e["kind"] in AI_KINDS),
         manual_edits=kinds.count("manual_edit"), edits_after_ai=edits_after_ai,
         slices_edited_after_ai=len(slices_after_ai), undos=kinds.count("undo"),
@@ -228,21 +234,40 @@ class StudyReport:
     unfinished: list[str]  # logs without an accept event
     missing: list[str]  # case list rows nobody has a log for
     damaged: list[str]  # "file line N" of torn lines skipped
+    skipped: list[str] = field(default_factory=list)  # files and masks that could not be used, and why
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _load_mask(folder: Path, name: str) -> np.ndarray | None:
+_MASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.npz$")  # what SessionLog.save_mask writes
+
+
+def _load_mask(folder: Path, name: object, log_name: str, skipped: list[str]) -> np.ndarray | None:
+    """The accepted mask a log names; only a plain file name in the log folder is opened (a log is data, and
+    ``../../etc/passwd`` in it must not make us read outside the folder).  Problems go to ``skipped``."""
     if not name:
+        return None
+    if not isinstance(name, str) or not _MASK_NAME.match(name):
+        log.warning("the accepted mask named in %s is not a mask file name in the log folder; ignored", log_name)
+        skipped.append(f"accepted mask of {log_name} ({str(name)[:60]!r}): not a mask file name in the log folder")
         return None
     path = folder / name
     try:
-        with np.load(path) as data:
-            return np.asarray(data["mask"], dtype=bool)
-    except (OSError, KeyError, ValueError) as error:
-        log.warning("accepted mask %s cannot be read (%s); its Dice columns stay empty", path.name, error)
-        return None
+        regular_file(path, "accepted mask", folder_hint="not a mask file")
+        with np.load(path, allow_pickle=False) as data:
+            mask = np.asarray(data["mask"])
+        if mask.ndim != 3:
+            raise ValueError(f"a {mask.ndim}D array, not a 3D mask")
+        return mask.astype(bool)
+    except MedSAMError as error:
+        why = f"{error}; its Dice columns stay empty"
+    except Exception as error:  # torn zip, no 'mask' array, pickled objects: numpy and zipfile raise many kinds
+        detail = str(error).splitlines()[0][:100] if str(error) else type(error).__name__
+        why = f"accepted mask {name} cannot be read ({detail}); its Dice columns stay empty"
+    log.warning("%s", why)
+    skipped.append(why)
+    return None
 
 
 def _load_reference(path: str, cache: dict[str, np.ndarray]) -> np.ndarray:
@@ -266,16 +291,23 @@ def build_report(folder: str | os.PathLike, references: dict[str, str] | None = 
     ``reference`` column is used too)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputImageError(f"log folder {folder} does not exist")
-    if idle_threshold_s <= 0:
-        raise OptionError(f"idle threshold must be positive, got {idle_threshold_s}")
+        raise InputImageError(f"log folder {folder} does not exist" if not os.path.lexists(folder) else
+                              f"log folder {folder} is not a folder")
+    if finite_number(idle_threshold_s) is None or idle_threshold_s <= 0:
+        raise OptionError(f"idle threshold must be a positive number of seconds, got {idle_threshold_s}")
     references = {**{c.case_id: c.reference for c in cases if c.reference}, **(references or {})}
-    rows, damaged = [], []
+    rows, damaged, skipped = [], [], []
     for path in sorted(folder.glob("*.jsonl")):
-        log_file = load_log(path)
+        try:
+            log_file = load_log(path)
+        except MedSAMError as error:  # a folder, FIFO or dangling link named *.jsonl: the rest still counts
+            log.warning("%s; skipped", error)
+            skipped.append(f"{path.name}: {error}")
+            continue
         damaged += [f"{path.name} line {bad.line}" for bad in log_file.damaged]
         if not log_file.events:
             log.warning("%s has no complete event; skipped", path.name)
+            skipped.append(f"{path.name}: no complete event")
             continue
         rows.append(case_metrics(log_file, idle_threshold_s))
     if not rows:
@@ -288,18 +320,28 @@ def build_report(folder: str | os.PathLike, references: dict[str, str] | None = 
             if manual is not None and manual.accepted:
                 row.saved_percent = _saving(manual.active_s, row.active_s)
 
-    masks = {(r.case, r.reader, r.mode): _load_mask(folder, r.mask) for r in rows if r.accepted}
+    masks = {(r.case, r.reader, r.mode): _load_mask(folder, r.mask, r.log, skipped) for r in rows if r.accepted}
     reference_cache: dict[str, np.ndarray] = {}
     for row in rows:
         mask = masks.get((row.case, row.reader, row.mode))
         if mask is None:
             continue
         if row.case in references:
-            reference = _load_reference(references[row.case], reference_cache)
-            if reference.shape != mask.shape:
-                raise InputImageError(f"reference {references[row.case]} has shape {reference.shape}, the mask of "
-                                      f"{row.log} {mask.shape}: give the label of the image that was read")
-            row.dice_reference = round(dice(mask, reference), 4)
+            try:
+                reference = _load_reference(references[row.case], reference_cache)
+            except MedSAMError as error:
+                reference = None
+                why = f"reference of {row.case}: {error}"
+                if why not in skipped:
+                    log.warning("%s", why)
+                    skipped.append(why)
+            if reference is not None and reference.shape != mask.shape:
+                why = (f"reference {references[row.case]} has shape {reference.shape}, the mask of {row.log} "
+                       f"{mask.shape}: give the label of the image that was read")
+                log.warning("%s", why)
+                skipped.append(why)
+            elif reference is not None:
+                row.dice_reference = round(dice(mask, reference), 4)
         others = [m for (case, reader, mode), m in masks.items()
                   if case == row.case and mode == row.mode and reader != row.reader and m is not None
                   and m.shape == mask.shape]
@@ -323,7 +365,7 @@ def build_report(folder: str | os.PathLike, references: dict[str, str] | None = 
     logged = {(r.case, r.mode) for r in rows}
     missing = [f"{c.case_id} ({c.mode})" for c in cases if (c.case_id, c.mode) not in logged]
     unfinished = [r.log for r in rows if not r.accepted]
-    return StudyReport(str(folder), idle_threshold_s, rows, readers, overall, unfinished, missing, damaged)
+    return StudyReport(str(folder), idle_threshold_s, rows, readers, overall, unfinished, missing, damaged, skipped)
 
 
 # ----------------------------------------------------------------------------------------------------- outputs
@@ -377,7 +419,9 @@ def report_markdown(report: StudyReport) -> str:
     if report.missing:
         lines += ["", f"In the case list but never opened: {', '.join(report.missing)}."]
     if report.damaged:
-        lines += ["", f"Incomplete lines skipped (a crash while writing): {', '.join(report.damaged)}."]
+        lines += ["", f"Incomplete or unusable lines skipped: {', '.join(report.damaged)}."]
+    if report.skipped:
+        lines += ["", "Skipped: " + "; ".join(report.skipped) + "."]
     return "\n".join(lines) + "\n"
 
 

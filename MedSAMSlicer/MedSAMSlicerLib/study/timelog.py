@@ -47,6 +47,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -59,6 +60,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..atomic import write_bytes_atomically
+from ..errors import InputImageError
+from ..paths import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,13 @@ def case_pseudonym(folder: str | os.PathLike, source_name: str) -> str:
     key created once in ``folder`` (``.pseudonym-key``, mode 0600).  Keep the key with the logs to map the same
     scan to the same case id later; without it the pseudonym cannot be recomputed from a guessed name."""
     key_path = Path(folder) / _KEY_FILE
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    if not key_path.exists():
+    if os.path.lexists(folder) and not Path(folder).is_dir():
+        raise InputImageError(f"log folder {folder} is a file; give a folder")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputImageError(f"cannot create the log folder {folder}: {error.strerror or error}") from None
+    if not os.path.lexists(key_path):
         try:
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         except FileExistsError:  # another process made it first: use theirs
@@ -118,16 +126,25 @@ def case_pseudonym(folder: str | os.PathLike, source_name: str) -> str:
                 handle.write(secrets.token_bytes(32))
                 handle.flush()
                 os.fsync(handle.fileno())
-    key = key_path.read_bytes()
+    regular_file(key_path, "pseudonym key", folder_hint="it must be the file the study created; restore it")
+    key = _read_key(key_path)
     for _ in range(100):  # another process created the key a moment ago and is still writing it
         if len(key) == 32:
             break
         time.sleep(0.01)
-        key = key_path.read_bytes()
+        key = _read_key(key_path)
     if len(key) < 16:
-        raise ValueError(f"{key_path} is damaged ({len(key)} bytes); restore it from a backup to keep the same ids")
+        raise InputImageError(f"{key_path} is damaged ({len(key)} bytes); restore it from a backup to keep the same "
+                              f"case ids")
     digest = hmac.new(key, source_name.encode("utf-8"), hashlib.sha256).hexdigest()
     return f"case-{digest[:12]}"
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes()[:1024]
+    except OSError as error:
+        raise InputImageError(f"cannot read the pseudonym key {path}: {error.strerror or error}") from None
 
 
 def _json_default(value: Any) -> Any:
@@ -161,6 +178,44 @@ class DamagedLine:
     line: int  # 1-based
     text: str  # the first 80 characters
     last: bool  # the file's last line (a crash mid-write) rather than one in the middle (a crash, then a resume)
+    reason: str = "incomplete"  # what is wrong with it
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (strings, null, bool, NaN, infinity and 10**400 are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def whole_number(value: Any, default: int = 0) -> int:
+    """``value`` as an int when it is a whole number of sane size (a count, an index), else ``default``."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value if abs(value) < 2 ** 53 else default
+    number = finite_number(value)
+    if number is None or number != int(number) or abs(number) >= 2 ** 53:
+        return default
+    return int(number)
+
+
+def _event_problem(event: Any) -> str | None:
+    """Why a parsed line is not an event we can use (None when it is one)."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    if not isinstance(event.get("kind"), str):
+        return "no 'kind' text"
+    if finite_number(event.get("t")) is None:
+        return "'t' is not a finite number"
+    if "seq" in event and (isinstance(event["seq"], bool) or not isinstance(event["seq"], int)
+                           or abs(event["seq"]) >= 2 ** 53):
+        return "'seq' is not a whole number"
+    return None
 
 
 @dataclass
@@ -171,9 +226,14 @@ class LogFile:
 
 
 def load_log(path: str | os.PathLike) -> LogFile:
-    """All complete events of a log, in file order, and the lines that are not (torn by a crash)."""
-    path = Path(path)
-    lines = path.read_bytes().split(b"\n")
+    """All complete events of a log, in file order, and the lines that are not (torn by a crash, or fields of the
+    wrong type: ``t`` a finite number, ``kind`` text, ``seq`` a whole number).  A path that is not a regular file
+    (a folder, a FIFO, a dangling link) or cannot be read is an :class:`InputImageError`."""
+    path = regular_file(path, "session log", folder_hint="give a .jsonl log file")
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as error:
+        raise InputImageError(f"cannot read the session log {path}: {error.strerror or error}") from None
     last_line = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
     events, damaged = [], []
     for number, line in enumerate(lines, start=1):
@@ -181,15 +241,20 @@ def load_log(path: str | os.PathLike) -> LogFile:
             continue
         try:
             event = json.loads(line.decode("utf-8"))
-            if not isinstance(event, dict) or "kind" not in event or "t" not in event:
-                raise ValueError("not an event")
-        except (ValueError, UnicodeDecodeError):
-            damaged.append(DamagedLine(number, line[:80].decode("utf-8", "replace"), number == last_line))
+            problem = _event_problem(event)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+            problem = "incomplete"
+        if problem is not None:
+            damaged.append(DamagedLine(number, line[:80].decode("utf-8", "replace"), number == last_line, problem))
             continue
         events.append(event)
     for bad in damaged:
-        log.warning("%s line %d is incomplete (%s) and was skipped: %r", path.name, bad.line,
-                    "cut short by a crash while writing" if bad.last else "left by an earlier crash", bad.text)
+        if bad.reason == "incomplete":
+            log.warning("%s line %d is incomplete (%s) and was skipped: %r", path.name, bad.line,
+                        "cut short by a crash while writing" if bad.last else "left by an earlier crash", bad.text)
+        else:
+            log.warning("%s line %d is not a usable event (%s) and was skipped: %r", path.name, bad.line,
+                        bad.reason, bad.text)
     return LogFile(path, events, damaged)
 
 
@@ -219,10 +284,11 @@ class ActiveTime:
 
 
 def _busy_seconds(event: dict) -> float:
-    try:
-        return max(0.0, float(event.get("seconds", 0.0) or 0.0))
-    except (TypeError, ValueError):
-        return 0.0
+    return max(0.0, finite_number(event.get("seconds")) or 0.0)
+
+
+def _t(event: dict) -> float:
+    return finite_number(event.get("t")) or 0.0
 
 
 def active_time(events: Iterable[dict], idle_threshold_s: float = DEFAULT_IDLE_THRESHOLD_S) -> ActiveTime:
@@ -233,14 +299,14 @@ def active_time(events: Iterable[dict], idle_threshold_s: float = DEFAULT_IDLE_T
     active = idle = 0.0
     gaps: list[IdleGap] = []
     for session, session_events in by_session.items():
-        session_events.sort(key=lambda e: (float(e["t"]), int(e.get("seq", 0))))
+        session_events.sort(key=lambda e: (_t(e), whole_number(e.get("seq"))))
         for before, after in zip(session_events, session_events[1:]):
-            gap = max(0.0, float(after["t"]) - float(before["t"]))
+            gap = max(0.0, _t(after) - _t(before))
             busy = min(gap, _busy_seconds(after))  # the tool computing right before ``after``: the reader waits
             if gap - busy > idle_threshold_s:
                 idle += gap - busy
                 active += busy
-                gaps.append(IdleGap(session, float(before["t"]), float(after["t"]), gap - busy))
+                gaps.append(IdleGap(session, _t(before), _t(after), gap - busy))
             else:
                 active += gap
     return ActiveTime(active, idle, tuple(gaps), len(by_session), idle_threshold_s)
