@@ -47,8 +47,11 @@ def _read(path):
         one_line(error)
         return None
     assert volume.array.ndim == 3 and volume.array.size > 0
+    assert (len(volume.spacing), len(volume.origin), len(volume.direction)) == (3, 3, 9)
     assert all(math.isfinite(v) for v in (*volume.spacing, *volume.origin, *volume.direction))
     assert min(volume.spacing) > 0
+    direction = np.asarray(volume.direction).reshape(3, 3)
+    assert np.allclose(direction.T @ direction, np.eye(3), atol=1e-3)
     return volume
 
 
@@ -84,16 +87,17 @@ _DTYPES = st.sampled_from([np.uint8, np.int16, np.int64, np.float32, np.float64,
 _ARRAYS = hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))  # NaN, inf too
 
 
-@st.composite
-def _float_vectors(draw):
-    return draw(hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=2, max_side=10),
-                           elements=st.floats(allow_nan=True, allow_infinity=True, width=64)))
+_VALUES = st.floats(allow_nan=True, allow_infinity=True, width=64)
+# Geometry vectors: mostly the right length (so the values themselves are what is wrong), sometimes not.
+_VECTOR3 = hnp.arrays(np.float64, st.sampled_from([(3,), (3,), (3,), (2,), (4,), (3, 3), ()]), elements=_VALUES)
+_VECTOR9 = hnp.arrays(np.float64, st.sampled_from([(9,), (9,), (3, 3), (4,), (3,)]), elements=_VALUES)
+# Images: mostly a small valid 3D volume (so that the reader gets to the geometry), sometimes anything.
+_IMAGES = hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=4)) | _ARRAYS
 
 
 @FAST
-@given(imgs=_ARRAYS, spacing=st.none() | _float_vectors(), origin=st.none() | _float_vectors(),
-       direction=st.none() | _float_vectors(), gts=st.none() | _ARRAYS,
-       text=st.none() | st.text(max_size=5))
+@given(imgs=_IMAGES, spacing=st.none() | _VECTOR3, origin=st.none() | _VECTOR3, direction=st.none() | _VECTOR9,
+       gts=st.none() | _ARRAYS, text=st.none() | st.text(max_size=5))
 def test_npz_reader_structured_garbage(folder, imgs, spacing, origin, direction, gts, text):
     path = folder / "structured.npz"
     fields = {"imgs": imgs, "spacing": spacing, "origin": origin, "direction": direction, "gts": gts}

@@ -48,17 +48,19 @@ def check_geometry(spacing: Sequence[float], origin: Sequence[float], direction:
         raise InputImageError(f"{path}: spacing {_format(spacing)} must be positive, but along {_AXES[bad[0]]} it "
                               f"is {spacing[bad[0]]:g}; fix the file's header")
     matrix = np.asarray(direction, dtype=float).reshape(3, 3)
-    gram = matrix.T @ matrix
-    if not np.allclose(gram, np.eye(3), atol=1e-3):
-        lengths = np.sqrt(np.clip(np.diag(gram), 0, None))
-        if np.any(lengths < 1e-6):
-            why = "has a zero column (a singular matrix)"
-        elif not np.allclose(lengths, 1.0, atol=1e-3):
-            why = "has columns that are not unit vectors"
-        else:
-            cosines = gram / np.outer(lengths, lengths)
-            angle = math.degrees(math.acos(float(np.clip(np.max(np.abs(cosines - np.eye(3))), -1, 1))))
-            why = f"is not orthogonal (two axes {90 - angle:.1f} degrees apart, not 90)"
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 entries: an infinite length, refused below
+        lengths = np.linalg.norm(matrix, axis=0)
+    why = None
+    if np.any(lengths < 1e-6):
+        why = "has a zero column (a singular matrix)"
+    elif not np.allclose(lengths, 1.0, atol=1e-3):
+        why = "has columns that are not unit vectors"
+    else:
+        gram = matrix.T @ matrix  # unit columns: no overflow
+        if not np.allclose(gram, np.eye(3), atol=1e-3):
+            cosine = float(np.clip(np.max(np.abs(gram - np.eye(3))), 0.0, 1.0))
+            why = f"is not orthogonal (two axes {math.degrees(math.acos(cosine)):.1f} degrees apart, not 90)"
+    if why is not None:
         raise InputImageError(f"{path}: direction {_format(direction)} {why}; MedSAMSlicer needs an orthogonal grid "
                               f"that it can write back unchanged: resample the image first")
 
