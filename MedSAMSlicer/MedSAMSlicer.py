@@ -42,7 +42,7 @@ WINDOWS = ("auto", "soft_tissue", "lung", "bone", "brain", "mediastinum", "mr", 
 RANGE_MODES = (("auto", "From box thickness, else stop rule"), ("roi", "From box thickness"),
                ("stop", "Stop rule (whole volume)"))
 ENGINE_MODES = (("local", "Local (this computer)"), ("remote", "Remote server"))
-POLL_MS = 100  # engine polling period; each poll is one request of at most 50 ms (POLL_TIMEOUT)
+POLL_MS = 100  # engine polling period; each poll makes short requests, 50 ms at most in all (POLL_TIMEOUT)
 EDIT_CHECK_MS = 1500  # manual-edit detection and running active time
 NO_ENGINE_VARIABLE = "MEDSAM_SLICER_NO_ENGINE"  # "1" on a machine without the engine: the self-test passes empty
 
@@ -429,16 +429,25 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def draw():
             view = self.ui.viewComboBox.currentText
             slice_node = slicer.app.layoutManager().sliceWidget(view).mrmlSliceNode()
+            self.logic.core.prefetch_window = self.ui.windowComboBox.currentText  # the engine encodes ahead for it
             roi, prompt, note = self.logic.core.draw_box(self.ui.volumeSelector.currentNode(), slice_node,
                                                          new_object)
             self.addObserver(roi, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onBoxMoved)
             self.showMessage(note + _("; drag the handles around the object"))
+            self.pollWhilePreparing()
 
         self.guarded(_("Draw box"), draw)
 
     def onBoxMoved(self, roi, event) -> None:
         if self.logic is not None:
-            self.logic.core.note_box_moved(roi, self.ui.volumeSelector.currentNode())
+            self.logic.core.prefetch_window = self.ui.windowComboBox.currentText
+            self.logic.core.note_box_moved(roi, self.ui.volumeSelector.currentNode())  # also prefetches its slices
+            self.pollWhilePreparing()
+
+    def pollWhilePreparing(self) -> None:
+        """The logic sends the volume for a prefetch over the next polls (each short): keep the timer running."""
+        if self.logic is not None and self.logic.core.preparing:
+            self.pollTimer.start()
 
     def saveEditorUndoState(self) -> None:
         """Let Segment Editor's own Undo also undo our next write, when it edits the same segmentation."""
@@ -491,7 +500,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         progress = logic.core.poll()
         if progress.state == "idle":
-            self.pollTimer.stop()
+            if not logic.core.preparing:  # a prefetch still sending the volume needs the next polls too
+                self.pollTimer.stop()
             self.updateButtons()
             return
         if progress.total:

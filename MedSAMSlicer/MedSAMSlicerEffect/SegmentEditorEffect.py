@@ -173,8 +173,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
         def draw():
             sliceNode = slicer.app.layoutManager().sliceWidget(self.viewComboBox.currentText).mrmlSliceNode()
+            logic.core.prefetch_window = self.windowComboBox.currentText  # the engine encodes ahead for it
             _, _, note = logic.core.draw_box(self.sourceVolume(), sliceNode, newObject)
             self.showMessage(note + "; drag the handles around the object")
+            if logic.core.preparing:  # the volume goes to the engine over the next polls, then the prefetch
+                self.pollTimer.start()
 
         self.guarded("Draw box", draw)
 
@@ -232,6 +235,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if progress.message:
                 self.statusLabel.text = f"{progress.title}: {progress.message}"
             return
+        if progress.state == "idle" and self.logic().core.preparing:
+            return  # a prefetch is still sending the volume
         self.pollTimer.stop()
         self.progressBar.hide()
         if progress.state == "done":

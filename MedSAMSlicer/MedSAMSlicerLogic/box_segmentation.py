@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (its requests' timeouts, its local work)
 MIN_STEP = 0.02  # seconds: a poll starts another step only with this much of its POLL_TIMEOUT left
 RESULT_TIMEOUT = 5.0  # seconds for fetching a finished propagation's mask (packed by the engine when the job ended)
+CANCEL_TIMEOUT = 0.5  # seconds for telling the engine to stop (a click, not a poll; the engine answers at once)
 UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up
 PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine encodes ahead
 STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
@@ -189,6 +190,7 @@ class PendingOperation:
     engine_ready: bool = False  # the engine said it has its model (no more health checks)
     request_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # a retried start is the same job
     message: str = ""  # what the operation is doing now (the last step's words)
+    reopened: bool = False  # the engine had lost the volume session once already
 
 
 @dataclass
@@ -392,13 +394,13 @@ class BoxSegmentationLogic:
         if pending.cancel_requested:
             self._deliver_cancel(pending)
             raise Cancelled(f"{pending.title} cancelled; nothing was written")
+        deadline = time.monotonic() + POLL_TIMEOUT
+        first = True
         if not pending.engine_ready:
             waiting = self._engine_waiting(engine, pending)  # one health request; raises when the engine is gone
             if waiting is not None:
                 return waiting
-            pending.engine_ready, pending.failed_polls = True, 0
-        deadline = time.monotonic() + POLL_TIMEOUT
-        first = True
+            pending.engine_ready, pending.failed_polls, first = True, 0, False
         while True:
             budget = min(POLL_TIMEOUT, deadline - time.monotonic())
             if not first and budget < MIN_STEP:
@@ -423,10 +425,9 @@ class BoxSegmentationLogic:
         report now, None when the next step can follow at once."""
         request = pending.request
         if pending.remote is None:  # 1. the volume on the engine (sent once per content, opened once per window)
-            axis = request.prompt.axis if isinstance(request, SliceRequest) else request.axis
-            remote = self._open_step(request.grid, request.grid_key, request.window, axis, budget)
+            remote = self._open_step(request.grid, *_remote_key(request), budget)
             if remote is None:
-                opening = self._openings.get((request.grid_key, request.window, axis))
+                opening = self._openings.get(_remote_key(request))
                 pending.message = opening.message if opening is not None else "sending the volume to the engine"
                 return None
             pending.remote = remote
@@ -449,6 +450,7 @@ class BoxSegmentationLogic:
                                 pending.message)
             if status.state != "done":
                 pending.job.raise_failure()
+            return None  # the result at the next step, with the time left
         if isinstance(request, SliceRequest):  # 4. the result, then the write
             return self._finish_slice(pending, pending.job.result(timeout=budget))
         return self._finish_propagation(pending, pending.job.result(timeout=RESULT_TIMEOUT))
@@ -458,19 +460,18 @@ class BoxSegmentationLogic:
             return pending.remote.start_segment_slice(int(prompt.index), _box_tuple(prompt.box), timeout=budget,
                                                       request_id=pending.request_id)
         except ServiceError as error:
-            if error.code != "not_found":
+            if error.code != "not_found" or pending.reopened:
                 raise
         # The engine no longer knows the session (it expired while idle, or the engine restarted): open it again.
-        request = pending.request
-        self._remote.pop((request.grid_key, request.window, prompt.axis), None)
-        pending.remote = None
+        self._remote.pop(_remote_key(pending.request), None)
+        pending.remote, pending.reopened = None, True
         return None
 
     def _running(self, pending: PendingOperation) -> Progress:
         if pending.job is not None:
             status = pending.job.status
             return Progress("running", pending.title, status.done, status.total, pending.message)
-        opening = next(iter(self._openings.values()), None) if pending.remote is None else None
+        opening = self._openings.get(_remote_key(pending.request)) if pending.remote is None else None
         if opening is not None:
             return Progress("running", pending.title, opening.done * 100 // max(opening.total, 1), 100,
                             opening.message)
@@ -505,7 +506,8 @@ class BoxSegmentationLogic:
         prompt = request.prompt
         outcome = Outcome(float(result.get("seconds", time.monotonic() - pending.started)),
                           int(result.get("encoder_calls", 0)),
-                          slice_result=SliceResult(int(prompt.index), prompt.box, np.asarray(result["mask"], dtype=bool),
+                          slice_result=SliceResult(int(prompt.index), prompt.box,
+                                                   np.asarray(result["mask"], dtype=bool),
                                                    float(result.get("score", 0.0))),
                           window=_window_text(pending.remote))
         operation = self.apply_slice(self._volume_of(pending), request, outcome, *self._target_of(pending),
@@ -551,7 +553,7 @@ class BoxSegmentationLogic:
         if job is None or job.status.finished:
             return
         try:
-            job.cancel(timeout=POLL_TIMEOUT)
+            job.cancel(timeout=CANCEL_TIMEOUT)
         except MedSAMError as error:  # the engine is gone or slow: it stops jobs nobody polls by itself
             pending.job = job
             log.info("cancel not delivered: %s", error)
@@ -749,6 +751,7 @@ class BoxSegmentationLogic:
         self.current.box_ids.append(roi.GetID())
         kind = "box_drawn" if len(self.current.box_ids) == 1 else "key_box_added"
         self._log(kind, slice=prompt.index, box=str(prompt.box))
+        self.box_changed(volume_node, roi)  # the engine encodes this slice and its neighbours meanwhile
         return roi, prompt, note
 
     def note_box_moved(self, roi_node, volume_node) -> None:
@@ -759,6 +762,7 @@ class BoxSegmentationLogic:
             self._log("box_moved")
             return
         self._log("box_moved", slice=prompt.index, box=str(prompt.box))
+        self.box_changed(volume_node, roi_node)
 
     def remove_boxes(self) -> None:
         for box in self.boxes():
@@ -854,6 +858,12 @@ def _outcome_of(progress: Progress) -> tuple:
     if progress.error is not None:
         raise progress.error
     raise MedSAMError(progress.message)
+
+
+def _remote_key(request) -> tuple:
+    """(grid key, window, axis): the engine session an operation needs."""
+    axis = request.prompt.axis if isinstance(request, SliceRequest) else request.axis
+    return request.grid_key, request.window, axis
 
 
 def _box_tuple(box: Box) -> tuple:

@@ -144,7 +144,7 @@ class EngineLink:
         if not health.get("ready"):
             return f"reachable, still loading: {health.get('loading') or 'the model'}"
         try:
-            info = self.client.info()
+            info = self.client.info(timeout=timeout)
         except MedSAMError as error:  # /health needs no key; /info does: a wrong key shows here
             return f"reachable, but refused: {error}"
         return f"connected: {info.get('model', '?')} on {info.get('device', '?')} ({info.get('backend', '?')})"

@@ -340,3 +340,65 @@ def test_the_default_bind_is_loopback():
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1"
+
+
+# -- short requests for a GUI: a slice as a job, a volume opened in steps ----------------------------------------------
+def test_a_slice_as_a_job_equals_the_synchronous_answer(server):
+    """What Slicer's poll does (start, poll, fetch: each request answered at once) gives the mask and score of the
+    blocking call; the same request id again is the same job; a bad box is refused at the start."""
+    from MedSAMSlicerLib.errors import BoxError
+
+    image, gts = lesion_crop(slice(4, 6), (158, 254), (186, 282))  # content no other test sends: a cold slice
+    volume = server.open_volume(image, already_normalized=True)
+    box = tight_box(gts[1])
+    job = volume.start_segment_slice(1, box, request_id="slice-job-0001")
+    assert volume.start_segment_slice(1, box, request_id="slice-job-0001").job_id == job.job_id
+    while not job.poll(timeout=0.0, request_timeout=30).finished:
+        time.sleep(0.05)
+    assert job.status.state == "done", job.status
+    result = job.result(timeout=30)
+    mask, score = volume.segment_slice(1, box)
+    assert result["mask"].any() and np.array_equal(result["mask"], mask)
+    assert result["score"] == pytest.approx(score, abs=1e-6)
+    assert result["encoder_calls"] == 1 and volume.info()["encoder_calls"] == 1  # one start, one encode
+    with pytest.raises(BoxError):
+        volume.start_segment_slice(1, (40, 40, 10, 10))  # inverted: refused now, not by a job later
+    volume.close()
+
+
+def test_a_volume_opened_in_steps_is_sent_once_and_leaves_no_file(server):
+    """VolumeOpening (the GUI's way: local work a slab at a time, short requests): a local client hands the volume
+    over as a file, a remote one compresses and uploads it; both end with the session open_volume gives."""
+    from MedSAMSlicerLib.client import EngineClient, wire
+    from MedSAMSlicerLib.errors import EngineUnavailable
+
+    image = np.random.default_rng(7).integers(-1000, 1000, (3, 400, 500), dtype=np.int16)  # 1.2 MB: several slabs
+    local_dir = Path(server.info()["local_dir"])
+    for remote_client in (False, True):
+        array = image[::-1].copy() if remote_client else image
+        client = EngineClient(server.url, server.token)
+        if remote_client:
+            client._local_dir = ""  # as a client on another machine: compress, then one upload
+        uploads = server.info()["volume_uploads"]
+        opening = client.start_opening(array, window="soft_tissue")
+        stages = []
+        while True:
+            try:
+                volume = opening.step(0.05)
+            except EngineUnavailable:  # a short request timed out: the next step retries it
+                continue
+            stages.append(opening.stage)
+            if volume is not None:
+                break
+        assert volume.fingerprint == wire.content_fingerprint(array)
+        expected = {"compress", "upload"} if remote_client else {"write", "take"}
+        assert expected <= set(stages) and not ({"compress", "write"} - expected) & set(stages), stages
+        assert server.info()["volume_uploads"] == uploads + 1
+        twin = client.open_volume(array, window="soft_tissue")
+        assert server.info()["volume_uploads"] == uploads + 1  # the same content is never sent twice
+        assert (twin.fingerprint, twin.slice_count, twin.window) == (volume.fingerprint, volume.slice_count,
+                                                                     volume.window)
+        assert not list(local_dir.glob("*.npy"))  # the hand-over file was read and removed
+        volume.close()
+        twin.close()
+        client.close()

@@ -25,7 +25,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine server")
     group.add_argument("--server", metavar="URL", help="run the model work on this engine server "
                                                        "(medsam-slicer serve), e.g. http://127.0.0.1:8765")
-    group.add_argument("--token-file", help="the server's token (default ~/.config/medsam-slicer/server.token)")
+    group.add_argument("--token-file", help="the server's token (default: the file `serve` wrote for the URL's "
+                                            "port, ~/.config/medsam-slicer/server-PORT.token)")
 
 
 @dataclass
@@ -118,7 +119,7 @@ class RemoteSession:
 def connect(args: argparse.Namespace) -> EngineClient:
     from ..server.auth import default_token_file
 
-    token_file = args.token_file or default_token_file()
+    token_file = args.token_file or default_token_file(args.server)
     client = EngineClient(args.server, read_token_file(token_file))
     client.wait_ready()
     model = client.info().get("model")

@@ -19,7 +19,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
                                                               "The URL is the first line printed on stdout")
     keys = serve.add_mutually_exclusive_group()
     keys.add_argument("--token-file", help="the shared token; created with a fresh random token (mode 0600) when "
-                                           "missing (default ~/.config/medsam-slicer/server.token, fresh each start)")
+                                           "missing (default ~/.config/medsam-slicer/server-PORT.token, fresh at "
+                                           "each start, removed at the end; clients given the URL find it)")
     keys.add_argument("--api-key-file", help="one token per line, e.g. one per annotator")
     serve.add_argument("--model", default="litemedsam", help="model name from model_weights/manifest.json")
     serve.add_argument("--checkpoint", help="checkpoint file (default: model_weights/, then the bundled LiteMedSAM)")
@@ -45,24 +46,21 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run_serve(args: argparse.Namespace) -> dict:
     from ..engine.cache import default_disk_dir
-    from ..server.auth import api_keys_from_file, default_token_file, token_from_file
+    from ..server.auth import (api_keys_from_file, claim_default_token_file, default_token_file,
+                               release_default_token_file, token_from_file)
     from ..server.engine import ServerConfig
-    from ..server.run import serve
+    from ..server.run import bind, serve
 
     for name in ("max_sessions", "idle_timeout", "max_upload_mb", "memory_mb", "job_heartbeat"):
         if getattr(args, name) <= 0:
             raise OptionError(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.port <= 65535:
         raise OptionError(f"--port {args.port} must be 0..65535")
+    own_token_file = None
     if args.api_key_file:
         tokens = api_keys_from_file(args.api_key_file)
     elif args.token_file:
         tokens = [token_from_file(args.token_file, create=True)]
-    else:
-        path = default_token_file()
-        path.unlink(missing_ok=True)  # a fresh token at every start
-        tokens = [token_from_file(path, create=True)]
-        log.warning("token written to %s (mode 0600); clients pass --token-file %s", path, path)
     cache_dir = args.cache_dir or default_disk_dir()
     config = ServerConfig(model=args.model, checkpoint=args.checkpoint, device=args.device, backend=args.backend,
                           precision=args.precision,
@@ -70,5 +68,16 @@ def run_serve(args: argparse.Namespace) -> dict:
                           max_sessions=args.max_sessions, idle_timeout=args.idle_timeout,
                           max_upload_bytes=int(args.max_upload_mb * _MiB), memory_bytes=int(args.memory_mb * _MiB),
                           job_heartbeat=args.job_heartbeat)
-    serve(config, args.host, args.port, tokens, args.parent_pid)
+    sock = bind(args.host, args.port)  # first: the default token file is named by the port actually bound
+    try:
+        if not args.api_key_file and not args.token_file:
+            own_token_file = default_token_file(sock.getsockname()[1])  # one per server: none overwrites another's
+            tokens = [claim_default_token_file(own_token_file)]
+            log.warning("token written to %s (mode 0600, removed when the server stops); clients on this machine "
+                        "find it from the URL, others pass --token-file", own_token_file)
+        serve(config, args.host, args.port, tokens, args.parent_pid, sock=sock)
+    finally:
+        sock.close()
+        if own_token_file is not None:
+            release_default_token_file(own_token_file)
     return {}

@@ -16,7 +16,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="the annotation app in a web browser (trame-slicer)")
     web.add_argument("images", nargs="*", metavar="IMAGE", help="volumes to load (default: the demo chest CT)")
     web.add_argument("--server", metavar="URL", help="engine server to use (default: start a local one)")
-    web.add_argument("--token-file", help="the server's token (default ~/.config/medsam-slicer/server.token)")
+    web.add_argument("--token-file", help="the server's token (default: the file `serve` wrote for the URL's port, "
+                                          "~/.config/medsam-slicer/server-PORT.token)")
     web.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default 127.0.0.1; "
                                                           "anything else exposes the app: put it behind TLS)")
     web.add_argument("--port", type=int, default=8080, help="TCP port of the page (default 8080)")
@@ -63,6 +64,6 @@ def _engine(args: argparse.Namespace):
     if args.server:
         from ..server.auth import default_token_file  # stdlib only: no engine import
 
-        return EngineClient(args.server, read_token_file(args.token_file or default_token_file()))
+        return EngineClient(args.server, read_token_file(args.token_file or default_token_file(args.server)))
     print("medsam-slicer: starting a local engine...", file=sys.stderr, flush=True)
     return EngineClient.start_local(python=sys.executable, args=("--device", args.device))

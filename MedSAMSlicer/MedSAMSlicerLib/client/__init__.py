@@ -6,6 +6,7 @@ never import torch or the engine (a test checks it in a fresh interpreter).
 
 from ..errors import EngineUnavailable, MedSAMError, ServiceError
 from .engine_client import EngineClient, JobStatus, RemoteJob, RemoteVolume, read_token_file
+from .opening import VolumeOpening
 
 __all__ = ["EngineClient", "RemoteVolume", "RemoteJob", "JobStatus", "EngineUnavailable", "MedSAMError",
-           "ServiceError", "read_token_file"]
+           "ServiceError", "VolumeOpening", "read_token_file"]

@@ -8,7 +8,6 @@ reached.  Each client carries a random id (``X-MedSAM-Client``); the server lets
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
@@ -24,6 +23,7 @@ import requests
 
 from ..errors import Cancelled, EngineUnavailable, MedSAMError, ServiceError, first_line
 from . import wire
+from .opening import VolumeOpening, shares_files
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ class EngineClient:
     def health(self, timeout: float | None = None) -> dict:
         return self.request("GET", "/health", timeout=timeout)
 
-    def info(self) -> dict:
-        self._info = self.request("GET", "/info")
+    def info(self, timeout: float | None = None) -> dict:
+        self._info = self.request("GET", "/info", timeout=timeout)
         return self._info
 
     def wait_ready(self, timeout: float = 300.0) -> dict:
@@ -119,7 +119,7 @@ class EngineClient:
         if self.request("GET", f"/volumes/{fingerprint}")["present"]:
             return fingerprint
         info = self._info or self.info()
-        if self._local_dir is None and _shares_files(self.url, info.get("local_dir")):
+        if self._local_dir is None and shares_files(self.url, info.get("local_dir")):
             self._local_dir = info["local_dir"]
         if self._local_dir:
             try:
@@ -164,6 +164,24 @@ class EngineClient:
             "window": str(window), "axis": str(axis), "modality": modality,
             "already_normalized": bool(already_normalized)})
         return RemoteVolume(self, body)
+
+    def start_opening(self, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                      origin: Sequence[float] = (0.0, 0.0, 0.0),
+                      direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1), window: str = "auto",
+                      axis: str = "axial", modality: str | None = None, already_normalized: bool = False,
+                      fingerprint: str | None = None) -> VolumeOpening:
+        """:meth:`open_volume` in short steps for a GUI timer: a :class:`~.opening.VolumeOpening`, whose ``step()``
+        returns the RemoteVolume once open.  ``fingerprint``: the content's, when known from an earlier opening."""
+        return VolumeOpening(self, array, spacing, origin, direction, window, axis, modality, already_normalized,
+                             fingerprint)
+
+    def volume_of(self, body: dict) -> "RemoteVolume":
+        """The RemoteVolume a session description stands for (the result of an opening job)."""
+        return RemoteVolume(self, body)
+
+    def job_of(self, body: dict) -> "RemoteJob":
+        """The RemoteJob of a job description the server answered a start request with."""
+        return RemoteJob(None, body["job_id"], int(body.get("total", 0)), client=self)
 
     # -- lifetime -------------------------------------------------------------------------------------------------
     @classmethod
@@ -211,20 +229,34 @@ class RemoteVolume:
 
     def segment_slice(self, index: int, box: Sequence[float], timeout: float = MODEL_TIMEOUT,
                       allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
-        """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``."""
+        """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``; waits for
+        the encoder when the slice is not cached (scripts, the CLI; a GUI uses :meth:`start_segment_slice`)."""
         body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
             "index": int(index), "box": _box_list(box), "allow_degenerate": bool(allow_degenerate)})
         return wire.unpack_mask(body["mask"]), float(body["score"])
 
-    def prefetch(self, indices: Sequence[int]) -> None:
-        """Ask the server to embed these slices in the background (replaces this session's previous request)."""
-        self.client.request("POST", self._path("/prefetch"), json={"indices": [int(i) for i in indices]})
+    def start_segment_slice(self, index: int, box: Sequence[float], allow_degenerate: bool = False,
+                            timeout: float | None = None, request_id: str | None = None) -> "RemoteJob":
+        """:meth:`segment_slice` as a job on the server: answers at once; ``job.result()`` has ``mask`` (bool,
+        slice shape), ``score``, ``encoder_calls`` and ``seconds``.  ``request_id``: the same id again (a start
+        whose answer timed out) returns the same job."""
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
+            "index": int(index), "box": _box_list(box), "allow_degenerate": bool(allow_degenerate), "async": True,
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
-    def propagate(self, key_boxes: dict, options: dict | None = None) -> "RemoteJob":
+    def prefetch(self, indices: Sequence[int], timeout: float | None = None) -> None:
+        """Ask the server to embed these slices in the background (replaces this session's previous request)."""
+        self.client.request("POST", self._path("/prefetch"), timeout=timeout,
+                            json={"indices": [int(i) for i in indices]})
+
+    def propagate(self, key_boxes: dict, options: dict | None = None, timeout: float = MODEL_TIMEOUT,
+                  request_id: str | None = None) -> "RemoteJob":
         """Start a propagation job.  ``options``: rule, slice_range (K0, K1), stop (bool), largest_component,
-        fill_holes, margin."""
-        body = self.client.request("POST", self._path("/propagate"), timeout=MODEL_TIMEOUT, json={
-            "key_boxes": {str(int(k)): _box_list(b) for k, b in key_boxes.items()}, "options": dict(options or {})})
+        fill_holes, margin.  ``request_id`` as for :meth:`start_segment_slice`."""
+        body = self.client.request("POST", self._path("/propagate"), timeout=timeout, json={
+            "key_boxes": {str(int(k)): _box_list(b) for k, b in key_boxes.items()}, "options": dict(options or {}),
+            **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
 
     def info(self) -> dict:
@@ -235,18 +267,23 @@ class RemoteVolume:
 
 
 class RemoteJob:
-    """A propagation running on the server.  Poll it (the server cancels a job nobody polls any more)."""
+    """Work running on the server: a propagation, one slice (:meth:`RemoteVolume.start_segment_slice`), a volume
+    being taken or a session being opened.  Poll it (the server cancels a job nobody polls any more)."""
 
-    def __init__(self, volume: RemoteVolume, job_id: str, total: int = 0) -> None:
+    def __init__(self, volume: RemoteVolume | None, job_id: str, total: int = 0,
+                 client: EngineClient | None = None) -> None:
         self.volume = volume
+        self.client: EngineClient = client if client is not None else volume.client  # type: ignore[union-attr]
         self.job_id = job_id
         self.status = JobStatus("running", 0, total)
         self._error: dict | None = None  # {"code", "message"} of a failed job
 
-    def poll(self, timeout: float = 0.05) -> JobStatus:
-        """The job's state; waits up to ``timeout`` s on the server for progress (long poll, at most 10 s)."""
-        body = self.volume.client.request("GET", f"/jobs/{self.job_id}", params={"wait": f"{max(0.0, timeout):g}"},
-                                          timeout=self.volume.client.timeout + timeout)
+    def poll(self, timeout: float = 0.05, request_timeout: float | None = None) -> JobStatus:
+        """The job's state; waits up to ``timeout`` s on the server for progress (long poll, at most 10 s).
+        ``request_timeout``: the most the request may take (default: the client's timeout plus ``timeout``); a GUI
+        polls with ``timeout=0`` and a short ``request_timeout``."""
+        body = self.client.request("GET", f"/jobs/{self.job_id}", params={"wait": f"{max(0.0, timeout):g}"},
+                                   timeout=request_timeout or self.client.timeout + timeout)
         self.status = JobStatus(body["state"], int(body["done"]), int(body["total"]), body.get("message", ""))
         self._error = body.get("error")
         return self.status
@@ -260,21 +297,34 @@ class RemoteJob:
             if status.finished:
                 return status
 
-    def cancel(self) -> None:
-        self.volume.client.request("DELETE", f"/jobs/{self.job_id}")
+    def cancel(self, timeout: float | None = None) -> None:
+        self.client.request("DELETE", f"/jobs/{self.job_id}", timeout=timeout)
 
-    def result(self, progress=None) -> dict:
-        """Wait for the job; dict(mask=bool (k, j, i), segmented_slices, stopped, scores, encoder_calls, seconds).
+    def raise_failure(self) -> None:
+        """Raise what ended the job (after a poll said "cancelled" or "failed")."""
+        status = self.status
+        if status.state == "cancelled":
+            raise Cancelled(status.message or "cancelled on the engine; nothing was written")
+        if status.state == "failed":
+            error = self._error or {}
+            raise wire.error_from_body(int(error.get("status", 400)), {"error": self._error},
+                                       status.message or "the engine failed")
+
+    def result(self, progress=None, timeout: float = MODEL_TIMEOUT) -> dict:
+        """Wait for the job (no wait when the last poll said it ended) and fetch its result: for a propagation
+        dict(mask=bool (k, j, i), segmented_slices, stopped, scores, encoder_calls, seconds); for a slice
+        dict(mask=bool slice, score, encoder_calls, seconds).  ``timeout``: of the fetch request (the server packed
+        the result when the job ended, so the answer starts at once).
 
         A failed job raises its error; a cancelled one raises :class:`Cancelled`."""
-        status = self.wait(progress)
-        if status.state == "cancelled":
-            raise Cancelled(status.message or "propagation cancelled; nothing was written")
-        if status.state == "failed":
-            raise wire.error_from_body(400, {"error": self._error}, status.message or "propagation failed")
-        body = self.volume.client.request("GET", f"/jobs/{self.job_id}/result", timeout=MODEL_TIMEOUT)
-        body["mask"] = wire.unpack_mask(body["mask"])
-        body["scores"] = {int(k): float(v) for k, v in body.get("scores", {}).items()}
+        status = self.status if self.status.finished else self.wait(progress)
+        if status.state != "done":
+            self.raise_failure()
+        body = self.client.request("GET", f"/jobs/{self.job_id}/result", timeout=timeout)
+        if isinstance(body.get("mask"), dict):
+            body["mask"] = wire.unpack_mask(body["mask"])
+        if "scores" in body:
+            body["scores"] = {int(k): float(v) for k, v in body["scores"].items()}
         return body
 
 
@@ -299,18 +349,6 @@ def _reason(error: BaseException) -> str:
     if "RemoteDisconnected" in type(cause).__name__ or "closed connection" in text:
         return "the server closed the connection without answering (it stopped or crashed)"
     return text
-
-
-def _shares_files(url: str, local_dir: object) -> bool:
-    """A loopback server whose private folder we can write: hand volumes over as files instead of uploads."""
-    if not isinstance(local_dir, str) or not local_dir:
-        return False
-    host = urlparse(url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    return loopback and os.path.isdir(local_dir) and os.access(local_dir, os.W_OK)
 
 
 __all__ = ["EngineClient", "RemoteVolume", "RemoteJob", "JobStatus", "EngineUnavailable", "MedSAMError",

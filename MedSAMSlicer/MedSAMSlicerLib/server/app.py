@@ -29,13 +29,22 @@ log = logging.getLogger(__name__)
 
 Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+RequestId = Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SessionRequest(Strict):
+class Startable(Strict):
+    """``"async": true``: answer at once with a job (poll ``/jobs/{id}``, then fetch ``/jobs/{id}/result``), so a GUI
+    never waits on the work.  ``request_id``: the same id again returns the same job (a retried start)."""
+
+    run_async: StrictBool = Field(False, alias="async")
+    request_id: RequestId = None
+
+
+class SessionRequest(Startable):
     fingerprint: Fingerprint
     spacing: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=3, max_length=3)
     origin: list[Finite] = Field(min_length=3, max_length=3)
@@ -46,7 +55,7 @@ class SessionRequest(Strict):
     already_normalized: StrictBool = False
 
 
-class SegmentRequest(Strict):
+class SegmentRequest(Startable):
     index: StrictInt
     box: list[float] = Field(min_length=4, max_length=4)  # NaN reaches checked_box, which names the problem
     allow_degenerate: StrictBool = False
@@ -68,6 +77,7 @@ class PropagationSettings(Strict):
 class PropagateRequest(Strict):
     key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
     options: PropagationSettings = PropagationSettings()
+    request_id: RequestId = None
 
     @field_validator("key_boxes")
     @classmethod
@@ -80,7 +90,7 @@ class PropagateRequest(Strict):
         return value
 
 
-class FileRequest(Strict):
+class FileRequest(Startable):
     name: str = Field(max_length=255)
 
 
@@ -168,17 +178,21 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
         return {"present": True, "fingerprint": fingerprint}
 
     @app.post("/volumes/{fingerprint}/from-file")
-    def volume_from_file(fingerprint: str, body: FileRequest) -> dict:
+    def volume_from_file(fingerprint: str, body: FileRequest, request: Request) -> dict:
         """Local mode: read a .npy the client wrote into the server's private folder (``info.local_dir``)."""
         engine.has_volume(fingerprint)
-        array = engine.volumes.read_private_file(body.name, config.memory_bytes // 2)
-        engine.add_volume(fingerprint, array)
-        return {"present": True, "fingerprint": fingerprint}
+        if body.run_async:
+            return engine.start_volume_from_file(owner(request), fingerprint, body.name, body.request_id)
+        return engine.volume_from_file(fingerprint, body.name)
 
     @app.post("/sessions")
     def open_session(body: SessionRequest, request: Request) -> dict:
-        return engine.open_session(owner(request), body.fingerprint, body.spacing, body.origin, body.direction,
-                                   body.window, body.axis, body.modality, body.already_normalized)
+        """A session on an uploaded volume; with ``async`` a job whose result is the session's description."""
+        args = (body.fingerprint, body.spacing, body.origin, body.direction, body.window, body.axis, body.modality,
+                body.already_normalized)
+        if body.run_async:
+            return engine.start_open_session(owner(request), body.request_id, *args)
+        return engine.open_session(owner(request), *args)
 
     @app.get("/sessions/{session_id}")
     def session_info(session_id: str, request: Request) -> dict:
@@ -191,7 +205,11 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
 
     @app.post("/sessions/{session_id}/segment")
     def segment(session_id: str, body: SegmentRequest, request: Request) -> dict:
-        """One box on one slice: the mask as packed bits of its bounding box, and the predicted IoU."""
+        """One box on one slice: the mask as packed bits of its bounding box, and the predicted IoU.  With
+        ``async``: a job at once, whose result has the mask and the score (the encoder runs meanwhile)."""
+        if body.run_async:
+            return engine.start_segment(owner(request), session_id, body.index, _box(body.box), body.allow_degenerate,
+                                        body.request_id)
         mask, score = engine.segment(owner(request), session_id, body.index, _box(body.box), body.allow_degenerate)
         return {"mask": wire.pack_mask(mask), "score": score if math.isfinite(score) else 0.0}
 
@@ -203,7 +221,7 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
     @app.post("/sessions/{session_id}/propagate")
     def start_propagation(session_id: str, body: PropagateRequest, request: Request) -> dict:
         key_boxes = {int(k): _box(v) for k, v in body.key_boxes.items()}
-        return engine.start_job(owner(request), session_id, key_boxes, body.options.model_dump())
+        return engine.start_job(owner(request), session_id, key_boxes, body.options.model_dump(), body.request_id)
 
     @app.get("/jobs/{job_id}")
     def job_status(job_id: str, request: Request, wait: float = Query(0.0, ge=0, le=10)) -> dict:
@@ -216,13 +234,11 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
 
     @app.get("/jobs/{job_id}/result")
     def job_result(job_id: str, request: Request) -> dict:
+        """A finished job's result, packed for the wire when the job ended (this answer only serialises it)."""
         job = engine.job(owner(request), job_id)
         if job.state != "done" or job.result is None:
             raise ServiceError(f"the job is {job.state}, it has no result", "not_ready", 409)
-        result = dict(job.result)
-        result["mask"] = wire.pack_mask(result["mask"])
-        result["scores"] = {str(k): v for k, v in result["scores"].items()}
-        return result
+        return job.result
 
     app.add_middleware(Guard, tokens=tokens, max_body=config.max_upload_bytes)  # outermost: before any body read
     return app

@@ -1,7 +1,10 @@
 """Who may talk to the server: a bearer token (one shared token, or one API key per annotator).
 
 - ``--token-file F``: the token is F's first line; when F does not exist a fresh random token is written there
-  (mode 0600, atomically) for local clients to read.  Without any option a fresh token goes to the default file.
+  (mode 0600, atomically) for local clients to read.  Without any option a fresh token goes to the default file of
+  the server's port (``server-PORT.token``), so two servers on one machine never overwrite each other's token; a
+  client given only the URL finds it there.  The file names the server's process and goes when the server stops; a
+  file that belongs to a server still running is never overwritten.
 - ``--api-key-file F``: one key per line (``#`` comments); each annotator gets their own key.
 The guard is plain ASGI middleware, so a request without a valid token is answered 401 before its body is read,
 and a body announced larger than the upload limit is answered 413 before it is read.
@@ -15,6 +18,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ..atomic import write_bytes_atomically
 from ..errors import OptionError, first_line
@@ -25,9 +29,30 @@ OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")  # n
 CLIENT_HEADER = b"x-medsam-client"
 
 
-def default_token_file() -> Path:
-    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return base / "medsam-slicer" / "server.token"
+def default_token_file(server: str | int | None = None) -> Path:
+    """The token file ``serve`` writes when given no ``--token-file``: one per port (``server`` is the port or the
+    server's URL), in the user's config folder.  Without ``server``: the single file of versions before 0.2."""
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "medsam-slicer"
+    if server is None:
+        return base / "server.token"
+    if isinstance(server, int):
+        port = server
+    else:
+        parsed = urlparse(server)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return base / f"server-{port}.token"
+
+
+def _write_token(path: Path, text: str) -> None:
+    old = os.umask(0o077)  # the temp file is private from its first byte
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomically(path, text.encode())
+        os.chmod(path, 0o600)
+    except OSError as error:
+        raise OptionError(f"cannot write the token file {path}: {first_line(error)}") from None
+    finally:
+        os.umask(old)
 
 
 def token_from_file(path: str | os.PathLike, create: bool) -> str:
@@ -35,18 +60,59 @@ def token_from_file(path: str | os.PathLike, create: bool) -> str:
     path = Path(path).expanduser()
     if create and not path.exists():
         token = secrets.token_urlsafe(32)
-        old = os.umask(0o077)  # the temp file is private from its first byte
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomically(path, (token + "\n").encode())
-            os.chmod(path, 0o600)
-        except OSError as error:
-            raise OptionError(f"cannot write the token file {path}: {first_line(error)}") from None
-        finally:
-            os.umask(old)
+        _write_token(path, token + "\n")
         return token
     keys = api_keys_from_file(path)
     return keys[0]
+
+
+def claim_default_token_file(path: Path) -> str:
+    """A fresh token in this server's default file ``path`` (its port's), naming this process on a comment line.
+    A file naming another process that still runs (a server on the same port of another address) is refused."""
+    owner = token_file_owner(path)
+    if owner is not None and owner != os.getpid() and _running(owner):
+        raise OptionError(f"{path} holds the token of another engine that is still running (process {owner}); "
+                          f"stop it, or give this one its own --token-file")
+    token = secrets.token_urlsafe(32)
+    _write_token(path, f"{token}\n# pid {os.getpid()}: medsam-slicer serve (removed when it stops)\n")
+    return token
+
+
+def release_default_token_file(path: Path) -> None:
+    """Remove ``path`` when it is still this process's (a server that stops leaves no stale token behind)."""
+    if token_file_owner(path) == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def token_file_owner(path: Path) -> int | None:
+    """The process named by a default token file's ``# pid N`` line, None when there is none."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        words = line.lstrip("# ").split()
+        if line.startswith("#") and len(words) >= 2 and words[0] == "pid" and words[1].rstrip(":").isdigit():
+            return int(words[1].rstrip(":"))
+    return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        import psutil
+
+        return psutil.pid_exists(pid)
+    except ImportError:
+        pass
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def api_keys_from_file(path: str | os.PathLike) -> list[str]:

@@ -7,11 +7,16 @@
   the one :class:`EmbeddingCache`, keyed by content fingerprint: the encoder runs at most once per slice per volume.
 - Limits: ``max_sessions``; idle sessions expire; a job nobody polls for ``job_heartbeat`` seconds (its client
   crashed or disconnected) is cancelled at its next slice; volumes and embeddings live within ``memory_bytes``.
+- Jobs: a propagation always runs as a job; a slice segmentation, a session opening and a local hand-over can run as
+  one too (``"async": true``), so that a GUI only ever makes short requests (start, poll, fetch the result) and never
+  waits on an encoder.  A start request may carry a ``request_id``: repeating it (the client's short request timed
+  out before the answer came) returns the same job instead of starting a second one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import shutil
 import tempfile
@@ -20,18 +25,20 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
+from ..client import wire
 from ..engine import axes
-from ..engine.boxes import Box
+from ..engine.boxes import Box, checked_box
 from ..engine.cache import EmbeddingCache
 from ..engine.propagation import AUTO, CancelToken, PropagationOptions, propagate
 from ..engine.session import VolumeSession
 from ..engine.volume import Volume
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
-from .worker import PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
+from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
 log = logging.getLogger(__name__)
 _MiB = 1 << 20
@@ -149,6 +156,7 @@ class Engine:
         self.sessions: dict[str, ClientSession] = {}
         self.prepared: dict[tuple, CountingSession] = {}
         self.jobs: dict[str, Job] = {}
+        self.requests: dict[tuple[str, str], str] = {}  # (owner, request_id) -> job id: a repeated start is one job
         self.expired_sessions = 0
         self.cancelled_unpolled_jobs = 0
         self.baseline_rss = 0
@@ -217,6 +225,7 @@ class Engine:
                 for job in [j for j in self.jobs.values() if j.state != "running"
                             and now - j.last_seen > self.config.idle_timeout]:
                     del self.jobs[job.id]
+                self.requests = {k: v for k, v in self.requests.items() if v in self.jobs}
             sweep_private_dir(self.private_dir)
 
     # -- volumes ------------------------------------------------------------------------------------------------
@@ -228,6 +237,20 @@ class Engine:
 
     def has_volume(self, fingerprint: str) -> bool:
         return checked_fingerprint(fingerprint) in self.volumes
+
+    def volume_from_file(self, fingerprint: str, name: str) -> dict:
+        """Local mode: keep the volume a client wrote into the private folder (read, checked, then removed)."""
+        array = self.volumes.read_private_file(name, self.config.memory_bytes // 2)
+        self.add_volume(fingerprint, array)
+        return {"present": True, "fingerprint": fingerprint}
+
+    def start_volume_from_file(self, owner: str, fingerprint: str, name: str, request_id: str | None) -> dict:
+        """:meth:`volume_from_file` as a job (reading and hashing a large volume takes a while)."""
+        checked_fingerprint(fingerprint)
+        job, new = self._new_job(owner, "", 1, request_id)
+        if new:
+            self._launch(job, lambda: self.volume_from_file(fingerprint, name), "volume")
+        return job.describe()
 
     def add_volume(self, fingerprint: str, array: np.ndarray) -> None:
         checked_volume(array, checked_fingerprint(fingerprint))
@@ -261,6 +284,22 @@ class Engine:
             self.sessions[session.id] = session
         return session.describe()
 
+    def start_open_session(self, owner: str, request_id: str | None, *args) -> dict:
+        """:meth:`open_session` as a job (it waits for the model and windows the whole volume); its result is the
+        session's description.  A job cancelled before it ends closes the session it opened."""
+        checked_fingerprint(args[0])
+        job, new = self._new_job(owner, "", 1, request_id)
+        if new:
+            self._launch(job, lambda: self.open_session(owner, *args), "open",
+                         discard=lambda opened: self._close_quietly(owner, opened["session_id"]))
+        return job.describe()
+
+    def _close_quietly(self, owner: str, session_id: str) -> None:
+        try:
+            self.close_session(owner, session_id)
+        except ServiceError:
+            pass
+
     def session(self, owner: str, session_id: str) -> ClientSession:
         with self._lock:
             session = self.sessions.get(session_id)
@@ -290,6 +329,23 @@ class Engine:
         session.last_used = time.monotonic()
         return result.mask, result.score
 
+    def start_segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool,
+                      request_id: str | None) -> dict:
+        """:meth:`segment` as a job: the answer comes at once, the encoder (when the slice is not cached) runs on the
+        model worker at the interactive priority, ahead of propagations and prefetch; the result is
+        ``{"mask", "score", "encoder_calls", "seconds"}``."""
+        session = self.session(owner, session_id)
+        session.prepared.check_index(index)  # a slice outside the volume or a bad box is refused now, not in the job
+        checked_box(box, session.prepared.slice_shape, allow_degenerate)
+        job, new = self._new_job(owner, session.id, 1, request_id)
+        if new:
+            def work() -> dict:
+                mask, score = self.segment(owner, session_id, index, box, allow_degenerate)
+                return {"mask": mask, "score": float(score) if math.isfinite(score) else 0.0}
+
+            self._launch(job, work, "segment", discard=lambda result: None)
+        return job.describe()
+
     def prefetch(self, owner: str, session_id: str, indices: list[int]) -> None:
         session = self.session(owner, session_id)
         for index in indices:
@@ -310,7 +366,8 @@ class Engine:
 
         threading.Thread(target=run, name="medsam-prefetch", daemon=True).start()
 
-    def start_job(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict) -> dict:
+    def start_job(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict,
+                  request_id: str | None = None) -> dict:
         session = self.session(owner, session_id)
         self.wait_ready()
         prepared = session.prepared
@@ -325,40 +382,75 @@ class Engine:
         if not key_boxes:
             raise BoxError("propagation needs at least one key box")
         low, high = slice_range if slice_range is not None else (0, prepared.slice_count - 1)
-        job = Job(secrets.token_urlsafe(16), owner, session.id, max(0, high - low + 1))
-        with self._lock:
-            self.jobs[job.id] = job
+        job, new = self._new_job(owner, session.id, max(0, high - low + 1), request_id)
+        if not new:
+            return job.describe()
 
         def progress(done: int, total: int) -> None:
             job.update(done=done, total=total)
+
+        def work() -> dict:
+            result = propagate(prepared, key_boxes, settings, progress, job.cancel)
+            return {"mask": result.mask, "segmented_slices": result.segmented_slices, "stopped": result.stopped,
+                    "scores": result.scores}
+
+        self._launch(job, work, "propagation", level=PROPAGATION)
+        return job.describe()
+
+    def _new_job(self, owner: str, session_id: str, total: int, request_id: str | None) -> tuple[Job, bool]:
+        """A new job, or (with a ``request_id`` seen before from this client) the job that request started."""
+        with self._lock:
+            if request_id:
+                known = self.jobs.get(self.requests.get((owner, request_id), ""))
+                if known is not None:
+                    return known, False
+            job = Job(secrets.token_urlsafe(16), owner, session_id, total)
+            self.jobs[job.id] = job
+            if request_id:
+                self.requests[(owner, request_id)] = job.id
+        return job, True
+
+    def _launch(self, job: Job, work: Callable[[], dict], kind: str, level: int = INTERACTIVE,
+                discard: Optional[Callable[[dict], None]] = None) -> None:
+        """Run ``work`` for ``job`` in a thread of its own, its model calls queued at ``level``.  Its dict result
+        (a mask packed for the wire now, so that fetching it is quick), or its error in one line, lands on the job.
+        With ``discard``, work that cannot stop half-way finishes and, when the job was cancelled meanwhile, its
+        result is handed to ``discard`` and the job ends "cancelled"."""
 
         def run() -> None:
             _job_local.job = job
             start = time.perf_counter()
             try:
-                with priority(PROPAGATION):
-                    result = propagate(prepared, key_boxes, settings, progress, job.cancel)
+                with priority(level):
+                    result = work()
             except Cancelled as error:
                 job.update(state="cancelled", message=job.message or str(error))
                 return
             except MedSAMError as error:
-                job.update(state="failed", message=str(error), error={"code": error.code, "message": str(error)})
+                body = {"code": error.code, "message": str(error)}
+                if isinstance(error, ServiceError):
+                    body["status"] = error.status
+                job.update(state="failed", message=str(error), error=body)
                 return
             except Exception as error:  # a bug: keep the server alive, tell the client one line
-                log.exception("propagation job %s failed", job.id[:8])
+                log.exception("%s job %s failed", kind, job.id[:8])
                 job.update(state="failed", message=first_line(error),
                            error={"code": "internal", "message": first_line(error)})
                 return
             finally:
                 _job_local.job = None
-            job.update(result={"mask": result.mask, "segmented_slices": result.segmented_slices,
-                               "stopped": result.stopped, "scores": result.scores,
-                               "encoder_calls": job.encoder_calls,
-                               "seconds": round(time.perf_counter() - start, 3)},
-                       state="done", done=job.total if job.total else job.done)
+            if discard is not None and job.cancel.cancelled:
+                discard(result)
+                job.update(state="cancelled", message=job.message or f"{kind} cancelled")
+                return
+            result = dict(result, encoder_calls=job.encoder_calls, seconds=round(time.perf_counter() - start, 3))
+            if "mask" in result:
+                result["mask"] = wire.pack_mask(result["mask"])
+            if "scores" in result:
+                result["scores"] = {str(k): v for k, v in result["scores"].items()}
+            job.update(result=result, state="done", done=job.total if job.total else job.done)
 
-        threading.Thread(target=run, name=f"medsam-job-{job.id[:8]}", daemon=True).start()
-        return job.describe()
+        threading.Thread(target=run, name=f"medsam-{kind}-{job.id[:8]}", daemon=True).start()
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> Job:
         with self._lock:

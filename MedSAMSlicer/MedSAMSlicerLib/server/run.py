@@ -60,10 +60,12 @@ def _watch_parent(parent: int, stop) -> None:
             return
 
 
-def serve(config: ServerConfig, host: str, port: int, tokens: list[str], parent_pid: int | None = None) -> int:
+def serve(config: ServerConfig, host: str, port: int, tokens: list[str], parent_pid: int | None = None,
+          sock: socket.socket | None = None) -> int:
+    """Serve until stopped.  ``sock``: already bound by the caller (who needed the port first), else bound here."""
     import uvicorn
 
-    sock = bind(host, port)
+    sock = sock if sock is not None else bind(host, port)
     if not is_loopback(host):
         log.warning("listening on %s: reachable from other machines; put it behind TLS (README: Local and remote "
                     "engine)", host)
