@@ -126,7 +126,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 # ------------------------------------------------------------------------------------ Ctrl+C and start-up
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.3, 0.8])  # both land in the start-up imports (torch alone takes longer)
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     image = write_sitk(tmp_path / "scan.nrrd")
     out = tmp_path / "out.nii.gz"

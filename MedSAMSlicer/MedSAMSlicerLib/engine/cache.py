@@ -236,8 +236,9 @@ class EmbeddingCache:
                 self.stats.disk_writes += 1
         except OSError as error:
             if not self._disk_warned:
+                why = error.strerror if error.strerror else str(error).rpartition(": ")[2]  # the cause, not the path
                 log.warning("cannot write the embedding cache in %s (%s); keeping embeddings in memory only",
-                            self.disk_dir, error)
+                            self.disk_dir, why)
                 self._disk_warned = True
 
 
