@@ -181,13 +181,13 @@ class VolumeOpening:
         self.message = f"compressing the volume ({self._percent()}%)"
         if self._offset >= len(self._bytes):
             self._compressed.append(self._compressor.flush())
-            self.stage = "upload"
+            self.stage = "upload"  # at the next step: the caller shows this message before the long request
+            self.message = f"sending the volume ({sum(map(len, self._compressed)) / (1 << 20):.1f} MB)"
         return None
 
     def _upload(self, budget: float):
         """The one long request (remote servers only): its duration is the network's."""
         body = b"".join(self._compressed)
-        self.message = f"sending the volume ({len(body) / (1 << 20):.1f} MB)"
         limit = int((self.client._info or {}).get("max_upload_bytes", 0))
         if limit and len(body) > limit:
             raise ServiceError(f"the compressed volume is {len(body) >> 20} MiB; this server accepts at most "
@@ -206,7 +206,8 @@ class VolumeOpening:
                 "request_id": self._request_ids["open"]})
             self._job = self._job_of(body)
             return None
-        if not self._job_done(budget):
+        if not self._job.status.finished:
+            self._job_done(budget)  # the description is fetched at the next step, with a budget of its own
             return None
         self.remote = self.client.volume_of(self._job.result(timeout=budget))
         self._job = None
@@ -218,7 +219,7 @@ class VolumeOpening:
 
     def _job_done(self, budget: float) -> bool:
         """Poll the server's part once; raise its error when it failed."""
-        status = self._job.poll(timeout=0.0, request_timeout=budget)
+        status = self._job.poll(timeout=budget / 2, request_timeout=budget)  # a job ending meanwhile answers now
         if not status.finished:
             return False
         if status.state != "done":
