@@ -277,6 +277,8 @@ class WebApp:
 
     def _tick(self) -> None:
         self._ticks += 1
+        if self.logic.preparing and not self.logic.busy:
+            self.logic.poll()  # sends the volume / advances the prefetch started when the box was drawn
         if self.logic.busy:
             progress = self.logic.poll()
             with self.state:
