@@ -12,6 +12,7 @@ and reads the written file back before it replaces anything, so a full disk neve
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from ..paths import check_output_file, regular_file
 from .checks import check_claimed_size, check_geometry, check_nifti_size, check_nrrd_header
 from .native import native_output
 
+log = logging.getLogger(__name__)
 _MODALITY_KEYS = ("modality", "Modality", "0008|0060", "MRML_Modality")
 
 
@@ -153,6 +155,8 @@ def _read_sitk(path: Path):
             failure = error
     if failure is not None:
         raise _itk_error(path, failure, native)
+    for line in native:  # read fine, said something anyway (kept for -v; may include other threads' lines)
+        log.info("%s: %s", path.name, line)
     return image
 
 
@@ -267,6 +271,8 @@ def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, se
             native.extend(printed)
             if failure is not None:
                 raise OutputError(f"cannot write {path}: {first_line(failure)}")
+    for line in native:  # written and read back whole: what the C++ writer printed is only worth a -v line
+        log.info("%s: %s", path.name, line)
     return path
 
 
