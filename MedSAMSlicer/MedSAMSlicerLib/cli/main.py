@@ -120,7 +120,28 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     if entry:  # the work is done (or refused): a Ctrl+C while the interpreter shuts down changes nothing
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if code == Cancelled.exit_code:
+            _exit_now(code)
     return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process with ``code`` now.  CPython remembers a KeyboardInterrupt raised inside ``exec()`` (the
+    dataclasses module builds methods with it, so Ctrl+C during imports often lands there) as "unhandled" even when
+    we handled it, and then kills the process with SIGINT at exit (code -2 instead of 130)."""
+    import atexit
+    import os
+
+    try:
+        atexit._run_exitfuncs()  # what a normal exit would run (e.g. stopping a local engine child)
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
