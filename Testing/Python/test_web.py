@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,9 @@ import pytest
 from conftest import REPO, shared_path
 from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
 
-SCREENSHOTS = REPO / "Resources" / "Screenshots"  # README and Extension Index pictures
+# The README and Extension Index pictures (Resources/Screenshots) are refreshed only on request, so that a test run
+# never dirties the working tree: MEDSAM_SLICER_SCREENSHOTS=Resources/Screenshots pytest Testing/Python/test_web.py
+SCREENSHOTS = Path(os.environ.get("MEDSAM_SLICER_SCREENSHOTS") or tempfile.mkdtemp(prefix="medsam-web-shots-"))
 MARGIN = 3  # voxels around the lesion's extent on its key slice, as an annotator's box
 
 pytestmark = pytest.mark.skipif(bool(missing_browser_parts()), reason=missing_browser_parts() or "ok")
