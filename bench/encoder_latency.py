@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/encoder_latency.py [--repeats 7] [--medsam PATH] [--sam-vit-b PATH]
 
-Uses slice 17 of slicerio's CTChest4.nrrd.  ``bench/runtimes.py`` is the fuller comparison (propagation, DSC, start-up).  Prints medians and the ratios between backends; the ratios are the
-figures to quote (this machine is noisy; absolute times drift between runs).
+Uses slice 17 of slicerio's CTChest4.nrrd.  For ONNX Runtime and OpenVINO it also times the runtime alone on the
+same prepared input, so that any cost the project's own path adds shows as a difference.  ``bench/runtimes.py`` is
+the fuller comparison (propagation, DSC, start-up).  Prints medians and the ratios between backends; the ratios are
+the figures to quote (this machine is noisy; absolute times drift between runs).
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ def median_seconds(work, repeats: int) -> float:
         work()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(first, second, repeats: int) -> tuple[float, float]:
+    """Medians of two pieces of work timed in turns, so that drift in the machine's load hits both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for work, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            work()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -62,6 +76,15 @@ def main() -> None:
             results[backend] = (encoder, decoder)
             print(f"{name:12s} {segmenter.backend_name:12s} encoder {encoder * 1000:8.1f} ms   "
                   f"prompt encoder + decoder {decoder * 1000:6.1f} ms")
+            if segmenter.runtime is not None:
+                # The runtime alone on the same prepared input: what the project's path (preprocessing, the
+                # request's lock, the copies into and out of torch) adds on top of the runtime it calls.
+                prepared = segmenter.pipeline.image_tensor(plane)[0].numpy()
+                path, alone = paired_median_seconds(lambda: segmenter.embed(plane),
+                                                    lambda: segmenter.runtime.encode(prepared), args.repeats)
+                print(f"{name:12s} {segmenter.backend_name:12s} in turns: project path {path * 1000:8.1f} ms, "
+                      f"runtime alone {alone * 1000:8.1f} ms: the path adds {(path - alone) * 1000:+.1f} ms "
+                      f"({path / alone:.3f}x)")
         for backend in ("onnx", "openvino"):
             if backend in results:
                 print(f"{name:12s} encoder speed-up {backend} / pytorch: "

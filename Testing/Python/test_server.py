@@ -342,6 +342,36 @@ def test_the_default_bind_is_loopback():
     assert args.host == "127.0.0.1"
 
 
+
+def test_served_connections_have_tcp_nodelay():
+    """asyncio (under uvicorn) sets TCP_NODELAY on an accepted connection only when the listening socket says TCP;
+    without it each answer on a kept-alive connection waited ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from MedSAMSlicerLib.server.run import bind
+
+    async def accepted_nodelay() -> int:
+        listening = bind("127.0.0.1", 0)
+        seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                connection = transport.get_extra_info("socket")
+                seen.set_result(connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", listening.getsockname()[1])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
 # -- short requests for a GUI: a slice as a job, a volume opened in steps ----------------------------------------------
 def test_a_slice_as_a_job_equals_the_synchronous_answer(server):
     """What Slicer's poll does (start, poll, fetch: each request answered at once) gives the mask and score of the
