@@ -100,22 +100,61 @@ def _wait_idle(client, timeout: float = 300.0) -> None:
     raise RuntimeError("the engine did not become idle")
 
 
+# Frames of the red view kept as pixels while one click is timed.  The mask's frame is the first frame that looks
+# more like the final view (mask shown) than like the view before the click, counting pixels that differ by more
+# than PIXEL_STEP in a channel: this ignores most JPEG noise and the frame in which only the box's handles disappear,
+# and does not depend on the colour the new segment gets.  (Counting saturated pixels, as this script did before
+# 2026-12-06, took that handles-only frame for the mask in about half of the clicks.)
+RECORDER_JS = r"""
+(() => {
+  const grab = (img) => {
+    const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+    return g.getImageData(0, 0, c.width, c.height).data;
+  };
+  const img = window.__img('Red');
+  window.__rec = {on: false, frames: [], pre: null};
+  img.addEventListener('load', () => {
+    if (window.__rec.on) window.__rec.frames.push({t: performance.now(), data: grab(img)});
+  });
+  window.__recClick = (id) => {
+    window.__rec = {on: true, frames: [], pre: grab(img)};
+    const t = performance.now(); document.getElementById(id).click(); return t;
+  };
+  window.__recFirst = (clicked, step) => {
+    const rec = window.__rec; rec.on = false;
+    const differ = (a, b) => {
+      if (a.length !== b.length) return Infinity;
+      let n = 0;
+      for (let i = 0; i < a.length; i += 4)
+        if (Math.abs(a[i] - b[i]) > step || Math.abs(a[i+1] - b[i+1]) > step || Math.abs(a[i+2] - b[i+2]) > step) n++;
+      return n;
+    };
+    if (!rec.frames.length) return {error: 'no frame after the click'};
+    const final = rec.frames[rec.frames.length - 1].data, changed = differ(final, rec.pre);
+    for (const f of rec.frames)
+      if (differ(f.data, final) < differ(f.data, rec.pre)) return {ms: f.t - clicked, changed, frames: rec.frames.length};
+    return {error: 'no frame like the final one', changed};
+  };
+  return true;
+})()
+"""
+PIXEL_STEP = 25  # a channel difference: the mask's fill (any segment colour tried) exceeds it
+SETTLE_MS = 1500  # after the click, no request to the app (it would load its event loop) until the view settled
+
+
 def _segment(page: Page) -> float:
-    """Click "Segment slice"; ms until the first red-view frame with the mask."""
-    frames = page.frames("Red")
-    before = len(frames)
-    baseline = frames[-1]["overlay"] if frames else 0
-    clicked = page.page.evaluate("() => { const t = performance.now();"
-                                 " document.getElementById('btn-slice').click(); return t; }")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        hit = [f for f in page.frames("Red")[before:] if abs(f["overlay"] - baseline) > MORE_PIXELS]
-        if hit:
-            page.wait_state(lambda s: not s["busy"], "segment slice")
-            return hit[0]["t"] - clicked
-        page.page.wait_for_timeout(20)
-    raise RuntimeError(f"the mask never appeared in the red view (baseline {baseline}, frames "
-                       f"{[f['overlay'] for f in page.frames('Red')[before:]]})")
+    """Click "Segment slice"; ms until the first red-view frame that shows the mask."""
+    if not page.page.evaluate("() => !!window.__recFirst"):
+        page.page.evaluate(RECORDER_JS)
+    clicked = page.page.evaluate("() => window.__recClick('btn-slice')")
+    page.page.wait_for_timeout(SETTLE_MS)
+    page.wait_state(lambda s: not s["busy"], "segment slice")
+    page.page.wait_for_timeout(300)  # a last frame after the answer, if it came late
+    found = page.page.evaluate("([t, step]) => window.__recFirst(t, step)", [clicked, PIXEL_STEP])
+    if "error" in found or found["changed"] < MORE_PIXELS:
+        raise RuntimeError(f"the mask was not seen in the red view: {found}")
+    return found["ms"]
 
 
 if __name__ == "__main__":

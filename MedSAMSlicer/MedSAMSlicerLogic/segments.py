@@ -83,6 +83,25 @@ def read_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
     return np.asarray(array) > 0
 
 
+def count_segment_voxels(segmentation_node, segment_id: str) -> int:
+    """How many voxels the segment holds, counted on its own labelmap layer as stored (no copy onto the volume's
+    grid, unlike :func:`read_segment`: a status line can afford this after every result).  Layers that several
+    segments share are counted by the segment's label value."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        return 0
+    labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    if labelmap is None or labelmap.GetPointData() is None or labelmap.GetPointData().GetScalars() is None:
+        return 0
+    extent = labelmap.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        return 0
+    import vtk.util.numpy_support
+
+    scalars = vtk.util.numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    return int(np.count_nonzero(scalars == segment.GetLabelValue()))
+
+
 def write_segment(segmentation_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
     """Replace the segment's voxels with ``mask`` ((k, j, i) on the volume's grid); other segments keep theirs."""
     segmentation = segmentation_node.GetSegmentation()

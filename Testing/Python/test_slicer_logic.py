@@ -151,6 +151,33 @@ def test_segmentation_survives_seg_nrrd_save_and_reload(harness, logic, tmp_path
     np.testing.assert_array_equal(after, before)
 
 
+def test_voxel_count_on_stored_layers_equals_the_segment_on_the_grid(harness):
+    """count_segment_voxels (the browser's status line) reads layers as stored: shared, separate and empty ones."""
+    import slicer
+
+    from MedSAMSlicerLogic.segments import count_segment_voxels, read_segment, write_segment
+
+    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
+    shape = slicer.util.arrayFromVolume(volume).shape
+    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "counts")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    masks = {}
+    for name, window in (("a", (slice(31, 36), slice(340, 380), slice(200, 240))),
+                         ("b", (slice(20, 30), slice(200, 260), slice(230, 300))),
+                         ("c", (slice(5, 6), slice(0, 3), slice(0, 2)))):
+        masks[name] = np.zeros(shape, dtype=np.uint8)
+        masks[name][window] = 1
+    ids = {name: node.GetSegmentation().AddEmptySegment("", name) for name in ("a", "b", "c", "empty")}
+    for name in ("a", "b"):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(masks[name], node, ids[name], volume)
+    node.GetSegmentation().CollapseBinaryLabelmaps(False)  # a and b share one layer, with two label values
+    write_segment(node, ids["c"], masks["c"].astype(bool), volume)  # c on its own layer
+    for name, sid in ids.items():
+        assert count_segment_voxels(node, sid) == int(read_segment(node, sid, volume).sum()), name
+    assert count_segment_voxels(node, ids["a"]) == int(masks["a"].sum()) > 0
+    assert count_segment_voxels(node, "no such segment") == 0
+
+
 def test_undo_restores_exactly_and_never_touches_other_segments(harness, logic):
     import slicer
 
