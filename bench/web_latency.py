@@ -26,7 +26,7 @@ sys.path[:0] = [str(REPO / "MedSAMSlicer"), str(REPO / "Testing" / "Python")]
 from web_driver import Page, missing_browser_parts, start_app, start_engine, stop  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "pyradiomics"
-MORE_PIXELS = 80  # the mask changes at least this many coloured pixels of the red view (fill over the outline)
+MORE_PIXELS = 80  # the final view differs from the view before the click in at least this many pixels
 
 
 def main() -> int:

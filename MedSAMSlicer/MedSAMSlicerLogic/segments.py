@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import slicer
 import vtk
+import vtk.util.numpy_support
 
 from MedSAMSlicerLib.errors import InputImageError
 
@@ -96,8 +97,6 @@ def count_segment_voxels(segmentation_node, segment_id: str) -> int:
     extent = labelmap.GetExtent()
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return 0
-    import vtk.util.numpy_support
-
     scalars = vtk.util.numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
     return int(np.count_nonzero(scalars == segment.GetLabelValue()))
 
@@ -119,8 +118,6 @@ def mask_to_labelmap(mask: np.ndarray, volume_node, segmentation_node=None):
     """A (k, j, i) mask on the volume's grid as a ``vtkOrientedImageData`` in the segmentation node's coordinates
     (world without the segmentation's parent transform), the form Segment Editor's
     ``modifySelectedSegmentByLabelmap`` takes."""
-    import vtk.util.numpy_support
-
     dimensions = volume_node.GetImageData().GetDimensions()
     if tuple(mask.shape) != tuple(dimensions[::-1]):
         raise ValueError(f"mask shape {mask.shape} differs from the volume {dimensions[::-1]}")

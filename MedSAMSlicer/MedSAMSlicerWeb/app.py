@@ -314,20 +314,17 @@ class WebApp:
         ``_masks`` does, cost ~40 ms of the event loop after every result)."""
         from MedSAMSlicerLogic.segments import count_segment_voxels
 
-        if self.segmentation is None:
-            return 0
-        segmentation = self.segmentation.GetSegmentation()
-        return sum(count_segment_voxels(self.segmentation, segmentation.GetNthSegmentID(n))
-                   for n in range(segmentation.GetNumberOfSegments()))
+        return sum(count_segment_voxels(self.segmentation, sid) for sid in self._segment_ids())
 
     def _masks(self) -> dict:
         from MedSAMSlicerLogic.segments import read_segment
 
-        if self.segmentation is None or self.volume is None:
+        if self.volume is None:
             return {}
-        segmentation = self.segmentation.GetSegmentation()
-        ids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
-        return {sid: read_segment(self.segmentation, sid, self.volume) for sid in ids}
+        return {sid: read_segment(self.segmentation, sid, self.volume) for sid in self._segment_ids()}
+
+    def _segment_ids(self) -> list[str]:
+        return list(self.segmentation.GetSegmentation().GetSegmentIDs()) if self.segmentation is not None else []
 
     def _say(self, text: str, action: str = "") -> None:
         self.state.status = text

@@ -342,7 +342,6 @@ def test_the_default_bind_is_loopback():
     assert args.host == "127.0.0.1"
 
 
-
 def test_served_connections_have_tcp_nodelay():
     """asyncio (under uvicorn) sets TCP_NODELAY on an accepted connection only when the listening socket says TCP;
     without it each answer on a kept-alive connection waited ~40 ms for the client's delayed ACK."""
@@ -371,6 +370,7 @@ def test_served_connections_have_tcp_nodelay():
             server.close()
 
     assert asyncio.run(accepted_nodelay()) != 0
+
 
 # -- short requests for a GUI: a slice as a job, a volume opened in steps ----------------------------------------------
 def test_a_slice_as_a_job_equals_the_synchronous_answer(server):
