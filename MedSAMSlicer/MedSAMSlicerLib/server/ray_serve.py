@@ -35,6 +35,9 @@ from typing import Any, Callable, Optional
 
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.exceptions import ReplicaUnavailableError
+
+LOST = (RayActorError, ReplicaUnavailableError)  # the replica died (or is dying) under the call
 
 from ..client import wire
 from ..engine.boxes import Box
@@ -52,6 +55,7 @@ TAG = "replica:"  # multiplexed id prefix of "this very replica"
 CALL_TIMEOUT = 600.0  # s: a call may wait for a busy replica's model worker
 FIND_TIMEOUT = 20.0  # s: how long the ingress keeps asking for a replica that is alive but busy
 MAX_RESTARTS = 5  # of one job, after replicas were lost
+LOSS_TIMEOUT = 60.0  # s of failed calls before a request is answered 503 (Serve notices a dead replica in seconds)
 ROUTING_LAG = 1.0  # s after a placement during which a "re-send" from another replica is Ray's routing catching up
 
 
@@ -360,7 +364,7 @@ class FrontEngine:
     def replica_call(self, fingerprint: str, method: str, *args, with_replica: bool = False):
         """``method`` on the replica that holds ``fingerprint`` (Ray's multiplexed routing); with
         ``with_replica``: (its answer, that replica's id)."""
-        failures = 0
+        deadline = time.monotonic() + LOSS_TIMEOUT
         while True:
             try:
                 value, replica = self._unwrap(self._remote(fingerprint, method, *args))
@@ -369,14 +373,13 @@ class FrontEngine:
                 if not self._routing_lags(fingerprint, wanted.replica):
                     raise
                 continue
-            except RayActorError as error:
-                failures += 1
-                if failures >= 3:
-                    break  # the replica died under the call: ask the one that replaced it
+            except LOST as error:  # ask again: Ray routes to a live replica once it knows of the loss
                 self.counts["replica_losses"] += 1
                 log.warning("an engine replica was lost during %s: %s", method, first_line(error))
-                time.sleep(0.5)
-        raise ServiceError("the engine replicas keep failing; see the server's log", "unavailable", 503)
+                if time.monotonic() > deadline:
+                    raise ServiceError("the engine replicas keep failing; see the server's log", "unavailable",
+                                       503) from None
+                time.sleep(0.25)
 
     def _routing_lags(self, fingerprint: str, replica: str) -> bool:
         """Whether a "re-send" answer only means that Ray's routers have not yet heard (replicas announce the
@@ -401,7 +404,7 @@ class FrontEngine:
                 return self._unwrap(self._remote(TAG + tag, method, *args, TAG + tag))[0]
             except Elsewhere:
                 self.counts["misrouted"] += 1
-            except RayActorError:
+            except LOST:
                 pass
             if tag not in self.live_replicas():
                 raise ReplicaLost(tag)
