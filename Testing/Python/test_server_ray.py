@@ -177,6 +177,9 @@ def test_above_max_ongoing_requests_spills_are_re_sent_and_right(ray_server, seg
     job = remote.propagate({5: BOX})
     results, errors, clients = {}, [], []
     start = threading.Barrier(3 * MAX_ONGOING)
+    propagated = {}
+    poller = threading.Thread(target=lambda: propagated.update(job.result()))  # polls all along
+    poller.start()
 
     def read(reader: int) -> None:
         client = client_of(ray_server)
@@ -193,7 +196,7 @@ def test_above_max_ongoing_requests_spills_are_re_sent_and_right(ray_server, seg
         thread.start()
     for thread in threads:
         thread.join(600)
-    propagated = job.result()
+    poller.join(600)
     assert not errors, errors
     local = in_process(segmenter, cache, volume)
     for reader, mask in results.items():

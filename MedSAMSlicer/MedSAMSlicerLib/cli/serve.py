@@ -108,7 +108,9 @@ def serve_ray(config, args: argparse.Namespace, tokens: list[str], sock) -> None
         from ..server.ray_serve import serve_on_ray
     except ImportError as error:
         raise OptionError(f"serve --ray needs Ray Serve: pip install 'medsam-slicer[ray]' ({error})") from None
-    port = sock.getsockname()[1]
+    from ..server.run import url_of
+
+    port, url = sock.getsockname()[1], url_of(sock, args.host)
     sock.close()  # Ray's HTTP proxy binds the port itself (chosen here, so that --port 0 works too)
     serve_on_ray(config, args.host, port, tokens, args.ray_address, args.replicas, args.replica_cpus,
-                 args.replica_gpus, args.max_ongoing, args.object_store_mb, args.parent_pid)
+                 args.replica_gpus, args.max_ongoing, args.object_store_mb, args.parent_pid, url)

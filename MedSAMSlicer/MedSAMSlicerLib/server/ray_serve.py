@@ -734,8 +734,10 @@ def build_app(config: ServerConfig, tokens: list[str], replicas: int = 1, replic
 
 def serve_on_ray(config: ServerConfig, host: str, port: int, tokens: list[str], address: Optional[str] = None,
                  replicas: int = 1, replica_cpus: float = 1.0, replica_gpus: float = 0.0, max_ongoing: int = 16,
-                 object_store_mb: Optional[float] = None, parent_pid: Optional[int] = None) -> int:
-    """Start a local Ray cluster (or join ``address``), deploy the app, print the URL line, serve until stopped."""
+                 object_store_mb: Optional[float] = None, parent_pid: Optional[int] = None,
+                 url: Optional[str] = None) -> int:
+    """Start a local Ray cluster (or join ``address``), deploy the app, print the URL line (``url``: as
+    :func:`.run.url_of` wrote it for the port chosen), serve until stopped."""
     import signal
     import sys
 
@@ -760,8 +762,7 @@ def serve_on_ray(config: ServerConfig, host: str, port: int, tokens: list[str], 
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         serve.run(build_app(config, tokens, replicas, replica_cpus, replica_gpus, max_ongoing), name=APP_NAME,
                   route_prefix="/", blocking=False)
-        shown = "[" + host + "]" if ":" in host else host
-        print(f"http://{shown}:{port}", flush=True)  # the first stdout line, as `serve` prints it
+        print(url or f"http://{host}:{port}", flush=True)  # the first stdout line, as `serve` prints it
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
         signal.signal(signal.SIGINT, lambda *_: stopping.set())
         if parent_pid:
