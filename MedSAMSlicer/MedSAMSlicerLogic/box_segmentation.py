@@ -50,8 +50,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib.engine import axes
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import axes
+from MedSAMSlicerLib.protocol.boxes import Box
 from MedSAMSlicerLib.errors import (BoxError, Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError,
                                     first_line)
 

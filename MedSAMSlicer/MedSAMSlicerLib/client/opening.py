@@ -35,8 +35,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..errors import EngineUnavailable, ServiceError
-from . import wire
+from ..errors import EngineUnavailable, InputImageError, ServiceError
+from ..protocol import SessionSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class VolumeOpening:
                  upload_timeout: float = UPLOAD_TIMEOUT) -> None:
         array = np.asarray(array)
         if array.ndim != 3:
-            raise wire.ERROR_CLASSES["input_image"](f"the volume has {array.ndim} dimensions; give a 3D array")
+            raise InputImageError(f"the volume has {array.ndim} dimensions; give a 3D array")
         self.client = client
         self.array = np.ascontiguousarray(array)  # the logic's copies are contiguous already: no copy then
         self._bytes = memoryview(self.array.reshape(-1).view(np.uint8))
-        self.session_body = {
-            "spacing": [float(v) for v in spacing], "origin": [float(v) for v in origin],
-            "direction": [float(v) for v in np.ravel(direction)], "window": str(window), "axis": str(axis),
-            "modality": modality, "already_normalized": bool(already_normalized)}
+        self.session_body = SessionSpec(
+            tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
+            tuple(float(v) for v in np.ravel(direction)), str(window), str(axis), modality,
+            bool(already_normalized)).to_json()
         self.upload_timeout = upload_timeout
         self.fingerprint = fingerprint
         self.stage = "hash" if fingerprint is None else "check"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .device import DeviceChoice, choose_device
 from ..errors import CheckpointError, first_line
+from .device import DeviceChoice, choose_device
 from .tiny_vit import TinyViT
 from .weights import ModelEntry, VerifiedCheckpoint, model_entry, resolve_checkpoint
 

@@ -17,9 +17,9 @@ from typing import Callable, Protocol, TypeVar
 import numpy as np
 import torch
 
+from ..errors import first_line
 from .boxes import Box
 from .device import is_gpu_failure
-from ..errors import first_line
 from .models import LoadedModel
 from .pipelines import SliceGeometry, pipeline_for
 from .runtime_onnx import physical_cores
