@@ -90,6 +90,20 @@ class EngineClient:
             raise EngineUnavailable(f"the engine at {self.url} sent a non-JSON answer to {path}")
         return body
 
+    @property
+    def known_info(self) -> dict | None:
+        """The last ``/info`` answer (no request), or None before the first."""
+        return self._info
+
+    @property
+    def local_dir(self) -> str | None:
+        """The server's private folder when it shares our file system ("" once known not to; None: not yet known)."""
+        return self._local_dir
+
+    @local_dir.setter
+    def local_dir(self, folder: str | None) -> None:
+        self._local_dir = folder
+
     # -- server ---------------------------------------------------------------------------------------------------
     def health(self, timeout: float | None = None) -> dict:
         return self.request("GET", "/health", timeout=timeout)
@@ -221,8 +235,8 @@ class RemoteVolume:
         self.session_id: str = body["session_id"]
         self.fingerprint: str = body["fingerprint"]
         self.slice_count: int = int(body["slice_count"])
-        self.slice_shape: tuple[int, int] = tuple(body["slice_shape"])  # type: ignore[assignment]
-        self.shape: tuple[int, int, int] = tuple(body["shape"])  # type: ignore[assignment]
+        self.slice_shape: tuple[int, int] = tuple(body["slice_shape"])
+        self.shape: tuple[int, int, int] = tuple(body["shape"])
         self.np_axis: int = int(body["np_axis"])
         self.window: str = body["window"]
         self.window_reason: str = body["window_reason"]
@@ -279,7 +293,11 @@ class RemoteJob:
     def __init__(self, volume: RemoteVolume | None, job_id: str, total: int = 0,
                  client: EngineClient | None = None) -> None:
         self.volume = volume
-        self.client: EngineClient = client if client is not None else volume.client  # type: ignore[union-attr]
+        if client is None:
+            if volume is None:
+                raise ValueError("a RemoteJob needs its volume or its client")
+            client = volume.client
+        self.client: EngineClient = client
         self.job_id = job_id
         self.status = JobStatus(JobState.RUNNING, 0, total)
         self._error: dict | None = None  # {"code", "message"} of a failed job
@@ -338,8 +356,8 @@ def _floats(values: Sequence[float]) -> tuple[float, ...]:
 def _reason(error: BaseException) -> str:
     """The root cause of a requests error in a few words (urllib3 nests the socket error several levels deep)."""
     cause = error
-    while cause.__cause__ is not None or cause.__context__ is not None:
-        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    while (parent := cause.__cause__ or cause.__context__) is not None:
+        cause = parent
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused (is `medsam-slicer serve` running?)"
     if isinstance(cause, (ConnectionResetError, BrokenPipeError)):

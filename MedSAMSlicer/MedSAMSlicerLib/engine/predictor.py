@@ -122,7 +122,7 @@ class Segmenter:
         if setting in ("off", "0", "no") or (setting not in ("on", "1", "yes") and physical_cores() < AHEAD_MIN_CORES):
             return 0
         try:
-            return int(self.runtime.ahead_depth)
+            return int(getattr(self.runtime, "ahead_depth"))  # optional, outside the Runtime protocol
         except Exception as error:  # the throughput copy failed to compile: run sequentially
             log.warning("encode-ahead unavailable: %s", first_line(error))
             return 0

@@ -85,7 +85,7 @@ class VolumeSession:
     def slice_shape(self) -> tuple[int, int]:
         shape = list(self.image.shape)
         del shape[self.np_axis]
-        return tuple(shape)  # type: ignore[return-value]
+        return tuple(shape)
 
     def cache_key(self, index: int) -> tuple:
         # The precision tag keeps fast-mode (bf16) embeddings apart; exact ones are shared by every runtime.

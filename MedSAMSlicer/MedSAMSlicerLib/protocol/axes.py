@@ -46,7 +46,8 @@ def slice_count(shape: tuple[int, int, int], np_axis: int) -> int:
 
 def take_slice(volume: NDArray[Any], np_axis: int, index: int) -> NDArray[Any]:
     """The 2D slice (a view) at ``index`` along ``np_axis``, rows/columns as in the module table."""
-    return np.take(volume, index, axis=np_axis)
+    plane: NDArray[Any] = np.take(volume, index, axis=np_axis)
+    return plane
 
 
 def put_slice(volume: NDArray[Any], np_axis: int, index: int, plane: NDArray[Any]) -> None:

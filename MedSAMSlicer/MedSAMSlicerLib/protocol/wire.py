@@ -62,7 +62,7 @@ def load_npy(raw: bytes | io.IOBase) -> NDArray[Any]:
     try:
         array: NDArray[Any] = np.load(stream, allow_pickle=False)
         return array
-    except Exception as error:  # not npy, object dtype (needs pickle), truncated
+    except Exception as error:  # noqa: BLE001 - not npy, object dtype (needs pickle), truncated: numpy raises many
         raise ServiceError(f"the volume is not a readable .npy array ({first_line(error)})") from None
 
 

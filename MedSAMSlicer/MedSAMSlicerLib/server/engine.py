@@ -422,7 +422,7 @@ class Engine:
                 job.update(state=JobState.CANCELLED, message=job.message or str(error))
                 return
             except MedSAMError as error:
-                body = {"code": error.code, "message": str(error)}
+                body: dict[str, object] = {"code": error.code, "message": str(error)}
                 if isinstance(error, ServiceError):
                     body["status"] = error.status
                 job.update(state=JobState.FAILED, message=str(error), error=body)
