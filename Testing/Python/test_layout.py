@@ -113,22 +113,24 @@ def test_protocol_stands_on_numpy_the_standard_library_and_the_foundations():
     assert not wrong, wrong
 
 
+def in_fresh_python(code: str) -> None:
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, sys.argv[1]); {code}", str(LIB.parent)],
+                   check=True)
+
+
 def test_protocol_loads_nothing_heavy():
     """In a fresh interpreter: the contract loads no model, HTTP or file-format package."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import MedSAMSlicerLib.protocol as p; "
-            "p.SessionSpec().to_json(); "
-            "bad = [m for m in ('torch', 'scipy', 'requests', 'fastapi', 'pydantic', 'SimpleITK', "
-            "'MedSAMSlicerLib.engine', 'MedSAMSlicerLib.client') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code, str(LIB.parent)], check=True)
+    in_fresh_python("import MedSAMSlicerLib.protocol as p; p.SessionSpec().to_json(); "
+                    "bad = [m for m in ('torch', 'scipy', 'requests', 'fastapi', 'pydantic', 'SimpleITK', "
+                    "'MedSAMSlicerLib.engine', 'MedSAMSlicerLib.client') if m in sys.modules]; assert not bad, bad")
 
 
 def test_engine_face_loads_lazily():
     """``engine``'s re-exports load on first use: a light module (the panel reads the model manifest) stays light."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import MedSAMSlicerLib.engine.weights; "
-            "from MedSAMSlicerLib.engine import Box, Volume, axes; "
-            "assert 'torch' not in sys.modules; "
-            "from MedSAMSlicerLib.engine import VolumeSession, propagation_options; assert 'torch' in sys.modules")
-    subprocess.run([sys.executable, "-c", code, str(LIB.parent)], check=True)
+    in_fresh_python("import MedSAMSlicerLib.engine.weights; from MedSAMSlicerLib.engine import Box, Volume, axes; "
+                    "assert 'torch' not in sys.modules; "
+                    "from MedSAMSlicerLib.engine import VolumeSession, propagation_options; "
+                    "assert 'torch' in sys.modules")
 
 
 def test_slicer_logic_uses_the_client_protocol_and_study_never_the_engine():

@@ -12,8 +12,9 @@ import pytest
 from conftest import shared_path
 
 from MedSAMSlicerLib.errors import BoxError, InputImageError
-from MedSAMSlicerLib.protocol import (Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceResult,
-                                      Volume, axes, box_values, check_voxels, decode_result, volume_from_matrix)
+from MedSAMSlicerLib.protocol import (Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest,
+                                      SliceResult, Volume, axes, box_values, check_voxels, decode_result,
+                                      volume_from_matrix)
 
 
 def test_box_wire_form_round_trips_and_bad_boxes_say_so():
@@ -52,6 +53,20 @@ def test_settings_and_results_round_trip_through_json():
     one = SliceResult(4, plane, float("nan"), Box(0, 0, 5, 5))
     back_one = SliceResult.from_json(json.loads(json.dumps(one.to_json())))
     assert np.array_equal(back_one.mask, plane) and back_one.score == 0.0 and back_one.box == one.box
+
+
+def test_each_server_request_converts_to_its_protocol_type():
+    """What the client sends (``to_json``) passes the server's strict models and comes back as the same value."""
+    from MedSAMSlicerLib.server.app import PropagateRequest, SegmentRequest, SessionRequest
+
+    spec = SessionSpec((0.5, 0.5, 2.0), (1.0, 2.0, 3.0), (1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0), "mr", "k", "MR")
+    assert SessionRequest.model_validate({"fingerprint": "0" * 64, **spec.to_json()}).to_protocol() == spec
+    prompt = SliceRequest(3, Box(1, 2, 30, 40), allow_degenerate=True)
+    assert SegmentRequest.model_validate(prompt.to_json()).to_protocol() == prompt
+    assert SliceRequest.from_json(json.loads(json.dumps(prompt.to_json()))) == prompt
+    settings = PropagationSettings(slice_range=(1, 4), stop=False, largest_component=True)
+    request = PropagateRequest.model_validate({"key_boxes": {"2": [1, 2, 3, 4]}, "options": settings.to_json()})
+    assert request.to_protocol() == {2: Box(1, 2, 3, 4)} and request.options.to_protocol() == settings
 
 
 def test_engine_translates_settings_both_ways():

@@ -22,7 +22,7 @@ import numpy as np
 import requests
 
 from ..errors import Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError, first_line
-from ..protocol import JobState, PropagationSettings, SessionSpec, box_values, decode_result, wire
+from ..protocol import Box, JobState, PropagationSettings, SessionSpec, SliceRequest, box_values, decode_result, wire
 from .opening import VolumeOpening, shares_files
 
 log = logging.getLogger(__name__)
@@ -249,8 +249,8 @@ class RemoteVolume:
                       allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
         """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``; waits for
         the encoder when the slice is not cached (scripts, the CLI; a GUI uses :meth:`start_segment_slice`)."""
-        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            "index": int(index), "box": box_values(box), "allow_degenerate": bool(allow_degenerate)})
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout,
+                                   json=_slice_request(index, box, allow_degenerate).to_json())
         return wire.unpack_mask(body["mask"]), float(body["score"])
 
     def start_segment_slice(self, index: int, box: Sequence[float], allow_degenerate: bool = False,
@@ -259,7 +259,7 @@ class RemoteVolume:
         slice shape), ``score``, ``encoder_calls`` and ``seconds``.  ``request_id``: the same id again (a start
         whose answer timed out) returns the same job."""
         body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            "index": int(index), "box": box_values(box), "allow_degenerate": bool(allow_degenerate), "async": True,
+            **_slice_request(index, box, allow_degenerate).to_json(), "async": True,
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
@@ -346,6 +346,10 @@ class RemoteJob:
         if status.state is not JobState.DONE:
             self.raise_failure()
         return decode_result(self.client.request("GET", f"/jobs/{self.job_id}/result", timeout=timeout))
+
+
+def _slice_request(index: int, box: object, allow_degenerate: bool) -> SliceRequest:
+    return SliceRequest(int(index), Box.from_json(box), bool(allow_degenerate))
 
 
 def _floats(values: Sequence[float]) -> tuple[float, ...]:

@@ -4,6 +4,7 @@ Each type has ``to_json()`` (plain dicts, lists and numbers, as they travel) and
 accepts what ``to_json`` writes, and the looser dicts older callers still pass).  The server's pydantic models
 validate untrusted input first and convert to these; the client builds these and sends ``to_json()``.
 
+- :class:`SliceRequest`: one slice's prompt (the slice index and its box; the place for any further prompt field).
 - :class:`SessionSpec`: how to open a session on an uploaded volume (geometry in LPS on the wire, window, slice axis).
 - :class:`PropagationSettings`: what a propagation job should do (the wire's form of the engine's
   ``PropagationOptions``: ``stop`` is a yes/no here; the engine picks the rule).
@@ -89,6 +90,22 @@ class SessionSpec:
         return cls(_floats(body.get("spacing", cls.spacing), 3), _floats(body.get("origin", cls.origin), 3),
                    _floats(body.get("direction", cls.direction), 9), str(body.get("window", "auto")),
                    str(body.get("axis", "axial")), body.get("modality"), bool(body.get("already_normalized", False)))
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """The prompt for one slice: a box on slice ``index`` (along the session's axis)."""
+
+    index: int
+    box: Box
+    allow_degenerate: bool = False  # a box thinner than a voxel (the evaluation's simulated boxes)
+
+    def to_json(self) -> Json:
+        return {"index": int(self.index), "box": self.box.to_json(), "allow_degenerate": bool(self.allow_degenerate)}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> SliceRequest:
+        return cls(int(body["index"]), Box.from_json(body["box"]), bool(body.get("allow_degenerate", False)))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__, protocol
 from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, ServiceError, first_line
-from ..protocol import Box, JobState, SessionSpec, wire
+from ..protocol import Box, JobState, SessionSpec, SliceRequest, wire
 from .auth import Guard
 from .engine import Engine
 
@@ -62,8 +62,8 @@ class SegmentRequest(Startable):
     box: list[float] = Field(min_length=4, max_length=4)  # NaN reaches checked_box, which names the problem
     allow_degenerate: StrictBool = False
 
-    def to_protocol(self) -> Box:
-        return Box.from_json(self.box)
+    def to_protocol(self) -> SliceRequest:
+        return SliceRequest.from_json(self.model_dump())
 
 
 class PrefetchRequest(Strict):
@@ -214,9 +214,8 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
         """One box on one slice: the mask as packed bits of its bounding box, and the predicted IoU.  With
         ``async``: a job at once, whose result has the mask and the score (the encoder runs meanwhile)."""
         if body.run_async:
-            return engine.start_segment(owner(request), session_id, body.index, body.to_protocol(),
-                                        body.allow_degenerate, body.request_id)
-        mask, score = engine.segment(owner(request), session_id, body.index, body.to_protocol(), body.allow_degenerate)
+            return engine.start_segment(owner(request), session_id, body.to_protocol(), body.request_id)
+        mask, score = engine.segment(owner(request), session_id, body.to_protocol())
         return {"mask": wire.pack_mask(mask), "score": score if math.isfinite(score) else 0.0}
 
     @app.post("/sessions/{session_id}/prefetch")

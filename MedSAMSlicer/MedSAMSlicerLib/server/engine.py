@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from ..protocol import (
     PropagationResult,
     PropagationSettings,
     SessionSpec,
+    SliceRequest,
     SliceResult,
     axes,
     checked_box,
@@ -45,6 +46,7 @@ from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_pri
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
 log = logging.getLogger(__name__)
+Owned = TypeVar("Owned", "ClientSession", "Job")
 _MiB = 1 << 20
 _job_local = threading.local()  # the job whose thread is running, to count its encoder calls
 
@@ -303,10 +305,8 @@ class Engine:
 
     def session(self, owner: str, session_id: str) -> ClientSession:
         with self._lock:
-            session = self.sessions.get(session_id)
-            if session is None or not secrets.compare_digest(session.owner, owner):
-                raise ServiceError("no such session (it expired, was closed, or belongs to another client)",
-                                   "not_found", 404)
+            session = _owned(self.sessions, session_id, owner,
+                             "no such session (it expired, was closed, or belongs to another client)")
             session.last_used = time.monotonic()
             return session
 
@@ -324,25 +324,24 @@ class Engine:
             self.prepared.pop(session.key, None)  # the embeddings stay in the shared cache
 
     # -- model work ---------------------------------------------------------------------------------------------
-    def segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool) -> tuple:
+    def segment(self, owner: str, session_id: str, prompt: SliceRequest) -> tuple:
         session = self.session(owner, session_id)
-        result = session.prepared.segment_slice(index, box, allow_degenerate)
+        result = session.prepared.segment_slice(prompt.index, prompt.box, prompt.allow_degenerate)
         session.last_used = time.monotonic()
         return result.mask, result.score
 
-    def start_segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool,
-                      request_id: str | None) -> dict:
+    def start_segment(self, owner: str, session_id: str, prompt: SliceRequest, request_id: str | None) -> dict:
         """:meth:`segment` as a job: the answer comes at once, the encoder (when the slice is not cached) runs on the
         model worker at the interactive priority, ahead of propagations and prefetch; the result is
         ``{"mask", "score", "encoder_calls", "seconds"}``."""
         session = self.session(owner, session_id)
-        session.prepared.check_index(index)  # a slice outside the volume or a bad box is refused now, not in the job
-        checked_box(box, session.prepared.slice_shape, allow_degenerate)
+        session.prepared.check_index(prompt.index)  # a slice outside the volume or a bad box: refused now, not later
+        checked_box(prompt.box, session.prepared.slice_shape, prompt.allow_degenerate)
         job, new = self._new_job(owner, session.id, 1, request_id)
         if new:
             def work() -> dict:
-                mask, score = self.segment(owner, session_id, index, box, allow_degenerate)
-                result = SliceResult(index, mask, score, box).to_json()
+                mask, score = self.segment(owner, session_id, prompt)
+                result = SliceResult(prompt.index, mask, score, prompt.box).to_json()
                 return {"mask": result["mask"], "score": result["score"]}
 
             self._launch(job, work, "segment", discard=lambda result: None)
@@ -445,10 +444,7 @@ class Engine:
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> Job:
         with self._lock:
-            job = self.jobs.get(job_id)
-            if job is None or not secrets.compare_digest(job.owner, owner):
-                raise ServiceError("no such job (it finished long ago, or belongs to another client)",
-                                   "not_found", 404)
+            job = _owned(self.jobs, job_id, owner, "no such job (it finished long ago, or belongs to another client)")
             job.last_seen = time.monotonic()
             session = self.sessions.get(job.session_id)
             if session is not None:
@@ -493,6 +489,14 @@ class Engine:
                 "rss_mb": round(_rss() / _MiB, 1),
                 "memory_budget_mb": round((self.baseline_rss + self.config.memory_bytes) / _MiB, 1),
                 "local_dir": str(self.private_dir), "warnings": list(self.warnings)}
+
+
+def _owned(table: dict[str, Owned], key: str, owner: str, missing: str) -> Owned:
+    """The entry of ``table`` under ``key`` if ``owner`` owns it; else 404, as if it did not exist."""
+    item = table.get(key)
+    if item is None or not secrets.compare_digest(item.owner, owner):
+        raise ServiceError(missing, "not_found", 404)
+    return item
 
 
 def _rss() -> int:
