@@ -24,6 +24,7 @@ Layout (README "Many readers, many GPUs"):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -31,21 +32,19 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
-LOST = (RayActorError, ReplicaUnavailableError)  # the replica died (or is dying) under the call
-
-from ..client import wire
-from ..engine.boxes import Box
 from ..errors import ERROR_CLASSES, MedSAMError, ServiceError, first_line
+from ..protocol import Box, PropagationSettings, SessionSpec, SliceRequest, wire
 from .engine import Engine, ServerConfig
 from .volumes import checked_fingerprint
 
 log = logging.getLogger(__name__)
+LOST = (RayActorError, ReplicaUnavailableError)  # the replica died (or is dying) under the call
 
 APP_NAME = "medsam"
 MODEL_DEPLOYMENT = "Model"
@@ -54,6 +53,8 @@ ELSEWHERE = "elsewhere"
 TAG = "replica:"  # multiplexed id prefix of "this very replica"
 CALL_TIMEOUT = 600.0  # s: a call may wait for a busy replica's model worker
 FIND_TIMEOUT = 20.0  # s: how long the ingress keeps asking for a replica that is alive but busy
+POLL_PATIENCE = 2.0  # s: a job poll that cannot reach its (alive, saturated) replica answers the last known state
+REPLICA_HEARTBEAT = 24 * 3600.0  # s: the ingress, not the replica, cancels jobs nobody polls (see FrontEngine)
 MAX_RESTARTS = 5  # of one job, after replicas were lost
 LOSS_TIMEOUT = 60.0  # s of failed calls before a request is answered 503 (Serve notices a dead replica in seconds)
 ROUTING_LAG = 1.0  # s after a placement during which a "re-send" from another replica is Ray's routing catching up
@@ -102,7 +103,7 @@ class ReplicaEngine(Engine):
 
 
 def _error_of(error: MedSAMError, tag: str) -> dict:
-    body = {"code": error.code, "message": str(error), "replica": tag}
+    body: dict[str, Any] = {"code": error.code, "message": str(error), "replica": tag}
     if isinstance(error, ServiceError):
         body["status"] = error.status
     if isinstance(error, ResendVolume):
@@ -115,7 +116,8 @@ class ModelReplica:
     ``{"error": {...}}`` (our errors cross the Ray boundary as data, not as pickled exceptions)."""
 
     def __init__(self, config: ServerConfig) -> None:
-        self.engine = ReplicaEngine(config)
+        # A poll may not reach a replica taking max_ongoing_requests already; the ingress keeps the heartbeat.
+        self.engine = ReplicaEngine(dataclasses.replace(config, job_heartbeat=REPLICA_HEARTBEAT))
         self.engine.start()
         self.engine.load()  # in the constructor: Serve marks the replica ready once the model is in
         if self.engine.load_error:
@@ -155,12 +157,16 @@ class ModelReplica:
     async def add_volume(self, fingerprint: str, array, model_id: str) -> dict:
         if model_id.startswith(TAG) and model_id != TAG + self.tag:
             return _error_of(Elsewhere(), self.tag)
-        answer = await self._answer(lambda: self.engine.add_volume(fingerprint, array) or True)
+        def work() -> bool:
+            self.engine.add_volume(fingerprint, array)
+            return True
+
+        answer = await self._answer(work)
         if "ok" in answer:
             await self.hold(fingerprint)  # now Ray routes this fingerprint here
         return answer
 
-    def _session(self, owner: str, fingerprint: str, sid: str, spec: tuple) -> str:
+    def _session(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec) -> str:
         """This engine's session for the ingress session ``sid``, opened here when needed."""
         with self._lock:
             local = self.opened.get((owner, sid))
@@ -171,7 +177,7 @@ class ModelReplica:
             except ServiceError:  # expired here
                 pass
         try:
-            described = self.engine.open_session(owner, fingerprint, *spec)
+            described = self.engine.open_session(owner, fingerprint, spec)
         except ServiceError as error:
             if error.code == "not_found" and not self.engine.has_volume(fingerprint):
                 raise ResendVolume(fingerprint, self.tag) from None
@@ -180,7 +186,7 @@ class ModelReplica:
             self.opened[(owner, sid)] = described["session_id"]
         return described["session_id"]
 
-    async def open(self, owner: str, fingerprint: str, sid: str, spec: tuple) -> dict:
+    async def open(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec) -> dict:
         def work() -> dict:
             local = self._session(owner, fingerprint, sid, spec)
             return dict(self.engine.session(owner, local).describe(), session_id=sid)
@@ -200,29 +206,28 @@ class ModelReplica:
 
         return await self._answer(work)
 
-    async def segment(self, owner: str, fingerprint: str, sid: str, spec: tuple, index: int, box: list,
-                      allow_degenerate: bool, run_async: bool = False) -> dict:
-        def work():
+    async def segment(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, prompt: SliceRequest,
+                      run_async: bool = False) -> dict:
+        def work() -> Any:
             local = self._session(owner, fingerprint, sid, spec)
             if run_async:
-                return self.engine.start_segment(owner, local, index, Box(*box), allow_degenerate, None)
-            mask, score = self.engine.segment(owner, local, index, Box(*box), allow_degenerate)
+                return self.engine.start_segment(owner, local, prompt, None)
+            mask, score = self.engine.segment(owner, local, prompt)
             return mask, float(score)
 
         return await self._answer(work, fingerprint)
 
-    async def prefetch(self, owner: str, fingerprint: str, sid: str, spec: tuple, indices: list) -> dict:
+    async def prefetch(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, indices: list) -> dict:
         def work() -> int:
             self.engine.prefetch(owner, self._session(owner, fingerprint, sid, spec), indices)
             return len(indices)
 
         return await self._answer(work, fingerprint)
 
-    async def start_job(self, owner: str, fingerprint: str, sid: str, spec: tuple, key_boxes: dict,
-                        options: dict) -> dict:
+    async def start_job(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, key_boxes: dict[int, Box],
+                        settings: PropagationSettings) -> dict:
         def work() -> dict:
-            local = self._session(owner, fingerprint, sid, spec)
-            return self.engine.start_job(owner, local, {int(k): Box(*v) for k, v in key_boxes.items()}, options)
+            return self.engine.start_job(owner, self._session(owner, fingerprint, sid, spec), key_boxes, settings)
 
         return await self._answer(work, fingerprint)
 
@@ -253,7 +258,7 @@ class FrontSession:
     id: str
     owner: str
     fingerprint: str
-    spec: tuple  # spacing, origin, direction, window, axis, modality, already_normalized
+    spec: SessionSpec
     description: dict
     front: "FrontEngine"
     last_used: float = field(default_factory=time.monotonic)
@@ -289,6 +294,7 @@ class FrontJob:
     needs_volume: bool = False
     restarts: int = 0
     cancelled: bool = False
+    last_seen: float = field(default_factory=time.monotonic)  # the client's last poll
 
     def describe(self) -> dict:
         return {"job_id": self.id, "state": self.state, "done": self.done, "total": self.total,
@@ -334,6 +340,7 @@ class FrontEngine:
         self.placed: dict[str, tuple[str, float]] = {}  # fingerprint -> (replica that took it last, when)
         self.upload_locks: dict[str, threading.Lock] = {}
         self.counts: Counter = Counter()  # uploads, resent_volumes, misrouted, job_restarts, replica_losses
+        self._reaper: Optional[threading.Thread] = None
 
     @property
     def model(self):
@@ -395,9 +402,10 @@ class FrontEngine:
         time.sleep(0.05)
         return True
 
-    def at_replica(self, tag: str, method: str, *args):
-        """``method`` on replica ``tag`` itself; :class:`ReplicaLost` when it is gone."""
-        deadline = time.monotonic() + FIND_TIMEOUT
+    def at_replica(self, tag: str, method: str, *args, patience: float = FIND_TIMEOUT):
+        """``method`` on replica ``tag`` itself; :class:`ReplicaLost` when it is gone, a 503 "busy" when it is
+        alive but did not take the call within ``patience`` seconds (it is taking max_ongoing_requests)."""
+        deadline = time.monotonic() + patience
         pause = 0.02
         while True:
             try:
@@ -409,8 +417,7 @@ class FrontEngine:
             if tag not in self.live_replicas():
                 raise ReplicaLost(tag)
             if time.monotonic() > deadline:
-                raise ServiceError(f"engine replica {tag[:8]} did not answer within {FIND_TIMEOUT:g} s",
-                                   "unavailable", 503)
+                raise ServiceError(f"engine replica {tag[:8]} did not answer within {patience:g} s", "busy", 503)
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
 
@@ -464,10 +471,8 @@ class FrontEngine:
         return self.volume_from_file(fingerprint, name)
 
     # -- sessions -------------------------------------------------------------------------------------------------
-    def open_session(self, owner: str, fingerprint: str, spacing, origin, direction, window: str, axis: str,
-                     modality: Optional[str], already_normalized: bool) -> dict:
+    def open_session(self, owner: str, fingerprint: str, spec: SessionSpec) -> dict:
         checked_fingerprint(fingerprint)
-        spec = (tuple(spacing), tuple(origin), tuple(direction), window, axis, modality, already_normalized)
         with self._lock:
             self._expire()
             if len(self.sessions) >= self.config.max_sessions:
@@ -479,18 +484,18 @@ class FrontEngine:
             self.sessions[sid] = FrontSession(sid, owner, fingerprint, spec, described, self)
         return described
 
-    def start_open_session(self, owner: str, request_id: Optional[str], *args) -> dict:
-        checked_fingerprint(args[0])
+    def start_open_session(self, owner: str, request_id: Optional[str], fingerprint: str, spec: SessionSpec) -> dict:
+        checked_fingerprint(fingerprint)
 
         def launch(job: FrontJob) -> None:
             def run() -> None:
                 try:
-                    opened = self.open_session(owner, *args)
+                    opened = self.open_session(owner, fingerprint, spec)
                 except ResendVolume:
                     job.needs_volume = True
                     return
                 except MedSAMError as error:
-                    body = {"code": error.code, "message": str(error)}
+                    body: dict[str, Any] = {"code": error.code, "message": str(error)}
                     if isinstance(error, ServiceError):
                         body["status"] = error.status
                     job.state, job.message, job.error = "failed", str(error), body
@@ -509,7 +514,7 @@ class FrontEngine:
 
             threading.Thread(target=run, name="medsam-open", daemon=True).start()
 
-        return self._new_job(owner, "", 1, request_id, launch, args[0]).describe()
+        return self._new_job(owner, "", 1, request_id, launch, fingerprint).describe()
 
     def _close_quietly(self, owner: str, sid: str) -> None:
         try:
@@ -550,28 +555,24 @@ class FrontEngine:
             pass
 
     # -- model work -----------------------------------------------------------------------------------------------
-    def segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool) -> tuple:
+    def segment(self, owner: str, session_id: str, prompt: SliceRequest) -> tuple:
         s = self.session(owner, session_id)
-        return self.replica_call(s.fingerprint, "segment", owner, s.fingerprint, s.id, s.spec, int(index),
-                                 [float(v) for v in box.as_array()], bool(allow_degenerate))
+        return tuple(self.replica_call(s.fingerprint, "segment", owner, s.fingerprint, s.id, s.spec, prompt))
 
-    def start_segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool,
-                      request_id: Optional[str]) -> dict:
+    def start_segment(self, owner: str, session_id: str, prompt: SliceRequest, request_id: Optional[str]) -> dict:
         s = self.session(owner, session_id)
-        args = (owner, s.fingerprint, s.id, s.spec, int(index), [float(v) for v in box.as_array()],
-                bool(allow_degenerate), True)
+        args = (owner, s.fingerprint, s.id, s.spec, prompt, True)
         return self._remote_job(owner, s, 1, request_id, "segment", args)
 
     def prefetch(self, owner: str, session_id: str, indices: list[int]) -> None:
         s = self.session(owner, session_id)
         self.replica_call(s.fingerprint, "prefetch", owner, s.fingerprint, s.id, s.spec, list(indices))
 
-    def start_job(self, owner: str, session_id: str, key_boxes: dict, options: dict,
+    def start_job(self, owner: str, session_id: str, key_boxes: dict[int, Box], settings: PropagationSettings,
                   request_id: Optional[str] = None) -> dict:
         s = self.session(owner, session_id)
-        boxes = {int(k): [float(v) for v in b.as_array()] for k, b in key_boxes.items()}
-        return self._remote_job(owner, s, 0, request_id, "start_job", (owner, s.fingerprint, s.id, s.spec, boxes,
-                                                                        dict(options)))
+        return self._remote_job(owner, s, 0, request_id, "start_job",
+                                (owner, s.fingerprint, s.id, s.spec, dict(key_boxes), settings))
 
     def _remote_job(self, owner: str, session: FrontSession, total: int, request_id: Optional[str], method: str,
                     args: tuple) -> dict:
@@ -593,7 +594,26 @@ class FrontEngine:
             self.jobs[job.id] = job
             if request_id:
                 self.requests[(owner, request_id)] = job.id
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="medsam-ray-reaper", daemon=True)
+                self._reaper.start()
         return job.describe()
+
+    def _reap(self) -> None:
+        """Cancel the jobs whose client stopped polling (the replicas' own heartbeat is off: a poll may not reach a
+        saturated replica for a while), and expire idle sessions."""
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self._lock:
+                self._expire()
+                unpolled = [j for j in self.jobs.values() if j.tag and j.state == "running" and not j.cancelled
+                            and now - j.last_seen > self.config.job_heartbeat]
+                self.counts["cancelled_unpolled_jobs"] += len(unpolled)
+            for job in unpolled:
+                log.info("job %s: its client stopped polling; cancelling it", job.id[:8])
+                job.message = "cancelled: the client stopped polling"
+                self._cancel(job)
 
     def _start(self, job: FrontJob, first: bool = False) -> None:
         try:
@@ -625,9 +645,10 @@ class FrontEngine:
             if job is None or not secrets.compare_digest(job.owner, owner):
                 raise ServiceError("no such job (it finished long ago, or belongs to another client)",
                                    "not_found", 404)
+            job.last_seen = time.monotonic()
             session = self.sessions.get(job.session_id)
             if session is not None:
-                session.last_used = time.monotonic()
+                session.last_used = job.last_seen
         if job.needs_volume:  # the client was told to re-send the volume; it did, and polls again
             job.needs_volume = False
             if job.tag:
@@ -647,11 +668,14 @@ class FrontEngine:
     def _refresh(self, job: FrontJob, wait: float) -> None:
         """Poll the replica the job runs on; start the job again when that replica is gone."""
         try:
-            job.take(self.at_replica(job.tag, "job", job.owner, job.remote_id, min(wait, 2.0)))
+            job.take(self.at_replica(job.tag, "job", job.owner, job.remote_id, min(wait, 2.0),
+                                     patience=POLL_PATIENCE))
             return
         except ReplicaLost:
             pass
         except ServiceError as error:
+            if error.code == "busy":
+                return  # the last known state; the job goes on where it runs, and the client polls again
             if error.code != "not_found":
                 raise
         with self._lock:
@@ -686,7 +710,7 @@ class FrontEngine:
                 replicas[tag] = self.at_replica(tag, "info")
             except ServiceError as error:
                 replicas[tag] = {"error": str(error)}
-        first = next((r for r in replicas.values() if "model" in r), {})
+        first: dict[str, Any] = next((r for r in replicas.values() if "model" in r), {})
         with self._lock:
             running = sum(1 for j in self.jobs.values() if j.state == "running")
             counts = dict(self.counts)
@@ -699,7 +723,9 @@ class FrontEngine:
                 "idle_timeout_s": self.config.idle_timeout, "max_upload_bytes": self.config.max_upload_bytes,
                 "volume_uploads": counts.get("uploads", 0), "resent_volumes": counts.get("resent_volumes", 0),
                 "misrouted_polls": counts.get("misrouted", 0), "job_restarts": counts.get("job_restarts", 0),
-                "replica_losses": counts.get("replica_losses", 0), "local_dir": None, "warnings": []}
+                "replica_losses": counts.get("replica_losses", 0),
+                "cancelled_unpolled_jobs": counts.get("cancelled_unpolled_jobs", 0), "local_dir": None,
+                "warnings": []}
 
 
 def build_app(config: ServerConfig, tokens: list[str], replicas: int = 1, replica_cpus: float = 1.0,
@@ -711,7 +737,7 @@ def build_app(config: ServerConfig, tokens: list[str], replicas: int = 1, replic
     from .app import create_app
 
     front = FrontEngine(config)
-    app = create_app(front, tokens)
+    app = create_app(cast("Engine", front), tokens)  # FrontEngine answers everything app.py asks of an Engine
 
     @app.exception_handler(ResendVolume)
     async def _resend(request: Request, error: ResendVolume) -> JSONResponse:
@@ -726,10 +752,12 @@ def build_app(config: ServerConfig, tokens: list[str], replicas: int = 1, replic
         def __init__(self, model) -> None:
             self.model = model  # bound so that Serve deploys the replicas; FrontEngine looks the handle up
 
-    model = serve.deployment(ModelReplica, name=MODEL_DEPLOYMENT).options(
+    deployment: Any = serve.deployment(ModelReplica, name=MODEL_DEPLOYMENT)  # Serve's stubs miss this form
+    model = deployment.options(
         num_replicas=replicas, max_ongoing_requests=max_ongoing, graceful_shutdown_timeout_s=5,
         ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus})
-    return Ingress.bind(model.bind(config))
+    ingress: Any = Ingress
+    return ingress.bind(model.bind(config))
 
 
 def serve_on_ray(config: ServerConfig, host: str, port: int, tokens: list[str], address: Optional[str] = None,
@@ -748,9 +776,10 @@ def serve_on_ray(config: ServerConfig, host: str, port: int, tokens: list[str], 
 
     local = not address
     try:
+        options: dict[str, Any] = {"object_store_memory": int(object_store_mb * (1 << 20))} \
+            if local and object_store_mb else {}
         ray.init(address=address or None, namespace="medsam-slicer", include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING,
-                 **({"object_store_memory": int(object_store_mb * (1 << 20))} if local and object_store_mb else {}))
+                 log_to_driver=False, logging_level=logging.WARNING, **options)
     except (ConnectionError, ValueError, RuntimeError) as error:
         raise OptionError(f"cannot {'join the Ray cluster at ' + address if address else 'start Ray'}: "
                           f"{first_line(error)}") from None
