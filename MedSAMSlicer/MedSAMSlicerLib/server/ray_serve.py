@@ -349,9 +349,14 @@ class FrontEngine:
         return self._model
 
     # -- calls to the replicas ------------------------------------------------------------------------------------
-    def _remote(self, model_id: str, method: str, *args) -> dict:
+    def _remote(self, model_id: str, method: str, *args, timeout: float = CALL_TIMEOUT) -> dict:
         handle = getattr(self.model.options(multiplexed_model_id=model_id), method)
-        return handle.remote(*args).result(timeout_s=CALL_TIMEOUT)
+        response = handle.remote(*args)
+        try:
+            return response.result(timeout_s=timeout)
+        except TimeoutError:  # still waiting for a free slot of a saturated replica: withdraw it
+            response.cancel()
+            raise
 
     def _unwrap(self, answer: dict):
         if "error" not in answer:
@@ -409,7 +414,9 @@ class FrontEngine:
         pause = 0.02
         while True:
             try:
-                return self._unwrap(self._remote(TAG + tag, method, *args, TAG + tag))[0]
+                return self._unwrap(self._remote(TAG + tag, method, *args, TAG + tag, timeout=patience + 10.0))[0]
+            except TimeoutError:
+                pass
             except Elsewhere:
                 self.counts["misrouted"] += 1
             except LOST:
