@@ -204,7 +204,10 @@ def test_above_max_ongoing_requests_spills_are_re_sent_and_right(ray_server, seg
     assert np.array_equal(propagated["mask"], propagate(local, {5: box_of(BOX)}, PropagationOptions()).mask)
     after = ray_server.info()
     resent = sum(c.resent for c in clients) + owner.resent
-    assert resent >= 1 and after["resent_volumes"] - before["resent_volumes"] == resent
+    # every "re-send the volume" answer was followed by a re-send, and at least one volume reached the replica that
+    # asked (concurrent re-sends of one volume after the first find it there already)
+    assert resent >= 1 and after["resend_answers"] - before["resend_answers"] == resent
+    assert after["resent_volumes"] > before["resent_volumes"]
     assert after["job_restarts"] == before["job_restarts"]  # every poll reached the job's replica
     remote.close()
 

@@ -342,6 +342,10 @@ class FrontEngine:
         self.counts: Counter = Counter()  # uploads, resent_volumes, misrouted, job_restarts, replica_losses
         self._reaper: Optional[threading.Thread] = None
 
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
     @property
     def model(self):
         if self._model is None:
@@ -386,7 +390,7 @@ class FrontEngine:
                     raise
                 continue
             except LOST as error:  # ask again: Ray routes to a live replica once it knows of the loss
-                self.counts["replica_losses"] += 1
+                self.count("replica_losses")
                 log.warning("an engine replica was lost during %s: %s", method, first_line(error))
                 if time.monotonic() > deadline:
                     raise ServiceError("the engine replicas keep failing; see the server's log", "unavailable",
@@ -418,7 +422,7 @@ class FrontEngine:
             except TimeoutError:
                 pass
             except Elsewhere:
-                self.counts["misrouted"] += 1
+                self.count("misrouted")
             except LOST:
                 pass
             if tag not in self.live_replicas():
@@ -728,7 +732,8 @@ class FrontEngine:
                 "encoder_calls": sum(int(r.get("encoder_calls", 0)) for r in replicas.values()),
                 "sessions": sessions, "jobs_running": running, "max_sessions": self.config.max_sessions,
                 "idle_timeout_s": self.config.idle_timeout, "max_upload_bytes": self.config.max_upload_bytes,
-                "volume_uploads": counts.get("uploads", 0), "resent_volumes": counts.get("resent_volumes", 0),
+                "volume_uploads": counts.get("uploads", 0), "resend_answers": counts.get("resend_answers", 0),
+                "resent_volumes": counts.get("resent_volumes", 0),
                 "misrouted_polls": counts.get("misrouted", 0), "job_restarts": counts.get("job_restarts", 0),
                 "replica_losses": counts.get("replica_losses", 0),
                 "cancelled_unpolled_jobs": counts.get("cancelled_unpolled_jobs", 0), "local_dir": None,
@@ -750,6 +755,7 @@ def build_app(config: ServerConfig, tokens: list[str], replicas: int = 1, replic
     async def _resend(request: Request, error: ResendVolume) -> JSONResponse:
         body = wire.error_body(error)
         body["error"]["fingerprint"] = error.fingerprint  # which volume to send again
+        front.count("resend_answers")
         return JSONResponse(body, status_code=409)
 
     @serve.deployment(name="Ingress", num_replicas=1, max_ongoing_requests=1000,
