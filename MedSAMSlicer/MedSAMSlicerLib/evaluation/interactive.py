@@ -161,9 +161,13 @@ class InteractiveResult:
     nsd_auc: float = 0.0
     final_dsc: float = 0.0
     final_nsd: float = 0.0
+    encode_s: float = 0.0  # measured seconds per encoder call in this run (0 when none ran)
+    decode_s: float = 0.0  # measured seconds per decoder call
+    mask: np.ndarray | None = None  # the object after the last step (not in the JSON)
+    step_masks: list = field(default_factory=list)  # the object after each step (not in the JSON)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k not in ("mask", "step_masks")}
 
 
 def evaluate_interactive(session: VolumeSession, target: Target, steps: int = 5, correction: str = "box",
@@ -185,6 +189,7 @@ def evaluate_interactive(session: VolumeSession, target: Target, steps: int = 5,
     obj = BoxBaseline(session, options) if baseline else CorrectableObject(session, options)
     result = InteractiveResult(target.name, correction, range_mode, baseline, jitter_seed)
     segmenter = session.segmenter
+    counters = (segmenter.encoder.calls, segmenter.encoder.seconds, segmenter.decoder.calls, segmenter.decoder.seconds)
 
     def record(action: str, work) -> None:
         decoder, encoder = segmenter.decoder.calls, segmenter.encoder.calls
@@ -192,6 +197,7 @@ def evaluate_interactive(session: VolumeSession, target: Target, steps: int = 5,
         work()
         seconds = time.perf_counter() - start
         prediction = obj.mask
+        result.step_masks.append(prediction)
         dsc = dice(prediction, target.mask)
         result.steps.append({"action": action, "dsc": dsc,
                              "nsd": challenge_nsd(prediction, target.mask, spacing, dsc, tolerance_mm),
@@ -218,4 +224,9 @@ def evaluate_interactive(session: VolumeSession, target: Target, steps: int = 5,
     nsds = [s["nsd"] for s in result.steps]
     result.dsc_auc, result.nsd_auc = auc(dscs, steps), auc(nsds, steps)
     result.final_dsc, result.final_nsd = dscs[-1], nsds[-1]
+    calls = segmenter.encoder.calls - counters[0]
+    result.encode_s = (segmenter.encoder.seconds - counters[1]) / calls if calls else 0.0
+    calls = segmenter.decoder.calls - counters[2]
+    result.decode_s = (segmenter.decoder.seconds - counters[3]) / calls if calls else 0.0
+    result.mask = obj.mask
     return result
