@@ -137,7 +137,10 @@ def price_case(a: CaseActions, c: Constants) -> dict:
             if not bad:
                 break
             now = failing(a, a.step_masks[n], c)
-        work = step["encoder_calls"] * c.encode_s + step["decoder_calls"] * c.decode_s
+        # A first session starts cold: every slice the first propagation decodes is encoded once, even when this
+        # run found the embeddings in a cache (later steps re-use them: their own encoder calls, as measured).
+        encodes = max(step["encoder_calls"], step["decoder_calls"]) if n == 0 else step["encoder_calls"]
+        work = encodes * c.encode_s + step["decoder_calls"] * c.decode_s
         if step["action"].startswith("box"):
             boxes += 1
             human += c.key_s + c.box_s()
