@@ -249,8 +249,11 @@ class RemoteVolume:
                       allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
         """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``; waits for
         the encoder when the slice is not cached (scripts, the CLI; a GUI uses :meth:`start_segment_slice`)."""
-        body = self.client.request("POST", self._path("/segment"), timeout=timeout,
-                                   json=_slice_request(index, box, allow_degenerate).to_json())
+        return self.segment(_slice_request(index, box, allow_degenerate), timeout)
+
+    def segment(self, prompt: SliceRequest, timeout: float = MODEL_TIMEOUT) -> tuple[np.ndarray, float]:
+        """:meth:`segment_slice` for one typed prompt (every field of it travels)."""
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json=prompt.to_json())
         return wire.unpack_mask(body["mask"]), float(body["score"])
 
     def start_segment_slice(self, index: int, box: Sequence[float], allow_degenerate: bool = False,
@@ -258,9 +261,13 @@ class RemoteVolume:
         """:meth:`segment_slice` as a job on the server: answers at once; ``job.result()`` has ``mask`` (bool,
         slice shape), ``score``, ``encoder_calls`` and ``seconds``.  ``request_id``: the same id again (a start
         whose answer timed out) returns the same job."""
+        return self.start_segment(_slice_request(index, box, allow_degenerate), timeout, request_id)
+
+    def start_segment(self, prompt: SliceRequest, timeout: float | None = None,
+                      request_id: str | None = None) -> "RemoteJob":
+        """:meth:`start_segment_slice` for one typed prompt (every field of it travels)."""
         body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            **_slice_request(index, box, allow_degenerate).to_json(), "async": True,
-            **({"request_id": request_id} if request_id else {})})
+            **prompt.to_json(), "async": True, **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
     def prefetch(self, indices: Sequence[int], timeout: float | None = None) -> None:

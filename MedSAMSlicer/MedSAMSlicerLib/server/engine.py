@@ -326,7 +326,7 @@ class Engine:
     # -- model work ---------------------------------------------------------------------------------------------
     def segment(self, owner: str, session_id: str, prompt: SliceRequest) -> tuple:
         session = self.session(owner, session_id)
-        result = session.prepared.segment_slice(prompt.index, prompt.box, prompt.allow_degenerate)
+        result = session.prepared.segment(prompt)
         session.last_used = time.monotonic()
         return result.mask, result.score
 
