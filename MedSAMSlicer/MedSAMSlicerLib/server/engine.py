@@ -31,17 +31,9 @@ import numpy as np
 from ..engine import EmbeddingCache, VolumeSession, propagation_options
 from ..engine.propagation import CancelToken, propagate
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
-from ..protocol import (
-    Box,
-    JobState,
-    PropagationResult,
-    PropagationSettings,
-    SessionSpec,
-    SliceRequest,
-    SliceResult,
-    axes,
-    checked_box,
-)
+from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
+from ..protocol.axes import take_slice
+from ..protocol.boxes import checked_box
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
@@ -84,7 +76,7 @@ class CountingSession(VolumeSession):
             job = getattr(_job_local, "job", None)
             if job is not None:
                 job.encoder_calls += 1
-            return self.segmenter.embed(axes.take_slice(self.image, self.np_axis, index))
+            return self.segmenter.embed(take_slice(self.image, self.np_axis, index))
 
         return self.cache.get_or_compute(self.cache_key(index), compute)
 
