@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedSAMSlicerLogic import dependencies
-from MedSAMSlicerLogic.shortcuts import key_sequences
+from MedSAMSlicerLogic.shortcuts import BUTTONS, key_sequences, tooltip_with_key
 
 try:
     from slicer.i18n import tr as _
@@ -78,6 +78,38 @@ def makeShortcuts(parent, actions: dict) -> list:
         shortcut.connect("activated()", actions[name])
         shortcuts.append(shortcut)
     return shortcuts
+
+
+def runGuarded(what: str, action, showMessage) -> None:
+    """Run a quick action of a slot.  A MedSAM error (bad input, engine down, a refused undo) is a routine hint: one
+    red status line, no pop-up.  Anything unexpected opens one message box with the traceback as details, as
+    ``slicer.util.tryWithErrorDisplay`` does (which re-raises: a slot must not, so it is not used as is)."""
+    import traceback
+
+    from MedSAMSlicerLib.errors import MedSAMError
+    from MedSAMSlicerLogic.messages import user_message
+
+    try:
+        action()
+    except MedSAMError as error:
+        showMessage(f"{what}: {user_message(error)}", error=True)
+    except Exception as error:  # noqa: BLE001 - never only the console
+        showMessage(f"{what}: {user_message(error)}", error=True)
+        if not slicer.app.testingEnabled():
+            slicer.util.errorDisplay(f"{what}: {user_message(error)}", windowTitle=_("MedSAM"),
+                                     detailedText=traceback.format_exc())
+
+
+def sliceNodeOfView(view: str):
+    """The slice node of the view named ``view`` ("Red", "Green", "Yellow"); a clear error when the current layout
+    never created that view (``layoutManager().sliceWidget`` returns None then; audit R4)."""
+    from MedSAMSlicerLogic.messages import view_missing
+
+    layoutManager = slicer.app.layoutManager()
+    widget = layoutManager.sliceWidget(view) if layoutManager is not None else None
+    if widget is None:
+        raise view_missing(view)
+    return widget.mrmlSliceNode()
 
 
 def deleteShortcuts(shortcuts: list) -> None:
@@ -140,12 +172,19 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic
         from MedSAMSlicerLogic.engine_link import EngineLink
+        from MedSAMSlicerLogic.engine_setup import EngineSetup
 
         self.core = BoxSegmentationLogic(slicer.mrmlScene)
         self.link = EngineLink()
-        self.install = None  # EngineInstall while pip runs
+        self.engineChoice = ("auto", "litemedsam")  # device and model of the next local start
+        self.setup = EngineSetup(self.link, lambda: self.startLocalEngine(*self.engineChoice, wait=False))
         self.installDeclined = False  # the user said no once: never ask again in this session
         self.installError = ""  # reported once
+
+    @property
+    def install(self):
+        """The pip child process while the engine's packages install (None otherwise)."""
+        return self.setup.install
 
     # -- where things live ------------------------------------------------------------------------------------------
     @staticmethod
@@ -178,31 +217,21 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         self.core.set_engine(self.link.client)
 
     def startInstall(self, missing: list) -> None:
+        """pip as a polled child; when it ends, ``pollEngineSetup`` starts the engine with ``engineChoice``."""
         from MedSAMSlicerLogic.dependencies import EngineInstall
 
         log = os.path.join(self.settingsDir(), "MedSAMSlicer", "engine-install.log")
-        commands = dependencies.install_commands(dependencies.python_slicer(), self.packagesDir(), missing)
-        self.install = EngineInstall(commands, log, slicer.util.startupEnvironment())
+        commands = dependencies.install_commands(dependencies.python_slicer(), self.packagesDir(), missing,
+                                                 torch_elsewhere=dependencies.torch_in_slicer())
+        self.setup.begin_install(EngineInstall(commands, log, slicer.util.startupEnvironment()))
 
     def pollEngineSetup(self) -> str:
-        """Advance the package install and the local start by one non-blocking step.  Returns "ready", "busy" or
-        "idle"; raises (once) when a step failed."""
-        if self.install is not None:
-            install = self.install
-            try:
-                finished = install.poll()
-            except Exception:
-                self.install = None  # reported once by the caller; a new click may try again
-                raise
-            if not finished:
-                return "busy"
-            self.install = None
-            return "idle"  # installed: the caller starts the engine
-        if self.link.process is not None and self.link.client is None:
-            if not self.link.poll_start():
-                return "busy"
+        """Advance the package install and the local start by one non-blocking step: "installing", "starting",
+        "ready" or "idle"; raises (once) when a step failed.  After an install the engine starts by itself."""
+        state = self.setup.poll()
+        if state == "ready" and self.core.engine is not self.link.client:
             self.core.set_engine(self.link.client)
-        return "ready" if self.link.client is not None else "idle"
+        return state
 
 
 #
@@ -244,6 +273,9 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modeComboBox.addItems(["assisted", "manual"])
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
+        for action, button in BUTTONS.items():  # the keys come from the one shortcut table, never from the .ui
+            widget = getattr(self.ui, button)
+            widget.toolTip = tooltip_with_key(widget.toolTip, action)
         # One source of truth for the target: the segmentation combobox above; the segment selector's own
         # segmentation combobox is hidden (segmentationNodeSelectorVisible=false in the .ui) and follows it.
         self.ui.segmentSelector.segmentationNodeSelectorVisible = False
@@ -362,12 +394,12 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.showMessage(_("MedSAM needs its engine packages; nothing was installed"))
                 return
             logic.installDeclined = False
+            logic.engineChoice = (self.ui.deviceComboBox.currentText, self.ui.modelComboBox.currentText)
             self.guarded(_("Install"), lambda: logic.startInstall(missing))
             self.showMessage(_("Installing the engine's packages (a few minutes)..."))
         else:
-            self.guarded(_("Start engine"), lambda: logic.startLocalEngine(self.ui.deviceComboBox.currentText,
-                                                                           self.ui.modelComboBox.currentText,
-                                                                           wait=False))
+            logic.engineChoice = (self.ui.deviceComboBox.currentText, self.ui.modelComboBox.currentText)
+            self.guarded(_("Start engine"), logic.setup.begin_start)
             self.showMessage(_("Starting the engine..."))
         self.ui.progressBar.setRange(0, 0)
         self.updateButtons()
@@ -391,8 +423,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def busy(self) -> bool:
         logic = self.logic
-        return logic is not None and (logic.core.busy or logic.install is not None or
-                                      (logic.link.process is not None and logic.link.client is None))
+        return logic is not None and (logic.core.busy or logic.setup.busy)
 
     def updateButtons(self) -> None:
         busy = self.busy()
@@ -405,20 +436,16 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.visible = busy
         self.ui.progressBar.visible = busy
 
-    def showMessage(self, text: str, error: bool = False) -> None:
+    def showMessage(self, text: str, error: bool = False, popup: bool = False) -> None:
+        """The status line (red for a problem); ``popup`` (real failures only) also opens one message box."""
         self.ui.statusLabel.text = text
         self.ui.statusLabel.setStyleSheet("color: #c0392b" if error else "")
-        if error:
+        if popup:
             slicer.util.errorDisplay(text, windowTitle=_("MedSAM"))
 
     def guarded(self, what: str, action) -> None:
-        """Run a quick action; any failure becomes one message box (never only the console)."""
-        from MedSAMSlicerLogic.messages import user_message
-
-        try:
-            action()
-        except Exception as error:  # noqa: BLE001
-            self.showMessage(f"{what}: {user_message(error)}", error=True)
+        """Run a quick action: a MedSAM error is a red status line, anything unexpected one message box."""
+        runGuarded(what, action, self.showMessage)
         self.updateButtons()
 
     # -- actions ----------------------------------------------------------------------------------------------------
@@ -427,8 +454,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def draw():
-            view = self.ui.viewComboBox.currentText
-            slice_node = slicer.app.layoutManager().sliceWidget(view).mrmlSliceNode()
+            slice_node = sliceNodeOfView(self.ui.viewComboBox.currentText)
             self.logic.core.prefetch_window = self.ui.windowComboBox.currentText  # the engine encodes ahead for it
             roi, prompt, note = self.logic.core.draw_box(self.ui.volumeSelector.currentNode(), slice_node,
                                                          new_object)
@@ -482,20 +508,19 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             self.afterEngine = None
             self.pollTimer.stop()
-            self.showMessage(user_message(error), error=True)
+            self.showMessage(user_message(error), error=True, popup=True)
             self.updateButtons()
             return
-        if setup == "busy":
-            if logic.install is not None:
-                self.ui.statusLabel.text = _("Installing: {line}").format(line=logic.install.last_line()[:120])
+        if setup in ("installing", "starting"):
+            self.ui.statusLabel.text = logic.setup.status
+            self.ui.modelStatusLabel.text = logic.setup.status
             return
-        if setup == "idle" and logic.install is None and logic.link.client is None and self.afterEngine is not None:
-            then, self.afterEngine = self.afterEngine, None  # packages installed: start the engine now
-            self.ensureEngine(then)
-            return
+        announcement = logic.setup.pop_announcement() if setup == "ready" else ""
+        if announcement:  # also after an install that Start engine triggered (audit W4)
+            self.ui.modelStatusLabel.text = announcement
+            self.showMessage(announcement)
         if setup == "ready" and self.afterEngine is not None:
             then, self.afterEngine = self.afterEngine, None
-            self.ui.modelStatusLabel.text = _("engine started; loading the model")
             then()
             return
         progress = logic.core.poll()
@@ -522,7 +547,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif progress.state == "cancelled":
             self.showMessage(progress.message or _("Cancelled; nothing was written"))
         else:
-            self.showMessage(f"{progress.title}: {progress.message}", error=True)
+            self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)
         self.updateButtons()
 
     def onSegmentSlice(self) -> None:
@@ -552,8 +577,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self) -> None:
         logic = self.logic
         self.afterEngine = None
-        if logic.install is not None:
-            logic.install.cancel()
+        logic.setup.cancel()
         if logic.core.busy:
             logic.core.cancel()
             self.showMessage(_("Cancelling after the current slice..."))

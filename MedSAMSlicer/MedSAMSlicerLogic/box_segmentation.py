@@ -60,7 +60,8 @@ from .messages import user_message
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
                           propagation_range)
 from .segments import add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists, write_segment
-from .undo import NothingToUndo, Operation, SegmentSnapshot, UndoStack
+from .editor_writes import labelmap_mtime
+from .undo import EditedSince, NothingToUndo, Operation, SegmentSnapshot, UndoStack
 from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine en
 STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
 
 # A writer puts a (k, j, i) bool mask into a target segment: the default is segments.write_segment; the Segment
-# Editor effect passes one that goes through modifySelectedSegmentByLabelmap (editable area, masking, overwrite).
+# Editor effect passes an editor_writes.SegmentEditorWriter (editable area, masking, overwrite).  A writer whose
+# ``records_history`` is true keeps its own undo history (Segment Editor's): no MedSAM undo step is pushed for it,
+# because a snapshot of the target segment cannot restore what an overwrite took from other segments (audit W1).
 Writer = Callable[["Target", np.ndarray, Any], None]
 
 
@@ -676,8 +679,33 @@ class BoxSegmentationLogic:
             snapshot.restore(self.scene)  # a failed write leaves the segment as it was
             raise
         operation = Operation(description, snapshot, details)
+        if getattr(writer, "records_history", False):
+            operation.details["undo"] = "segment_editor"
+            return operation  # Segment Editor's history has it; MedSAM's Undo must not half-undo it
+        operation.details["volume_node_id"] = volume_node.GetID()
+        operation.written_mtime = labelmap_mtime(target.segmentation_node, target.segment_id)
+        operation.written_digest = _mask_digest(mask)
         self.undo_stack.push(operation)
         return operation
+
+    def _check_not_edited_since(self, operation: Operation) -> None:
+        """Refuse an Undo that would throw away an edit made after ``operation`` (paint, erase, Segment Editor's own
+        undo): first the labelmap's MTime (free), then, when it moved, the voxels themselves."""
+        snapshot = operation.snapshot
+        node = self.scene.GetNodeByID(snapshot.segmentation_node_id)
+        if node is None or not segment_exists(node, snapshot.segment_id) or not operation.written_digest:
+            if node is not None and operation.written_digest:
+                raise EditedSince(f"the segment of '{operation.description}' was deleted after it; nothing was "
+                                  "undone (use Segment Editor's Undo)")
+            return
+        if labelmap_mtime(node, snapshot.segment_id) == operation.written_mtime:
+            return
+        volume = self.scene.GetNodeByID(operation.details.get("volume_node_id", ""))
+        if volume is not None and _mask_digest(read_segment(node, snapshot.segment_id, volume)) == \
+                operation.written_digest:
+            return
+        raise EditedSince(f"the segment was edited after '{operation.description}'; MedSAM's Undo would discard that "
+                          "edit, so nothing was undone; use Segment Editor's Undo (Ctrl+Z) instead")
 
     def apply_slice(self, volume_node, request: SliceRequest, outcome: Outcome, segmentation_node=None,
                     segment_id: Optional[str] = None, writer: Optional[Writer] = None) -> Operation:
@@ -723,7 +751,7 @@ class BoxSegmentationLogic:
         """Undo the last whole operation (a slice or a propagation)."""
         if self.pending is not None:
             raise MedSAMError(f"{self.pending.title} is running; cancel it before undoing")
-        operation = self.undo_stack.undo(self.scene)
+        operation = self.undo_stack.undo(self.scene, check=self._check_not_edited_since)
         snapshot = operation.snapshot
         if snapshot.copy is None and snapshot.segment_id == self.current.segment_id:
             self.current.segment_id = ""  # the object's segment was created by that operation and is gone
@@ -858,6 +886,13 @@ def _outcome_of(progress: Progress) -> tuple:
     if progress.error is not None:
         raise progress.error
     raise MedSAMError(progress.message)
+
+
+def _mask_digest(mask: np.ndarray) -> str:
+    import hashlib
+
+    array = np.ascontiguousarray(mask, dtype=bool)
+    return hashlib.blake2b(np.packbits(array).tobytes() + str(array.shape).encode(), digest_size=16).hexdigest()
 
 
 def _remote_key(request) -> tuple:

@@ -1,0 +1,64 @@
+"""Start engine after an install (audit W4), with real processes: a real child for the install step, then the real
+engine (``medsam-slicer serve``) started by the sequence itself, polled the way the panel's timer polls it.
+
+Before the fix the start after an install hung on "the action that triggered it"; *Start engine* has none, so the
+install ended, the status line kept "Installing: ..." and no engine started.  ``EngineSetup`` now starts the engine
+after any install and announces it once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from MedSAMSlicerLogic.dependencies import EngineInstall, InstallFailed
+from MedSAMSlicerLogic.engine_link import EngineLink
+from MedSAMSlicerLogic.engine_setup import EngineSetup
+
+
+def poll_until(setup, wanted: str, polls: int = 3000) -> list:
+    states = []
+    for _ in range(polls):
+        state = setup.poll()
+        if not states or states[-1] != state:
+            states.append(state)
+        if state == wanted:
+            return states
+        time.sleep(0.05)  # the panel's timer period is 100 ms
+    raise AssertionError(f"never {wanted}: {states}, status {setup.status!r}")
+
+
+def test_start_engine_after_its_install_starts_the_engine_and_says_so(tmp_path):
+    link = EngineLink()
+    starts = []
+
+    def start_engine():
+        starts.append(1)
+        link.start_local(args=("--device", "cpu", "--cache-dir", str(tmp_path / "cache")), log_dir=str(tmp_path))
+
+    setup = EngineSetup(link, start_engine)
+    step = [sys.executable, "-c", "print('Successfully installed torch-0')"]  # a real child in pip's place
+    setup.begin_install(EngineInstall([step], str(tmp_path / "install.log")))
+    assert setup.busy and setup.poll() in ("installing", "starting")
+    try:
+        states = poll_until(setup, "ready")
+        assert states[-2:] == ["starting", "ready"] and starts == [1]  # started once, by the sequence itself
+        assert link.client is not None and link.client.health(timeout=5)["status"] in ("ok", "loading")
+        assert setup.pop_announcement() == "Engine started; loading the model"
+        assert setup.pop_announcement() == "" and setup.poll() == "ready"  # said once
+        assert not setup.busy
+    finally:
+        link.stop()
+
+
+def test_a_failed_install_is_reported_once_and_starts_nothing(tmp_path):
+    link = EngineLink()
+    setup = EngineSetup(link, lambda: pytest.fail("the engine must not start after a failed install"))
+    failing = [sys.executable, "-c", "import sys; print('ERROR: No matching distribution found for torch'); "
+                                     "sys.exit(1)"]
+    setup.begin_install(EngineInstall([failing], str(tmp_path / "install.log")))
+    with pytest.raises(InstallFailed, match="No matching distribution"):
+        poll_until(setup, "never")
+    assert setup.poll() == "idle" and not setup.busy and link.process is None
