@@ -349,14 +349,18 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.enabled = not remote
         if self.logic is not None and self.logic.link.mode and self.logic.link.mode != self.engineMode():
             self.logic.core.set_engine(None)
-            self.logic.link.stop()
+            self.logic.link.stop(wait=False)  # never waits here: the timer kills a child that lingers (R10)
             self.ui.modelStatusLabel.text = _("not connected")
+            self.pollTimer.start()
 
     def onTestConnection(self) -> None:
+        """Short requests from the timer (at most 50 ms each), never a wait in this slot (audit R10)."""
         if self.engineMode() == "remote":
             self.guarded(_("Connect"), lambda: self.logic.connectRemote(self.ui.serverUrlLineEdit.text,
                                                                         self.ui.apiKeyLineEdit.text))
-        self.ui.modelStatusLabel.text = self.logic.link.test_connection()
+        self.logic.link.begin_check()
+        self.ui.modelStatusLabel.text = _("testing the connection...")
+        self.pollTimer.start()
 
     def ensureEngine(self, then) -> None:
         """Run ``then`` once the engine answers; start it (local) or connect (remote) first when needed."""
@@ -373,7 +377,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                    self.ui.apiKeyLineEdit.text))
             if logic.link.client is not None:
                 self.afterEngine = None
-                self.ui.modelStatusLabel.text = logic.link.test_connection(timeout=0.5)
+                logic.link.begin_check()  # answered over the next polls
+                self.pollTimer.start()
                 if then is not None:
                     then()
             return
@@ -501,6 +506,13 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self) -> None:
         logic = self.logic
+        housekeeping = logic.link.reap()  # a stopped engine that lingers is killed after a grace time
+        if logic.link.check is not None:
+            answer = logic.link.check.poll()  # one request of at most 50 ms
+            if answer:
+                logic.link.check = None
+                self.ui.modelStatusLabel.text = answer
+            housekeeping = housekeeping or logic.link.check is not None
         try:
             setup = logic.pollEngineSetup()
         except Exception as error:  # noqa: BLE001 - install or start failed: reported once, the action dropped
@@ -525,7 +537,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         progress = logic.core.poll()
         if progress.state == "idle":
-            if not logic.core.preparing:  # a prefetch still sending the volume needs the next polls too
+            if not logic.core.preparing and not housekeeping:  # a prefetch sending the volume needs more polls
                 self.pollTimer.stop()
             self.updateButtons()
             return

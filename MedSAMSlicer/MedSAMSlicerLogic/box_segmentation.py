@@ -24,8 +24,9 @@ What may keep the GUI longer than 50 ms, and why:
 - a remote engine only: the one request that uploads the (compressed) volume, once per volume content -- its
   duration is the network's (seconds for a CT on a slow link); the progress says "sending the volume" first.  A
   local engine gets the volume as a file in its private folder, written over several polls;
-- fetching a finished propagation's mask (``RESULT_TIMEOUT``): the engine packed it when the job ended (bounding box,
-  one bit per voxel: a few MB at most), so the answer starts at once; the timeout only bounds a wedged engine;
+- fetching a finished propagation's mask: the engine packed it when the job ended (bounding box, one bit per voxel:
+  a few MB at most), so the answer starts at once; like every request its timeout is the poll's budget (a read
+  timeout: the whole body may take longer while it keeps coming), and a timed-out fetch is retried;
 - writing the result into the segment (step 3): Slicer's own segmentation update, proportional to the volume.
 
 Nothing is written before step 3 succeeds, so a cancelled or failed operation, a killed server or a closed scene
@@ -68,8 +69,7 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (its requests' timeouts, its local work)
 MIN_STEP = 0.02  # seconds: a poll starts another step only with this much of its POLL_TIMEOUT left
-RESULT_TIMEOUT = 5.0  # seconds for fetching a finished propagation's mask (packed by the engine when the job ended)
-CANCEL_TIMEOUT = 0.5  # seconds for telling the engine to stop (a click, not a poll; the engine answers at once)
+CANCEL_TIMEOUT = POLL_TIMEOUT  # telling the engine to stop (a click); not delivered = the engine drops unpolled jobs
 UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up
 PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine encodes ahead
 STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
@@ -456,7 +456,7 @@ class BoxSegmentationLogic:
             return None  # the result at the next step, with the time left
         if isinstance(request, SliceRequest):  # 4. the result, then the write
             return self._finish_slice(pending, pending.job.result(timeout=budget))
-        return self._finish_propagation(pending, pending.job.result(timeout=RESULT_TIMEOUT))
+        return self._finish_propagation(pending, pending.job.result(timeout=budget))  # a timeout: retried (R10)
 
     def _start_slice_job(self, pending: PendingOperation, prompt: SlicePrompt, budget: float):
         try:

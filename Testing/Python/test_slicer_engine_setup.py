@@ -62,3 +62,64 @@ def test_a_failed_install_is_reported_once_and_starts_nothing(tmp_path):
     with pytest.raises(InstallFailed, match="No matching distribution"):
         poll_until(setup, "never")
     assert setup.poll() == "idle" and not setup.busy and link.process is None
+
+
+# -- R10: no slot waits on the GUI thread -------------------------------------------------------------------------
+# The proof is not a stopwatch (no timed assertions): a request's own timeout is named in the error the client
+# raises, so each check below shows the bound a poll used, against a real engine that does not answer.
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP makes the real engine stop answering (POSIX only)")
+def test_test_connection_and_stop_never_wait_for_a_slow_engine(tmp_path):
+    import os
+    import signal
+
+    from MedSAMSlicerLogic.engine_link import CHECK_POLLS, CHECK_TIMEOUT, ConnectionCheck
+
+    link = EngineLink()
+    link.start_local_and_wait(args=("--device", "cpu", "--cache-dir", str(tmp_path / "cache")), log_dir=str(tmp_path))
+    process = link.process
+    try:
+        os.kill(process.pid, signal.SIGSTOP)  # a real engine that answers slowly: connected, but silent
+        check = link.begin_check()
+        assert check.poll() == ""  # pending, not the answer: this poll did not wait for the engine
+        assert f"within {CHECK_TIMEOUT:g} s" in check.last_error  # the one request it made: 50 ms at most
+        for _ in range(CHECK_POLLS - 2):
+            assert check.poll() == ""
+        assert check.poll().startswith("not reachable: ")  # after CHECK_POLLS short tries, one line
+        os.kill(process.pid, signal.SIGCONT)  # the engine answers again: a new check (a new click) gets the answer
+        check, answer = ConnectionCheck(link.client, polls=200), ""  # generous: the engine first drains the backlog
+        for _ in range(200):
+            answer = check.poll()
+            if answer:
+                break
+            time.sleep(0.05)
+        assert answer.startswith(("reachable", "connected")), answer
+
+        os.kill(process.pid, signal.SIGSTOP)
+        link.stop(wait=False)  # switching engine mode: terminate, never wait (SIGTERM stays pending while stopped)
+        assert process.poll() is None and link.process is None and link.client is None
+        assert link.reap()  # still exiting: the timer keeps reaping
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+            process.wait()
+
+
+def test_test_connection_to_an_unreachable_engine_ends_with_one_line():
+    from MedSAMSlicerLib.client import EngineClient
+    from MedSAMSlicerLogic.engine_link import CHECK_POLLS, ConnectionCheck
+
+    check = ConnectionCheck(EngineClient(f"http://127.0.0.1:{free_port()}", None))  # nothing listens there
+    answers = [check.poll() for _ in range(CHECK_POLLS)]
+    assert answers[:-1] == [""] * (CHECK_POLLS - 1)  # each poll one short try, retried by the next
+    assert answers[-1].startswith("not reachable: ") and "\n" not in answers[-1]

@@ -42,13 +42,19 @@ def test_events_table_and_manual_edits(harness, logic, tmp_path):
     assert logic.collect_manual_edits() is None  # our own writes are not manual edits
 
     # A manual edit with another tool (as Segment Editor's paint would do): slices 30 and 31 gain voxels.
-    edited = read_segment(segmentation, segment_id, volume).astype(np.uint8)
+    propagated = read_segment(segmentation, segment_id, volume).astype(np.uint8)
+    edited = propagated.copy()
     edited[30:32, 355:360, 210:215] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segment_id, volume)
     edit = logic.collect_manual_edits()  # manual_edit
     assert edit is not None and edit.slices == [30, 31] and edit.voxels == 50
     assert logic.collect_manual_edits() is None  # reported once
 
+    from MedSAMSlicerLogic.undo import EditedSince
+
+    with pytest.raises(EditedSince):  # MedSAM's Undo would throw the paint away: refused, nothing logged (R2)
+        logic.undo()
+    slicer.util.updateSegmentBinaryLabelmapFromArray(propagated, segmentation, segment_id, volume)  # paint undone
     logic.undo()  # undo (the propagation)
     assert logic.collect_manual_edits() is None  # undo is not a manual edit
     logic.accept(volume)  # accept, with the mask saved beside the log
