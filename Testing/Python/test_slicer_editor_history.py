@@ -149,3 +149,19 @@ def _square() -> np.ndarray:
     mask = np.zeros(SHAPE, bool)
     mask[SLICE, 8:18, 8:18] = True
     return mask
+
+
+def test_reading_and_writing_a_segment_adds_no_node_to_the_scene(scene_with_two_segments, harness):
+    """R11: the time log's edit watcher reads the segment every 1.5 s; slicer.util's array helpers add and remove a
+    temporary labelmap node (and a colour node) each time, which every node combobox and the Data module see."""
+    volume, segmentation, a, b, editor, editor_node, roi, logic = scene_with_two_segments
+    added = []
+    tag = harness.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, lambda caller, event: added.append(event))
+    try:
+        mask = read_segment(segmentation, b, volume)
+        mask[SLICE + 1, 0:4, 0:4] = True
+        write_segment(segmentation, b, mask, volume)
+        assert voxels(segmentation, b, volume) == 116
+    finally:
+        harness.scene.RemoveObserver(tag)
+    assert added == []
