@@ -200,7 +200,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def editorWidget(self):
         """The Segment Editor widget whose active effect is this one (the module's, or a test's own)."""
-        for editor in slicer.util.findChildren(className="qMRMLSegmentEditorWidget"):
+        for editor in qt.QApplication.allWidgets():  # also an editor without a parent (a test's, a script's)
+            if not isinstance(editor, slicer.qMRMLSegmentEditorWidget):
+                continue
             active = editor.activeEffect()
             if active is not None and hasattr(active, "self") and active.self() is self:
                 return editor

@@ -223,6 +223,7 @@ class BoxSegmentationLogic:
         self.pending: Optional[PendingOperation] = None
         self.prefetch_window = "auto"  # the window boxes are prefetched for: the last one used, or the front end's
         self.prefetch_neighbours = PREFETCH_NEIGHBOURS
+        self.idle: Optional[Callable[[], None]] = None  # called between the polls of the blocking ``wait``
         self._grids: dict = {}
         self._remote: dict = {}  # (grid key, window, axis) -> RemoteVolume
         self._openings: dict = {}  # (grid key, window, axis) -> VolumeOpening on its way (shared by ops and prefetch)
@@ -635,6 +636,8 @@ class BoxSegmentationLogic:
             if time.monotonic() > deadline:
                 self.cancel()
                 raise MedSAMError("timed out waiting for the engine")
+            if self.idle is not None:
+                self.idle()  # Slicer's self-test: slicer.app.processEvents, so the GUI stays alive (R14)
             time.sleep(interval)
 
     # -- results ------------------------------------------------------------------------------------------------------

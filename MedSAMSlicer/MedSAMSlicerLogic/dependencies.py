@@ -94,10 +94,14 @@ def missing_engine_packages(packages_dir: str) -> list:
     return [p for p in ENGINE_PACKAGES if not is_installed(p.module, engine_search_path(packages_dir))]
 
 
-def default_packages_dir(settings_dir: str) -> str:
-    """The private engine folder, beside Slicer's settings (one per Slicer version: its Python may change)."""
+WEIGHTS_VARIABLE = "MEDSAM_SLICER_WEIGHTS"  # the engine's checkpoint folder (MedSAMSlicerLib.engine.weights)
+
+
+def default_packages_dir(data_dir: str) -> str:
+    """The private engine folder in the module's per-user data folder (one per Python version: Slicer's may
+    change)."""
     version = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return str(Path(settings_dir) / "MedSAMSlicer" / f"engine-packages-{version}")
+    return str(Path(data_dir) / f"engine-packages-{version}")
 
 
 def consent_text(missing: list, packages_dir: str) -> str:
