@@ -124,6 +124,35 @@ def deleteShortcuts(shortcuts: list) -> None:
 
 
 #
+# The panel's settings, saved with the scene and restored on reload (Slicer's typed parameter node)
+#
+
+try:
+    from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+except ImportError:  # a Slicer without the wrapper (before 5.2): the panel works, settings are not saved
+    parameterNodeWrapper = None
+
+if parameterNodeWrapper is not None:
+    from typing import Annotated
+
+    @parameterNodeWrapper
+    class MedSAMSlicerParameterNode:
+        """Connected to the .ui widgets whose ``SlicerParameterName`` property names a field (``connectGui``).
+        The window (an editable list: "L,W" too), the slice range and the engine mode keep their own widgets; the
+        API key is never stored in the scene."""
+
+        volume: slicer.vtkMRMLScalarVolumeNode
+        segmentation: slicer.vtkMRMLSegmentationNode
+        view: Annotated[str, Choice(list(VIEWS))] = VIEWS[0]
+        device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+        largestComponent: bool = True
+        fillHoles: bool = True
+        serverUrl: str = ""
+else:
+    MedSAMSlicerParameterNode = None
+
+
+#
 # MedSAMSlicer
 #
 
@@ -212,6 +241,12 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
     def install(self):
         """The pip child process while the engine's packages install (None otherwise)."""
         return self.setup.install
+
+    def getParameterNode(self):
+        """The panel's typed settings (saved with the scene), or None in a Slicer without the wrapper."""
+        if MedSAMSlicerParameterNode is None:
+            return None
+        return MedSAMSlicerParameterNode(super().getParameterNode())
 
     # -- where things live ------------------------------------------------------------------------------------------
     @staticmethod
@@ -305,13 +340,11 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = sharedLogic()  # cheap (no torch): slicer.util.getModuleLogic("MedSAMSlicer") works at once
 
-        self.ui.viewComboBox.addItems(list(VIEWS))
-        self.ui.windowComboBox.addItems(list(WINDOWS))
+        self.ui.windowComboBox.addItems(list(WINDOWS))  # view and device: filled by connectGui (Choice)
         for mode, title in RANGE_MODES:
             self.ui.rangeComboBox.addItem(title, mode)
         for mode, title in ENGINE_MODES:
             self.ui.engineModeComboBox.addItem(title, mode)
-        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
         self.ui.modeComboBox.addItems(["assisted", "manual"])
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
@@ -337,6 +370,13 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startLogButton.connect("clicked()", self.onStartLog)
         self.ui.exportReportButton.connect("clicked()", self.onExportReport)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        if MedSAMSlicerParameterNode is None:  # no wrapper: the lists connectGui would have filled
+            self.ui.viewComboBox.addItems(list(VIEWS))
+            self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda"])
+        self.initializeParameterNode()
         self._fillModels()
         self.onEngineModeChanged()
         self.onSegmentationChanged(self.ui.segmentationSelector.currentNode())
@@ -349,9 +389,35 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
                 "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
                 "undo": self.onUndo, "cancel": self.onCancel})
+        self.initializeParameterNode()
 
     def exit(self) -> None:
         deleteShortcuts(self.shortcuts)
+        self.setParameterNode(None)  # as Slicer's template: hidden panels do not follow the scene
+
+    # -- parameter node (Slicer's scripted-module template) ---------------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        parameterNode = self.logic.getParameterNode() if self.logic is not None else None
+        if parameterNode is not None and not parameterNode.volume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first is not None:
+                parameterNode.volume = first
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            try:
+                self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            except Exception as error:  # noqa: BLE001 - the panel works without saved settings; say why
+                logging.warning("MedSAM: the panel's settings are not saved with the scene (%s)", error)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
     def _fillModels(self) -> None:
         try:
@@ -369,10 +435,12 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None:
             self.logic.core.cancel()
             self.logic.core.close_case()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def onSceneStartClose(self, caller, event) -> None:
         """Node IDs are reused by the next scene: forget the undo stack, the current object and any pending job."""
+        self.setParameterNode(None)
         self.afterEngine = None
         if self.logic is not None:
             self.logic.core.reset()
