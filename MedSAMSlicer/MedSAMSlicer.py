@@ -325,6 +325,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.shortcuts = []
         self.afterEngine = None  # the action to run once the engine is up (the click that started it)
+        self.observedBoxes = []  # ROIs whose handle drags the panel follows
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
@@ -573,11 +574,20 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.core.prefetch_window = self.ui.windowComboBox.currentText  # the engine encodes ahead for it
             roi, prompt, note = self.logic.core.draw_box(self.ui.volumeSelector.currentNode(), slice_node,
                                                          new_object)
+            self.forgetRemovedBoxes()
             self.addObserver(roi, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onBoxMoved)
+            self.observedBoxes.append(roi)
             self.showMessage(note + _("; drag the handles around the object"))
             self.pollWhilePreparing()
 
         self.guarded(_("Draw box"), draw)
+
+    def forgetRemovedBoxes(self) -> None:
+        """Drop the observers of boxes no longer in the scene (Accept and a new object remove them): the mixin would
+        keep the dead nodes alive until the panel is destroyed (S11)."""
+        for roi in [r for r in self.observedBoxes if slicer.mrmlScene.GetNodeByID(r.GetID() or "") is not r]:
+            self.removeObserver(roi, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onBoxMoved)
+            self.observedBoxes.remove(roi)
 
     def onBoxMoved(self, roi, event) -> None:
         if self.logic is not None:
@@ -591,12 +601,14 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.pollTimer.start()
 
     def saveEditorUndoState(self) -> None:
-        """Let Segment Editor's own Undo also undo our next write, when it edits the same segmentation."""
+        """Let Segment Editor's own Undo also undo our next write, when it edits the same segmentation.
+        ``widgetRepresentation()`` creates Segment Editor's panel if it does not exist yet (S12): accepted, it is
+        created once per session; when it edits another segmentation nothing is saved there."""
         try:
             editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
             if editor.segmentationNode() is self.ui.segmentationSelector.currentNode():
                 editor.saveStateForUndo()
-        except Exception:  # Segment Editor not created yet: our own Undo still works
+        except Exception:  # noqa: BLE001 - a Slicer without Segment Editor: MedSAM's own Undo still works
             pass
 
     def startOperation(self, title: str, start) -> None:
