@@ -117,10 +117,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
             combo.blockSignals(True)
         try:
-            self.viewComboBox.currentText = self.scriptedEffect.parameter("MedSAM.View") or VIEWS[0]
-            self.windowComboBox.currentText = self.scriptedEffect.parameter("MedSAM.Window") or WINDOWS[0]
-            index = self.rangeComboBox.findData(self.scriptedEffect.parameter("MedSAM.Range"))
-            self.rangeComboBox.currentIndex = max(index, 0)
+            for combo, name, default in ((self.viewComboBox, "MedSAM.View", VIEWS[0]),
+                                         (self.windowComboBox, "MedSAM.Window", WINDOWS[0])):
+                wanted = self.scriptedEffect.parameter(name) or default
+                if combo.currentText != wanted:  # never rewrite a window being typed ("L,W")
+                    combo.currentText = wanted
+            index = max(self.rangeComboBox.findData(self.scriptedEffect.parameter("MedSAM.Range")), 0)
+            if self.rangeComboBox.currentIndex != index:
+                self.rangeComboBox.currentIndex = index
         finally:
             for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
                 combo.blockSignals(False)
