@@ -13,7 +13,8 @@ comes back.  Every operation has three steps:
    file a slab at a time, then the engine reads and windows it as a job); starting the work as a job on the engine
    (a slice too: ``RemoteVolume.start_segment_slice``, so no poll ever waits for an encoder); polling the job; and
    fetching its result.  A request that times out is retried at the next poll (start requests carry a request id,
-   so a retry never starts a second job); ``UNREACHABLE_POLLS`` failures in a row end the operation;
+   so a retry never starts a second job); ``UNREACHABLE_POLLS`` failures in a row, over at least
+   ``UNREACHABLE_SECONDS``, end the operation;
 3. when the engine has the result, the same ``poll()`` writes it into the target segment, recording one undo step
    and a time-log event.
 
@@ -70,7 +71,8 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (its requests' timeouts, its local work)
 MIN_STEP = 0.02  # seconds: a poll starts another step only with this much of its POLL_TIMEOUT left
 CANCEL_TIMEOUT = POLL_TIMEOUT  # telling the engine to stop (a click); not delivered = the engine drops unpolled jobs
-UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up
+UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up...
+UNREACHABLE_SECONDS = 5.0  # ...and at least this long without an answer (a busy computer answers late, not never)
 PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine encodes ahead
 STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
 
@@ -189,6 +191,7 @@ class PendingOperation:
     remote: Any = None  # RemoteVolume
     encoder_calls_before: int = 0
     failed_polls: int = 0
+    last_answer: float = field(default_factory=time.monotonic)  # when the engine last answered a request
     cancel_requested: bool = False
     engine_ready: bool = False  # the engine said it has its model (no more health checks)
     request_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # a retried start is the same job
@@ -405,6 +408,7 @@ class BoxSegmentationLogic:
             if waiting is not None:
                 return waiting
             pending.engine_ready, pending.failed_polls, first = True, 0, False
+            pending.last_answer = time.monotonic()
         while True:
             budget = min(POLL_TIMEOUT, deadline - time.monotonic())
             if not first and budget < MIN_STEP:
@@ -415,11 +419,11 @@ class BoxSegmentationLogic:
                 if not first:  # a later step ran out of this poll's time: the next poll retries it in full
                     return self._running(pending)
                 pending.failed_polls += 1
-                if pending.failed_polls >= UNREACHABLE_POLLS or self._local_engine_exited(engine):
+                if self._unreachable(pending) or self._local_engine_exited(engine):
                     raise EngineUnavailable(f"the engine stopped answering during '{pending.title}'; nothing was "
                                             "written. Check the engine (Model section) and run it again") from None
                 return Progress("running", pending.title, message="waiting for the engine")
-            pending.failed_polls = 0
+            pending.failed_polls, pending.last_answer = 0, time.monotonic()
             if progress is not None:
                 return progress
             first = False
@@ -481,6 +485,11 @@ class BoxSegmentationLogic:
                             opening.message)
         return Progress("running", pending.title, message=pending.message)
 
+    @staticmethod
+    def _unreachable(pending: PendingOperation) -> bool:
+        return pending.failed_polls >= UNREACHABLE_POLLS and \
+            time.monotonic() - pending.last_answer >= UNREACHABLE_SECONDS
+
     def _engine_waiting(self, engine, pending: PendingOperation) -> Optional[Progress]:
         """None when the engine is ready; else a "waiting" progress (model loading), or an error when it is gone."""
         try:
@@ -489,10 +498,10 @@ class BoxSegmentationLogic:
             if self._local_engine_exited(engine) or time.monotonic() - pending.started > STARTUP_TIMEOUT:
                 raise
             pending.failed_polls += 1
-            if pending.failed_polls >= UNREACHABLE_POLLS and getattr(engine, "process", None) is None:
+            if self._unreachable(pending) and getattr(engine, "process", None) is None:
                 raise  # a remote server that does not answer: say so instead of waiting
             return Progress("waiting", pending.title, message="waiting for the engine to answer")
-        pending.failed_polls = 0
+        pending.failed_polls, pending.last_answer = 0, time.monotonic()
         if health.get("ready", True):
             return None
         if time.monotonic() - pending.started > STARTUP_TIMEOUT:
