@@ -425,7 +425,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MedSAMSlicerLib.engine.weights import load_manifest  # a light module: no torch
 
             names = list(load_manifest())
-        except Exception:  # the engine reads the manifest again, with a clear error, when it loads the model
+        except Exception:  # noqa: BLE001 - the engine reads the manifest again, with a clear error, when it loads
             names = ["litemedsam"]
         self.ui.modelComboBox.addItems(names)
 
@@ -745,7 +745,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             self.logic.core.collect_manual_edits()
-        except Exception as error:  # the segment was deleted meanwhile: stop watching it
+        except Exception as error:  # noqa: BLE001 - the segment was deleted meanwhile: stop watching it
             logging.warning("MedSAM manual-edit check: %s", error)
             self.logic.core.stop_watching()
         log = self.logic.core.time_log
