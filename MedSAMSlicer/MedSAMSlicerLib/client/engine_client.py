@@ -286,6 +286,25 @@ class RemoteVolume:
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
 
+    def start_object(self, key_boxes: dict, options: dict | None = None, timeout: float = MODEL_TIMEOUT,
+                     request_id: str | None = None) -> "RemoteJob":
+        """Propagate a correctable object (a job); its result has ``object_id``, ``mask``, ``scores``, ``keys``,
+        ``locked``, ``range``.  ``options``: slice_range (K0, K1; either may be None), stop, margin."""
+        body = self.client.request("POST", self._path("/objects"), timeout=timeout, json={
+            "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": dict(options or {}),
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
+
+    def correct(self, object_id: str, action: str, index: int | None = None, box=None,
+                timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
+        """One undoable step on an object (a job): ``box`` (a corrective key box on slice ``index``), ``cut``,
+        ``accept`` or ``undo``; the result is the whole object plus ``changed`` and ``decoder_calls``."""
+        body = self.client.request("POST", self._path(f"/objects/{object_id}/actions"), timeout=timeout, json={
+            "action": action, **({"index": int(index)} if index is not None else {}),
+            **({"box": box_values(box)} if box is not None else {}),
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
+
     def info(self) -> dict:
         return self.client.request("GET", self._path())
 
