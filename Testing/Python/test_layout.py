@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 LIB = Path(__file__).resolve().parents[2] / "MedSAMSlicer" / "MedSAMSlicerLib"
-ROOMS = ["", "engine", "volumeio", "evaluation", "study", "client", "server", "cli"]
+ROOMS = ["", "engine", "volumeio", "pacs", "evaluation", "study", "client", "server", "cli"]
 
 
 def module_name(path: Path) -> str:
