@@ -62,17 +62,23 @@ def check_outputs(args: argparse.Namespace) -> list[Path]:
 
 
 def open_input(args: argparse.Namespace):
-    """(volume, pacs or None, address or None): reads a file or folder, or fetches a dicomweb:// series."""
+    """(volume, pacs or None, address or None): reads a file or folder, or fetches a dicomweb:// series; a DICOM
+    SEG output the volume cannot have is refused here, before the model loads."""
     from ..pacs.dicomweb import is_dicomweb, open_address
+    from ..volumeio.dicomseg import check_seg_source, is_dicom_output
 
+    pacs = address = None
     if not is_dicomweb(args.image):
         from ..volumeio.files import read_volume
 
-        return read_volume(args.image, args.series), None, None
-    pacs, address = open_address(args.image, args.pacs_credentials, args.pacs_timeout)
-    if args.series and args.series != address.series:
-        raise OptionError(f"--series {args.series} differs from the series in the address ({address.series})")
-    volume = pacs.open_series(address.study, address.series, f"series {address.series}")
+        volume = read_volume(args.image, args.series)
+    else:
+        pacs, address = open_address(args.image, args.pacs_credentials, args.pacs_timeout)
+        if args.series and args.series != address.series:
+            raise OptionError(f"--series {args.series} differs from the series in the address ({address.series})")
+        volume = pacs.open_series(address.study, address.series, f"series {address.series}")
+    if is_dicom_output(args.out) or args.out_dicom or args.store:
+        check_seg_source(volume, args.out if is_dicom_output(args.out) else args.out_dicom or "the PACS")
     return volume, pacs, address
 
 
