@@ -115,15 +115,13 @@ class Pacs:
         self.where = f"the PACS at {parts.hostname}{':' + str(parts.port) if parts.port else ''}"
         self.timeout = float(timeout)
 
-        class _TimedSession(requests.Session):  # dicomweb-client sets no time limit; every request gets ours
-            def request(inner, *args, **kwargs):
-                kwargs.setdefault("timeout", self.timeout)
-                return super().request(*args, **kwargs)
-
-        session = _TimedSession()
+        session = requests.Session()
         if credentials is not None:
             session.auth = credentials
-        self.client = DICOMwebClient(url=self.root, session=session)
+        self.client = DICOMwebClient(url=self.root, session=session, timeout=self.timeout)
+        # dicomweb-client retries every failure 5 times with exponential waits (30 s and more before a refused
+        # connection is reported): one retry, half a second later, covers a PACS's passing hiccup
+        self.client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=500)
 
     def _call(self, what: str, function, *args, **kwargs):
         import requests
