@@ -186,13 +186,41 @@ class Pacs:
         from ..volumeio.dicom import read_datasets
 
         datasets = self.fetch(study, series)
-        return read_datasets(datasets, shown or f"{self.root}/studies/{study}/series/{series}", series)
+        return read_datasets(datasets, shown or f"series {series}", series)
+
+
+def private_image_copy(volume, folder: str | os.PathLike) -> Path:
+    """The voxels and grid of a fetched series as an NRRD file in a private folder (mode 0700), for viewers that
+    load files (the browser app's Slicer scene); no DICOM tag goes into it."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    path = folder / "series.nrrd"
+    sitk.WriteImage(image, str(path), useCompression=False)
+    return path
 
     def store(self, dataset) -> None:
         """STOW-RS one dataset (a DICOM SEG) into its study."""
         self._call("store the segmentation", self.client.store_instances, datasets=[dataset],
                    study_instance_uid=str(dataset.StudyInstanceUID))
         log.info("stored %s %s in %s", dataset.Modality, dataset.SOPInstanceUID, self.where)
+
+    def store_segmentation(self, mask, volume, provenance, label: str = "MedSAM") -> str:
+        """Build the DICOM SEG of ``mask`` on ``volume`` (a series fetched from this PACS), check it in memory, store
+        it, and find it again by QIDO; returns the SEG's series UID."""
+        from ..volumeio.dicomseg import checked_seg
+
+        seg = checked_seg(mask, volume, provenance, label)
+        self.store(seg)
+        found = [s for s in self.segmentations(volume.source.study_uid) if s["series"] == str(seg.SeriesInstanceUID)]
+        if not found:
+            raise PacsError(f"{self.where} accepted the segmentation but does not list it (QIDO); check the PACS")
+        return str(seg.SeriesInstanceUID)
 
     def store_file(self, path: str | os.PathLike) -> None:
         import pydicom
