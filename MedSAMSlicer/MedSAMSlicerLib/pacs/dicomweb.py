@@ -188,22 +188,6 @@ class Pacs:
         datasets = self.fetch(study, series)
         return read_datasets(datasets, shown or f"series {series}", series)
 
-
-def private_image_copy(volume, folder: str | os.PathLike) -> Path:
-    """The voxels and grid of a fetched series as an NRRD file in a private folder (mode 0700), for viewers that
-    load files (the browser app's Slicer scene); no DICOM tag goes into it."""
-    import SimpleITK as sitk
-
-    folder = Path(folder)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(volume.array)
-    image.SetSpacing(volume.spacing)
-    image.SetOrigin(volume.origin)
-    image.SetDirection(volume.direction)
-    path = folder / "series.nrrd"
-    sitk.WriteImage(image, str(path), useCompression=False)
-    return path
-
     def store(self, dataset) -> None:
         """STOW-RS one dataset (a DICOM SEG) into its study."""
         self._call("store the segmentation", self.client.store_instances, datasets=[dataset],
@@ -241,3 +225,19 @@ def open_address(url: str, credentials_file: str | None = None, timeout: float =
     """(Pacs, SeriesAddress) for a ``dicomweb://.../studies/X/series/Y`` address."""
     address = parse_series_address(url)
     return Pacs(address.root, load_credentials(credentials_file), timeout), address
+
+
+def private_image_copy(volume, folder: str | os.PathLike) -> Path:
+    """The voxels and grid of a fetched series as an NRRD file in a private folder (mode 0700), for viewers that
+    load files (the browser app's Slicer scene); no DICOM tag goes into it."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    path = folder / "series.nrrd"
+    sitk.WriteImage(image, str(path), useCompression=False)
+    return path
