@@ -176,7 +176,7 @@ def _two_series(series):
     return out
 
 
-BAD = {"missing": (_missing, "1 slice missing between"), "duplicated": (_duplicated, "share a position"),
+BAD = {"missing": (_missing, "1 slice missing between"), "duplicated": (_duplicated, "duplicated slices"),
        "uneven": (_uneven, "uneven slice spacing"), "tilt": (_tilted, "gantry tilt"),
        "orientations": (_mixed, "different orientations"), "rtstruct": (_rtstruct, "RT structure set"),
        "htj2k": (_htj2k, "High-Throughput JPEG 2000"), "two series": (_two_series, "pick one with --series")}
@@ -201,6 +201,15 @@ def test_bad_series_is_one_line_and_writes_nothing(capsys, tmp_path, series, cas
     assert not out.exists() and sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
     if case == "two series":
         assert "second series, CT, 10 slices" in err
+
+
+def test_series_option_picks_one_of_several(tmp_path, series):
+    two = _two_series(series)
+    folder = save(two, tmp_path / "two")
+    volume = read_volume(folder, str(two[-1].SeriesInstanceUID))
+    assert volume.array.shape[0] == 10 and volume.source.description == "second series"
+    first = read_volume(folder, str(two[0].SeriesInstanceUID))
+    assert np.array_equal(np.concatenate([first.array, volume.array]), read_volume(save(series, tmp_path / "one")).array)
 
 
 def test_a_seg_given_as_the_image_and_one_slice_of_a_series_are_refused(capsys, tmp_path, series):

@@ -187,18 +187,19 @@ def _stack_geometry(positions: np.ndarray, orientation: np.ndarray, pixel_spacin
     tolerance = max(SPACING_TOLERANCE * abs(spacing_k), 0.01)
     same = np.flatnonzero(gaps < tolerance)
     if same.size:
-        raise InputImageError(f"{shown}: {same.size + 1 if same.size == 1 else same.size} slices share a position "
-                              f"(e.g. {along[same[0]]:.2f} mm along the slice normal): duplicated slices, or two "
-                              f"series mixed; give one series")
-    if abs(tilt) > 1e-3:
-        raise InputImageError(f"{shown} was acquired with a gantry tilt of {tilt:g} degrees; its slices are sheared, "
-                              f"not a grid MedSAMSlicer can write back: resample it first")
+        raise InputImageError(f"{shown}: duplicated slices ({same.size} share the position of another, e.g. "
+                              f"{along[same[0]]:.2f} mm along the slice normal), or two acquisitions mixed; give "
+                              f"one series")
+    # Gantry tilt: judged by the positions (they step sideways), as Slicer's DICOM reader does; the tag alone is
+    # not enough (scanners that reconstruct onto an upright grid still record the gantry's angle)
     steps = np.diff(positions, axis=0)
     sideways = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
     if np.any(sideways > max(0.01 * spacing_k, 0.01)):
         angle = math.degrees(math.atan2(float(sideways.max()), spacing_k))
-        raise InputImageError(f"{shown}: slice positions step sideways ({sideways.max():.2f} mm per slice, a gantry "
-                              f"tilt of about {angle:.1f} degrees); its slices are sheared: resample it first")
+        tag = f", Gantry/Detector Tilt {tilt:g}" if tilt else ""
+        raise InputImageError(f"{shown}: slice positions step sideways ({sideways.max():.2f} mm per slice: a gantry "
+                              f"tilt of about {angle:.1f} degrees{tag}); its slices are sheared, not a grid "
+                              f"MedSAMSlicer can write back: resample it first")
     uneven = np.flatnonzero(np.abs(gaps - spacing_k) > tolerance)
     if uneven.size:
         n = int(uneven[0])
