@@ -250,7 +250,7 @@ class WebApp:
         for number in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(number)
             label[read_segment(self.segmentation, segment_id, self.volume) & (label == 0)] = number + 1
-        written = write_label(path, label, _lps_reference(grid))
+        written = write_label(path, label, _lps_reference(grid), provenance=self._provenance())
         self._say(f"saved {written}", action="saved")
         return str(written)
 
@@ -287,20 +287,23 @@ class WebApp:
 
     def store_in_pacs(self) -> str:
         """The segmentation (every segment, as one) as DICOM SEG, stored next to its series and found again."""
-        from MedSAMSlicerLib.volumeio.provenance import Provenance
         from MedSAMSlicerLogic.segments import read_segment
 
         grid = self.logic.grid(self.volume)
         mask = np.zeros(grid.shape_kji, dtype=bool)
         for segment_id in self._segment_ids():
             mask |= read_segment(self.segmentation, segment_id, self.volume)
-        info = self.engine.info()
-        prompts = self.app_state()["boxes"]
-        provenance = Provenance(model=str(info.get("model")), weights_sha256=str(info.get("checkpoint_sha256")),
-                                prompts={"boxes": prompts}, edited_after=self.edited)
-        uid = self.pacs.store_segmentation(mask.astype(np.uint8), self.dicom_volume, provenance)
+        uid = self.pacs.store_segmentation(mask.astype(np.uint8), self.dicom_volume, self._provenance())
         self._say(f"stored DICOM SEG {uid} in the PACS", action="saved")
         return uid
+
+    def _provenance(self):
+        """What a saved segmentation says about its making: the engine's model and weights, the boxes, edits."""
+        from MedSAMSlicerLib.volumeio.provenance import Provenance
+
+        info = self.engine.info()
+        return Provenance(model=str(info.get("model")), weights_sha256=str(info.get("checkpoint_sha256")),
+                          prompts={"boxes": self.app_state()["boxes"]}, edited_after=self.edited)
 
     def toggle_time_log(self) -> None:
         if self.logic.time_log is not None:
