@@ -227,6 +227,16 @@ def test_a_seg_given_as_the_image_and_one_slice_of_a_series_are_refused(capsys, 
         assert code == 2 and err.count("\n") == 1 and words in err, err
 
 
+def test_outputs_inside_the_series_folder_are_refused(capsys, tmp_path, series):
+    folder = save(series, tmp_path / "series")
+    before = sorted(p.name for p in folder.iterdir())
+    for extra in (["--out", str(folder / "seg.dcm")], ["--out", str(tmp_path / "a.nrrd"), "--out-dicom", str(folder)]):
+        code = main(["segment", str(folder), "--box", "1,1,20,20", "--slice", "0", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "inside the DICOM folder" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
 def test_dicom_seg_from_nrrd_input_or_a_series_without_uids_is_refused_before_the_model(capsys, tmp_path):
     volume = read_volume(shared_series())
     image = sitk.GetImageFromArray(volume.array)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import OptionError
@@ -58,6 +59,14 @@ def check_outputs(args: argparse.Namespace) -> list[Path]:
             check_output_file(sidecar_path(args.out), inputs, what="--out's provenance sidecar")
     if args.out_dicom:
         check_output_folder(args.out_dicom, [], inputs, what="--out-dicom")
+    if not remote and os.path.isdir(args.image):  # a file added to the series folder changes the user's input
+        folder = os.path.realpath(args.image)
+        for option, target in (("--out", args.out), ("--out-dicom", args.out_dicom)):
+            where = os.path.realpath(target if option == "--out-dicom" else os.path.dirname(os.path.abspath(target))) \
+                if target else ""
+            if where and (where == folder or where.startswith(folder.rstrip(os.sep) + os.sep)):
+                raise OptionError(f"{option} {target} is inside the DICOM folder {args.image}; write outside it (the "
+                                  f"input folder is never changed)")
     return inputs
 
 
