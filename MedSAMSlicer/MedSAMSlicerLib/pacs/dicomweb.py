@@ -120,7 +120,7 @@ class Pacs:
             session.auth = credentials
         self.client = DICOMwebClient(url=self.root, session=session, timeout=self.timeout)
         # dicomweb-client retries every failure 5 times with exponential waits (30 s and more before a refused
-        # connection is reported): one retry, half a second later, covers a PACS's passing hiccup
+        # connection is reported): one retry, about a second later, covers a passing hiccup
         self.client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=500)
 
     def _call(self, what: str, function, *args, **kwargs):
