@@ -70,7 +70,8 @@ def build_seg(mask: np.ndarray, volume: DicomVolume, provenance: Provenance, lab
     parameters = {"weights_sha256": provenance.weights_sha256,
                   "prompts": json.dumps(provenance.prompts, sort_keys=True, default=str)[:1024],
                   "edited_after": str(provenance.edited_after).lower()}
-    algorithm = hd.AlgorithmIdentificationSequence(name=provenance.model[:64], family=codes.cid7162.ArtificialIntelligence,
+    algorithm = hd.AlgorithmIdentificationSequence(name=provenance.model[:64],
+                                                   family=codes.cid7162.ArtificialIntelligence,
                                                    version=f"MedSAMSlicer {provenance.version}"[:64],
                                                    parameters=parameters)
     description = hd.seg.SegmentDescription(
