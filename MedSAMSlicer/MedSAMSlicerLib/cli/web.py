@@ -26,6 +26,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
     web.add_argument("--out-folder", help="default folder for saved segmentations (default: log folder, else cwd)")
     web.add_argument("--device", default="cpu", help="device of the local engine (default cpu)")
     web.add_argument("--volume-rendering", action="store_true", help="volume rendering in 3D (slow without a GPU)")
+    web.add_argument("--dicomweb", metavar="URL", help="a PACS's DICOMweb root (dicomweb://HOST:PORT/dicom-web): "
+                                                      "list and open its series; Save stores a DICOM SEG there")
+    web.add_argument("--pacs-credentials", metavar="FILE", help="file with user:password for the PACS (else "
+                                                                "MEDSAM_PACS_USER and MEDSAM_PACS_PASSWORD)")
+    web.add_argument("--pacs-timeout", type=float, default=30.0, metavar="S", help="seconds per PACS answer")
     return web
 
 
@@ -40,7 +45,12 @@ def run_web(args: argparse.Namespace) -> dict:
     for image in images:
         if not Path(image).is_file():
             raise OptionError(f"{image}: no such file")
-    if not images:
+    pacs = None
+    if args.dicomweb:
+        from ..pacs.dicomweb import Pacs, load_credentials
+
+        pacs = Pacs(args.dicomweb, load_credentials(args.pacs_credentials), args.pacs_timeout)
+    if not images and pacs is None:
         from ..evaluation.demo_case import demo_files
 
         images = [str(demo_files()[0])]
@@ -48,7 +58,7 @@ def run_web(args: argparse.Namespace) -> dict:
     from MedSAMSlicerWeb.app import WebApp
 
     app = WebApp(engine, images, log_folder=args.log_folder, reader=args.reader, out_folder=args.out_folder,
-                 volume_rendering=args.volume_rendering)
+                 volume_rendering=args.volume_rendering, pacs=pacs)
     print(f"http://{args.host}:{args.port}/", flush=True)
     try:
         app.start(host=args.host, port=args.port)

@@ -23,6 +23,7 @@ from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, Servic
 from ..protocol import Box, JobState, SessionSpec, SliceRequest, wire
 from .auth import Guard
 from .engine import Engine
+from .volumes import checked_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
     @app.put("/volumes/{fingerprint}")
     async def upload_volume(fingerprint: str, request: Request) -> dict:
         """Body: zlib-compressed .npy of the (k, j, i) array; named by the sha256 of shape, dtype and voxels."""
-        engine.has_volume(fingerprint)  # validates the name before reading anything
+        checked_fingerprint(fingerprint)  # validates the name before reading anything (no engine call: async route)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)

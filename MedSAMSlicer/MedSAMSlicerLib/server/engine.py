@@ -34,17 +34,9 @@ from ..engine.corrections import CorrectableObject
 from ..engine.propagation import AUTO, PropagationOptions
 from ..protocol.wire import pack_mask
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
-from ..protocol import (
-    Box,
-    JobState,
-    PropagationResult,
-    PropagationSettings,
-    SessionSpec,
-    SliceRequest,
-    SliceResult,
-    axes,
-    checked_box,
-)
+from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
+from ..protocol.axes import take_slice
+from ..protocol.boxes import checked_box
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
@@ -87,7 +79,7 @@ class CountingSession(VolumeSession):
             job = getattr(_job_local, "job", None)
             if job is not None:
                 job.encoder_calls += 1
-            return self.segmenter.embed(axes.take_slice(self.image, self.np_axis, index))
+            return self.segmenter.embed(take_slice(self.image, self.np_axis, index))
 
         return self.cache.get_or_compute(self.cache_key(index), compute)
 
@@ -331,7 +323,7 @@ class Engine:
     # -- model work ---------------------------------------------------------------------------------------------
     def segment(self, owner: str, session_id: str, prompt: SliceRequest) -> tuple:
         session = self.session(owner, session_id)
-        result = session.prepared.segment_slice(prompt.index, prompt.box, prompt.allow_degenerate)
+        result = session.prepared.segment(prompt)
         session.last_used = time.monotonic()
         return result.mask, result.score
 
