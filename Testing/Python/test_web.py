@@ -48,15 +48,20 @@ def engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, case, engine):
+def playwright():
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as driver:  # one per module: a second one cannot start inside the first's loop
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, case, engine, playwright):
     folder = tmp_path_factory.mktemp("web")
     process, url = start_app(folder, case[0], *engine)
-    with sync_playwright() as playwright:
-        page = Page(playwright, url)
-        yield page, folder
-        page.close()
+    page = Page(playwright, url)
+    yield page, folder
+    page.close()
     stop(process)
 
 
@@ -182,10 +187,8 @@ TOKENS = {"r01": "r01-token-" + "k" * 24, "r02": "r02-token-" + "q" * 24}
 
 
 @pytest.fixture(scope="module")
-def secure_app(tmp_path_factory, case, engine):
+def secure_app(tmp_path_factory, case, engine, playwright):
     """The app as a ward runs it: on every address (--host 0.0.0.0), with the readers' token file."""
-    from playwright.sync_api import sync_playwright
-
     folder = tmp_path_factory.mktemp("web-secure")
     tokens = folder / "readers.txt"
     tokens.write_text("# reader token\n" + "".join(f"{r} {t}\n" for r, t in TOKENS.items()))
@@ -194,8 +197,7 @@ def secure_app(tmp_path_factory, case, engine):
     out.mkdir()
     process, url = start_app(folder, case[0], *engine, reader=None,
                              extra=("--host", "0.0.0.0", "--reader-tokens", str(tokens), "--out-folder", str(out)))
-    with sync_playwright() as playwright:
-        yield playwright, url, out
+    yield playwright, url, out
     stop(process)
 
 
