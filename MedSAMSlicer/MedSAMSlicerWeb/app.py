@@ -72,7 +72,7 @@ class WebApp:
         self.gate = PageGate(sessions, secure=ssl_context is not None, owner=owner)
         self._wslink = None
         self.gate.on_owner = self._owner_logged_in
-        self._empty_warned = None  # (name, digest) of the empty segmentation the reader was warned about
+        self._empty_warned = None  # (name, actions so far) when the reader was warned of an empty segmentation
         self.volume_rendering = volume_rendering
         self.server = get_server(client_type="vue3")
         self.server.enable_module(trame_slicer_module)
@@ -98,7 +98,9 @@ class WebApp:
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
         self.volume = None
         self.segmentation = None
-        self.images = list(images)
+        self.images = list(images)  # the worklist (--cases, or the images given): the page picks by number only
+        self.case_index = -1
+        self._saved_cases: set[int] = set()
         self._drag = None
         self._ticks = 0
         self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
@@ -108,7 +110,7 @@ class WebApp:
             fill_holes=False, drawing=False, boxes=0, can_undo=False, voxels=0, tool="none", log_running=False,
             active_time="0:00", log_path="", save_name="", save_overwrite=False, save_formats=list(SAVE_FORMATS),
             out_folder=str(self.out_folder) if self.out_folder else "", volume_name="", last_action="",
-            reader=self.reader_id(), log_folder=log_folder or "", warning="",
+            reader=self.reader_id(), log_folder=log_folder or "", warning="", cases=[], case_index=-1,
         )
         self.state.update(initial)
         self.state_gate.server_only = set(initial) - set(CLIENT_STATE)  # shown in the page, set by the server only
@@ -147,8 +149,47 @@ class WebApp:
         self._apply_display_window(self.state.window)
         stem = Path(str(path)).name.split(".")[0]
         self.state.update(dict(volume_name=node.GetName(), save_name=f"{stem}-medsam{SAVE_FORMATS[0]}",
-                               save_overwrite=False))
+                               save_overwrite=False, warning=""))
         self._refresh()
+
+    # -- the worklist ---------------------------------------------------------------------------------------------
+    def _case_status(self, index: int) -> str:
+        """Done: a segmentation of the case saved (this session, or ``STEM-medsam*`` already in the output folder);
+        in progress: the case open now; else not started.  The output folder is the reader's own (one per app)."""
+        stem = Path(self.images[index]).name.split(".")[0]
+        saved = index in self._saved_cases or (self.out_folder is not None and any(
+            (self.out_folder / f"{stem}-medsam{suffix}").exists() for suffix in SAVE_FORMATS))
+        return "done" if saved else "in progress" if index == self.case_index else "not started"
+
+    def _show_cases(self) -> None:
+        self.state.cases = [dict(name=Path(image).name, status=self._case_status(n))
+                            for n, image in enumerate(self.images)]
+        self.state.case_index = self.case_index
+
+    def open_case(self, index) -> None:
+        """Open case number ``index`` of the worklist (the time log, if running, moves to it)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.images):
+            raise ValueError("no such case in the worklist")
+        if self.logic.busy:
+            raise ValueError("wait for the running operation (or cancel it) first")
+        logging_on = self.logic.time_log is not None
+        if logging_on:
+            self.logic.close_case()
+            self.state.log_running = False
+        self.case_index = index
+        self.load(self.images[index])
+        if logging_on:
+            self.toggle_time_log()
+        self._show_cases()
+        self._say(f"case {index + 1} of {len(self.images)}: {Path(self.images[index]).name}", action="case_opened")
+
+    def next_case(self) -> None:
+        """The next case that is not done (after the current one, then from the top)."""
+        order = [(self.case_index + step) % len(self.images) for step in range(1, len(self.images) + 1)]
+        following = next((n for n in order if self._case_status(n) != "done" and n != self.case_index), None)
+        if following is None:
+            raise ValueError("every case of the worklist is done")
+        self.open_case(following)
 
     def _apply_display_window(self, window: str) -> None:
         if self.volume is None or self.volume.GetDisplayNode() is None:
@@ -293,6 +334,8 @@ class WebApp:
         self._empty_warned = None
         self.state.update(dict(warning="", save_overwrite=False))  # one confirmation, one save
         written = write_label(path, label, _lps_reference(grid))
+        self._saved_cases.add(self.case_index)
+        self._show_cases()
         self._say(f"saved {written.name} in the output folder", action="saved")
         return str(written)
 
@@ -309,7 +352,7 @@ class WebApp:
         Path(folder).mkdir(parents=True, exist_ok=True)
         time_log = self.logic.open_case(self.volume, folder, self.reader_id())
         self.state.update(dict(log_running=True, log_path=str(time_log.path)))
-        self._say(f"time log: {time_log.path}", action="log_started")
+        self._say(f"time log: {time_log.path.name}", action="log_started")  # the page shows no server path
 
     def export_report(self) -> str:
         from MedSAMSlicerLogic.study_report import export_report
@@ -317,7 +360,7 @@ class WebApp:
         if not self.log_folder:
             raise ValueError("the app was started without a time-log folder (--log-folder)")
         where = export_report(self.log_folder)
-        self._say(f"report: {where}", action="report")
+        self._say(f"report: {Path(str(where)).name}", action="report")
         return where
 
     # -- polling ----------------------------------------------------------------------------------------------------
@@ -354,14 +397,32 @@ class WebApp:
             with self.state:
                 if not self.logic.busy:
                     self.logic.collect_manual_edits()
+                    self._show_surface()  # after paint, erase or scissors
                 seconds = int(self.logic.time_log.active_seconds())
                 self.state.active_time = f"{seconds // 60}:{seconds % 60:02d}"
 
     # -- state shown in the page ------------------------------------------------------------------------------------
     def _refresh(self) -> None:
+        self._show_surface()
         self.state.boxes = len(self.logic.boxes())
         self.state.can_undo = len(self.logic.undo_stack) > 0
         self.state.voxels = self._voxel_count()
+
+    def _show_surface(self) -> None:
+        """The segments as surfaces in the 3D view.  Writing a segment's voxels (``slicer.util``'s labelmap update)
+        drops the closed-surface representation, and Segment Editor's "show 3D" only creates it for segments that
+        exist when it is switched on, so it is made again here after every change."""
+        if self.segmentation is None or not self._segment_ids():
+            return
+        if not self.segmentation.GetSegmentation().ContainsRepresentation(_surface_name()):
+            self.segmentation.CreateClosedSurfaceRepresentation()
+
+    def surface_points(self) -> int:
+        total = 0
+        for sid in self._segment_ids():
+            surface = self.segmentation.GetSegmentation().GetSegment(sid).GetRepresentation(_surface_name())
+            total += surface.GetNumberOfPoints() if surface is not None else 0
+        return total
 
     def _voxel_count(self) -> int:
         """Voxels in all segments, counted on the stored layers (copying each segment onto the scan's grid, as
@@ -451,6 +512,7 @@ class WebApp:
         self.ctrl.trigger("app_state")(self.app_state)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
+        self.ctrl.trigger("open_case")(self._guard(self.open_case))
 
         @self.state.change("window")
         def _window_changed(window, **_):
@@ -478,7 +540,7 @@ class WebApp:
                     digest=digest.hexdigest(), current_segment=self.logic.current.segment_id,
                     log_path=str(self.logic.time_log.path) if self.logic.time_log else self.state.log_path,
                     status=self.state.status, error=self.state.error, last_action=self.state.last_action,
-                    actions=self.actions,
+                    actions=self.actions, surface_points=self.surface_points(), warning=self.state.warning,
                     shape=list(grid.shape_kji) if grid is not None else None)
 
     def _slice_view(self, tag: str):
@@ -540,6 +602,15 @@ class WebApp:
             with ui.drawer as drawer:
                 drawer.width = 320
                 with v3.VContainer(classes="pa-2", style="font-size: 13px"):
+                    with html.Div(v_show=("cases.length > 1",), id="worklist", classes="mb-2"):
+                        html.Div("Worklist", classes="text-caption")
+                        with html.Div(v_for="(c, i) in cases", key="i", classes="case-row",
+                                      style=("i === case_index ? 'font-weight: bold' : ''",),
+                                      click="trigger('open_case', [i])"):
+                            html.Span("{{ i + 1 }}. {{ c.name }}")
+                            html.Span(" ({{ c.status }})", classes="text-caption")
+                        v3.VBtn("Next case", id="btn-next-case", click=g(self.next_case), block=True,
+                                disabled=("busy",), classes="mt-1")
                     v3.VSelect(label="Window", v_model=("window",), items=("windows",), id="window",
                                density="compact", hide_details=True, classes="mb-2")
                     with v3.VRow(dense=True):
@@ -620,8 +691,9 @@ class WebApp:
         from .box_drag import BoxDrag
 
         self._drag = BoxDrag(self.slicer_app.view_manager.get_slice_views(), self.slicer_app.scene, self._on_box)
-        for image in self.images:
-            self.load(image)
+        self.case_index = 0
+        self.load(self.images[0])
+        self._show_cases()
         # trame parses sys.argv itself (--host, --ssl, --authKey...): only what is given here counts.  timeout=0:
         # a ward's app does not stop when its last page closes.
         argv, sys.argv = sys.argv, sys.argv[:1]
@@ -629,6 +701,12 @@ class WebApp:
             self.server.start(host=host, port=port, open_browser=False, timeout=0)
         finally:
             sys.argv = argv
+
+
+def _surface_name() -> str:
+    import slicer
+
+    return slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
 
 
 def _lps_reference(grid):

@@ -139,6 +139,7 @@ def test_box_segment_propagate_undo_accept_save(app, case, engine):
 
     state = _run(page, "#btn-propagate")
     assert state["digest"] == first_propagation  # same box, same engine: the same mask again
+    assert state["surface_points"] > 0  # the 3D view shows the segment as a surface
     centre = [(i0 + i1) / 2, (j0 + j1) / 2, k]
     for view in ("Yellow", "Green"):  # as a person scrolls them to the lesion
         page.ask("show_slice", view, centre)
@@ -195,8 +196,11 @@ def secure_app(tmp_path_factory, case, engine, playwright):
     tokens.chmod(0o600)
     out = folder / "out"
     out.mkdir()
+    worklist = folder / "cases.txt"  # the second case of the worklist (the first is the image given)
+    worklist.write_text(f"# cases\n{shared_path('pyradiomics', 'breast1_image.nrrd')}\n")
     process, url = start_app(folder, case[0], *engine, reader=None,
-                             extra=("--host", "0.0.0.0", "--reader-tokens", str(tokens), "--out-folder", str(out)))
+                             extra=("--host", "0.0.0.0", "--reader-tokens", str(tokens), "--out-folder", str(out),
+                                    "--cases", str(worklist)))
     yield playwright, url, out
     stop(process)
 
@@ -349,6 +353,19 @@ def test_save_only_a_file_name_in_the_output_folder(reader_page):
     if state["last_action"] == "save_empty_warned":
         state = _run(page, "#btn-save")
     assert existing.read_bytes() != b"an earlier save"
+
+
+def test_worklist_next_case(reader_page):
+    page, _, _ = reader_page
+    rows = page.page.locator("#worklist .case-row")
+    assert rows.count() == 2
+    assert "(done)" in rows.nth(0).text_content()  # saved by the test above
+    assert "(not started)" in rows.nth(1).text_content()
+    state = _run(page, "#btn-next-case")
+    assert state["last_action"] == "case_opened", state
+    page.page.wait_for_function("() => document.getElementById('volume-name').textContent.includes('breast1')")
+    assert "(in progress)" in rows.nth(1).text_content()
+    assert page.page.locator("#save-name input").input_value() == "breast1_image-medsam.seg.nrrd"
 
 
 def test_expired_session_is_closed_and_failed_logins_are_limited(secure_app, reader_page):

@@ -19,6 +19,9 @@ from ..errors import OptionError
 def add_parser(commands) -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="the annotation app in a web browser (trame-slicer)")
     web.add_argument("images", nargs="*", metavar="IMAGE", help="volumes to load (default: the demo chest CT)")
+    web.add_argument("--cases", metavar="FOLDER|LIST", help="a worklist: the scans in FOLDER (sorted), or the "
+                     "files a text file LIST names (one a line, relative to the list); the page's 'Next case' opens "
+                     "the next one not done")
     web.add_argument("--server", metavar="URL", help="engine server to use (default: start a local one)")
     web.add_argument("--token-file", help="the server's token (default: the file `serve` wrote for the URL's port, "
                                           "~/.config/medsam-slicer/server-PORT.token)")
@@ -47,11 +50,11 @@ def run_web(args: argparse.Namespace) -> dict:
         import trame_slicer  # noqa: F401
     except ImportError:
         raise OptionError("the web app needs trame-slicer: pip install 'medsam-slicer[web]'") from None
-    images = list(args.images)
+    images = list(args.images) + (_worklist(args.cases) if args.cases else [])
     for image in images:
         if not Path(image).is_file():
             raise OptionError(f"{image}: no such file")
-    security = _security(args)
+    security = _security(args, images)
     if not images:
         from ..evaluation.demo_case import demo_files
 
@@ -71,7 +74,28 @@ def run_web(args: argparse.Namespace) -> dict:
     return {"stopped": True}
 
 
-def _security(args: argparse.Namespace) -> dict:
+SCAN_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".nhdr")
+
+
+def _worklist(where: str) -> list[str]:
+    """The cases of ``--cases``: a folder's scans (labels and segmentations left out), or a list file's lines."""
+    from pathlib import Path
+
+    path = Path(where).expanduser()
+    if path.is_dir():
+        cases = sorted(str(p) for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES)
+                       and not p.name.lower().endswith(".seg.nrrd") and "label" not in p.name.lower())
+    elif path.is_file():
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+        cases = [str((path.parent / line).expanduser()) for line in lines if line and not line.startswith("#")]
+    else:
+        raise OptionError(f"--cases {where}: no such folder or list file")
+    if not cases:
+        raise OptionError(f"--cases {where}: no scans there")
+    return cases
+
+
+def _security(args: argparse.Namespace, images: list) -> dict:
     """The login, TLS and output folder, checked before anything starts (a mistake is one line, exit 2)."""
     from pathlib import Path
 
@@ -108,7 +132,7 @@ def _security(args: argparse.Namespace) -> dict:
         sessions = Sessions(tokens, lifetime_s=args.session_minutes * 60.0)
     folder = args.out_folder or args.log_folder
     if folder:
-        check_output_folder(Path(folder).expanduser(), [], [str(image) for image in args.images], what="--out-folder")
+        check_output_folder(Path(folder).expanduser(), [], [str(image) for image in images], what="--out-folder")
     return dict(sessions=sessions, ssl_context=ssl_context, owner=args.reader if tokens is not None else None)
 
 
