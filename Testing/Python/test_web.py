@@ -327,8 +327,7 @@ def test_save_only_a_file_name_in_the_output_folder(reader_page):
     cwd_before = sorted(os.listdir(Path.cwd()))
 
     def save(name: str, overwrite: bool = False) -> dict:
-        page.page.fill("#save-name input", name) if page.page.locator("#save-name input").count() else \
-            page.page.fill("#save-name", name)
+        page.page.fill("#save-name", name)  # Vuetify puts the id on the <input>
         if overwrite:
             page.page.click("#save-overwrite")
         page.page.wait_for_timeout(300)  # the field's value reaches the server before the click
@@ -365,7 +364,7 @@ def test_worklist_next_case(reader_page):
     assert state["last_action"] == "case_opened", state
     page.page.wait_for_function("() => document.getElementById('volume-name').textContent.includes('breast1')")
     assert "(in progress)" in rows.nth(1).text_content()
-    assert page.page.locator("#save-name input").input_value() == "breast1_image-medsam.seg.nrrd"
+    assert page.page.locator("#save-name").input_value() == "breast1_image-medsam.seg.nrrd"
 
 
 def test_expired_session_is_closed_and_failed_logins_are_limited(secure_app, reader_page):
