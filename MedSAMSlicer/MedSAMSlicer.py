@@ -284,7 +284,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MedSAMSlicerLib.engine.weights import load_manifest  # a light module: no torch
 
             names = list(load_manifest())
-        except Exception:  # the engine reads the manifest again, with a clear error, when it loads the model
+        except Exception:  # noqa: BLE001 - the engine reads the manifest again, with a clear error, when it loads
             names = ["litemedsam"]
         self.ui.modelComboBox.addItems(names)
 
@@ -455,7 +455,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
             if editor.segmentationNode() is self.ui.segmentationSelector.currentNode():
                 editor.saveStateForUndo()
-        except Exception:  # Segment Editor not created yet: our own Undo still works
+        except Exception:  # noqa: BLE001 - Segment Editor not created yet: our own Undo still works
             pass
 
     def startOperation(self, title: str, start) -> None:
@@ -587,7 +587,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             self.logic.core.collect_manual_edits()
-        except Exception as error:  # the segment was deleted meanwhile: stop watching it
+        except Exception as error:  # noqa: BLE001 - the segment was deleted meanwhile: stop watching it
             logging.warning("MedSAM manual-edit check: %s", error)
             self.logic.core.stop_watching()
         log = self.logic.core.time_log

@@ -50,8 +50,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib.engine import axes
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import axes
+from MedSAMSlicerLib.protocol.boxes import Box
 from MedSAMSlicerLib.errors import (BoxError, Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError,
                                     first_line)
 
@@ -59,7 +59,8 @@ from .edit_watch import ManualEdit, ManualEditWatcher
 from .messages import user_message
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
                           propagation_range)
-from .segments import add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists, write_segment
+from .segments import (add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists,
+                       write_segment)
 from .undo import NothingToUndo, Operation, SegmentSnapshot, UndoStack
 from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
 
@@ -758,7 +759,7 @@ class BoxSegmentationLogic:
         """The user dragged a box's handles (the panel calls this, throttled, from the ROI's modified event)."""
         try:
             prompt = prompt_from_roi(roi_node, self.grid(volume_node))
-        except Exception:  # a box dragged off the volume is still a move; the next run reports the problem
+        except Exception:  # noqa: BLE001 - a box dragged off the volume is still a move; the next run reports it
             self._log("box_moved")
             return
         self._log("box_moved", slice=prompt.index, box=str(prompt.box))
@@ -837,7 +838,7 @@ class BoxSegmentationLogic:
             return
         try:
             self.time_log.event(kind, **fields)
-        except Exception as error:  # a full disk must not stop the segmentation; the panel shows the warning
+        except Exception as error:  # noqa: BLE001 - a full disk must not stop the segmentation; the panel warns
             log.warning("time log event %s not written: %s", kind, error)
 
     # -- conveniences for scripts and tests: start, then poll until done ----------------------------------------------

@@ -166,7 +166,7 @@ class EngineInstall:
 
     def last_line(self) -> str:
         try:
-            lines = [l.strip() for l in Path(self.log_path).read_text(errors="replace").splitlines() if l.strip()]
+            lines = [s.strip() for s in Path(self.log_path).read_text(errors="replace").splitlines() if s.strip()]
         except OSError:
             return "no log"
         return lines[-1][:200] if lines else "no output"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from MedSAMSlicerLib.engine.boxes import Box, checked_box
+from MedSAMSlicerLib.protocol.boxes import Box, checked_box
 from MedSAMSlicerLib.errors import BoxError
 
 from .geometry import (ALIGNED_COS, array_to_matrix, ijk_to_world_points, matrix_to_array, node_to_world,

@@ -62,6 +62,6 @@ class CaseTimeLog:
         return self.session.active_seconds()
 
     def close(self) -> None:
-        if self.session._fd is not None:  # noqa: SLF001 - SessionLog has no public "is open"
+        if not self.session.closed:
             self.event("case_closed")
         self.session.close()

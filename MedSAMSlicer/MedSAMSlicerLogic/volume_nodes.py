@@ -1,11 +1,12 @@
-"""A Slicer volume node as the engine's :class:`Volume`: a private copy of the voxels with its RAS geometry.
+"""A Slicer volume node as the engine's :class:`Volume`: a private copy of the voxels with its geometry.
 
 The engine never writes to ``Volume.array``, but the copy also protects the user's volume from anything that could
 happen while a worker thread holds the array (the user may edit or close the volume in the meantime).
 
-Geometry is given in world RAS (Slicer's space, after any linear parent transform), not LPS as in files.  The engine
-uses the direction matrix only through its absolute values, to decide which index axis is axial, coronal or sagittal,
-and that choice is the same in RAS and LPS.
+Geometry: Slicer's world is RAS (after any linear parent transform); the volume is built in that frame, labelled
+``frame="RAS"``, and converted once, exactly, to LPS (:meth:`Volume.in_frame`), the frame of files and of the engine's
+wire.  So ``VolumeOnGrid.volume`` is LPS like every other Volume, and a label written on it lands where the file's
+label would (``VolumeOnGrid.ijk_to_world`` keeps the RAS matrix for the views).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 import vtk.util.numpy_support
 
 from MedSAMSlicerLib.errors import InputImageError
-from MedSAMSlicerLib.engine.volume import Volume
+from MedSAMSlicerLib.protocol import Volume, check_voxels, volume_from_matrix
 
-from .geometry import ijk_to_world, spacing_and_directions
+from .geometry import ijk_to_world
 
 _SCALAR_CLASSES = ("vtkMRMLScalarVolumeNode",)  # labelmaps, vectors and tensors are not images to segment
 
@@ -64,17 +65,12 @@ def volume_from_node(volume_node) -> VolumeOnGrid:
     dimensions = image.GetDimensions()
     scalars = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
     array = np.array(scalars, copy=True).reshape(tuple(reversed(dimensions)))  # (k, j, i), our own memory
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputImageError(f"{volume_node.GetName()} has {bad} NaN or infinite voxels")
+    check_voxels(array, volume_node.GetName())
     array.setflags(write=False)
     matrix = ijk_to_world(volume_node)
-    spacing, directions = spacing_and_directions(matrix)
     modality = volume_node.GetAttribute("DICOM.Modality") or None
-    volume = Volume(array, tuple(float(s) for s in spacing), tuple(float(v) for v in matrix[:3, 3]),
-                    tuple(float(v) for v in directions.ravel()), path=volume_node.GetName(), modality=modality)
-    return VolumeOnGrid(volume, matrix, volume_node.GetID(), volume_node.GetName())
+    volume = volume_from_matrix(array, matrix, "RAS", path=volume_node.GetName(), modality=modality)
+    return VolumeOnGrid(volume.in_frame("LPS"), matrix, volume_node.GetID(), volume_node.GetName())
 
 
 def grid_key(volume_node) -> tuple:

@@ -369,7 +369,7 @@ class WebApp:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - the loop must survive; the logic reports its own failures
+            except Exception:  # the loop must survive; the logic reports its own failures (logged with its traceback)
                 log.exception("poll failed")
 
     def _tick(self) -> None:

@@ -1,7 +1,8 @@
 """``medsam-slicer``: segment, evaluate, run the demo, report annotation-time studies.
 
 Errors the user can fix print one line (``medsam-slicer: error: ...``) and exit with a non-zero code (2; 130 for
-Ctrl+C); only bugs show a traceback.  With ``--json`` the result is one JSON object on stdout; progress bars and warnings go to stderr.
+Ctrl+C); only bugs show a traceback.  With ``--json`` the result is one JSON object on stdout; progress bars and
+warnings go to stderr.
 Each command lives in its own module (``add_parser`` + ``run_*``); this module only dispatches.
 """
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..client import EngineClient, read_token_file
-from ..engine.boxes import Box
+from ..engine import propagation_settings
 from ..errors import Cancelled, OptionError
+from ..protocol import Box, PropagationResult, SessionSpec, SliceResult
 
 log = logging.getLogger("MedSAMSlicerLib")
 
@@ -35,22 +36,6 @@ class _Window:
 
     def describe(self) -> str:
         return self.text
-
-
-@dataclass
-class _SliceResult:
-    index: int
-    mask: np.ndarray
-    score: float
-    box: Box
-
-
-@dataclass
-class _PropagationResult:
-    mask: np.ndarray
-    scores: dict
-    stopped: dict
-    segmented_slices: int
 
 
 class _Encoder:
@@ -74,8 +59,7 @@ class RemoteSession:
     def __init__(self, client: EngineClient, volume, window: str, axis: str) -> None:
         self.client = client
         self.volume = volume
-        self.handle = client.open_volume(volume.array, volume.spacing, volume.origin, volume.direction, window, axis,
-                                         volume.modality, volume.already_normalized)
+        self.handle = client.open_spec(volume.array, SessionSpec.of_volume(volume, window, axis))
         self.np_axis = self.handle.np_axis
         self.axis_name = self.handle.axis_name
         self.window = _Window(self.handle.window)
@@ -93,21 +77,18 @@ class RemoteSession:
     def empty_mask(self) -> np.ndarray:
         return np.zeros(self.volume.array.shape, dtype=bool)
 
-    def segment_slice(self, index: int, box: Box, allow_degenerate: bool = False) -> _SliceResult:
-        mask, score = self.handle.segment_slice(index, box.as_array(), allow_degenerate=allow_degenerate)
-        return _SliceResult(index, mask, score, box)
+    def segment_slice(self, index: int, box: Box, allow_degenerate: bool = False) -> SliceResult:
+        mask, score = self.handle.segment_slice(index, box, allow_degenerate=allow_degenerate)
+        return SliceResult(index, mask, score, box)
 
-    def propagate(self, key_boxes: dict, options, progress=None) -> _PropagationResult:
-        settings = {"rule": options.rule, "slice_range": options.slice_range, "stop": options.stop is not None,
-                    "largest_component": options.largest_component, "fill_holes": options.fill_holes,
-                    "margin": options.margin}
-        job = self.handle.propagate(key_boxes, settings)
+    def propagate(self, key_boxes: dict, options, progress=None) -> PropagationResult:
+        job = self.handle.propagate(key_boxes, propagation_settings(options))
         try:
             result = job.result(progress)
         except KeyboardInterrupt:
             job.cancel()
             raise Cancelled("propagation cancelled by the user; nothing was written") from None
-        return _PropagationResult(result["mask"], result["scores"], result["stopped"], result["segmented_slices"])
+        return PropagationResult(result["mask"], result["segmented_slices"], result["stopped"], result["scores"])
 
     def describe(self) -> dict:
         info = self.client.info()

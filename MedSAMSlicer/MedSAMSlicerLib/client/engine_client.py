@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
-from ..errors import Cancelled, EngineUnavailable, MedSAMError, ServiceError, first_line
-from . import wire
+from ..errors import Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError, first_line
+from ..protocol import Box, JobState, PropagationSettings, SessionSpec, SliceRequest, box_values, decode_result, wire
 from .opening import VolumeOpening, shares_files
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,14 @@ MODEL_TIMEOUT = 600.0  # a first request may wait for the model to load and a sl
 
 @dataclass(frozen=True)
 class JobStatus:
-    state: str  # running | done | failed | cancelled
+    state: JobState  # a str enum: compares equal to "running", "done", "failed", "cancelled"
     done: int
     total: int
     message: str = ""
 
     @property
     def finished(self) -> bool:
-        return self.state != "running"
+        return self.state is not JobState.RUNNING
 
 
 def read_token_file(path: str | os.PathLike) -> str:
@@ -89,6 +89,20 @@ class EngineClient:
         if not isinstance(body, dict):
             raise EngineUnavailable(f"the engine at {self.url} sent a non-JSON answer to {path}")
         return body
+
+    @property
+    def known_info(self) -> dict | None:
+        """The last ``/info`` answer (no request), or None before the first."""
+        return self._info
+
+    @property
+    def local_dir(self) -> str | None:
+        """The server's private folder when it shares our file system ("" once known not to; None: not yet known)."""
+        return self._local_dir
+
+    @local_dir.setter
+    def local_dir(self, folder: str | None) -> None:
+        self._local_dir = folder
 
     # -- server ---------------------------------------------------------------------------------------------------
     def health(self, timeout: float | None = None) -> dict:
@@ -153,16 +167,20 @@ class EngineClient:
                     direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1), window: str = "auto",
                     axis: str = "axial", modality: str | None = None,
                     already_normalized: bool = False) -> "RemoteVolume":
-        """A session on ``array`` (numpy order (k, j, i)); geometry in ITK order and LPS, as in :class:`Volume`."""
+        """A session on ``array`` (numpy order (k, j, i)); geometry in ITK order and LPS, as in :class:`Volume`
+        (a :class:`SessionSpec` in :meth:`open_spec` may be in either frame)."""
+        spec = SessionSpec(_floats(spacing), _floats(origin), _floats(direction), str(window), str(axis), modality,
+                           bool(already_normalized))
+        return self.open_spec(array, spec)
+
+    def open_spec(self, array: np.ndarray, spec: SessionSpec) -> "RemoteVolume":
+        """:meth:`open_volume` with the session described by one :class:`SessionSpec`."""
         array = np.asarray(array)
         if array.ndim != 3:
-            raise wire.ERROR_CLASSES["input_image"](f"the volume has {array.ndim} dimensions; give a 3D array")
+            raise InputImageError(f"the volume has {array.ndim} dimensions; give a 3D array")
         fingerprint = self.upload(array)
-        body = self.request("POST", "/sessions", timeout=MODEL_TIMEOUT, json={
-            "fingerprint": fingerprint, "spacing": [float(v) for v in spacing],
-            "origin": [float(v) for v in origin], "direction": [float(v) for v in np.ravel(direction)],
-            "window": str(window), "axis": str(axis), "modality": modality,
-            "already_normalized": bool(already_normalized)})
+        body = self.request("POST", "/sessions", timeout=MODEL_TIMEOUT,
+                            json={"fingerprint": fingerprint, **spec.to_json()})
         return RemoteVolume(self, body)
 
     def start_opening(self, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -217,8 +235,8 @@ class RemoteVolume:
         self.session_id: str = body["session_id"]
         self.fingerprint: str = body["fingerprint"]
         self.slice_count: int = int(body["slice_count"])
-        self.slice_shape: tuple[int, int] = tuple(body["slice_shape"])  # type: ignore[assignment]
-        self.shape: tuple[int, int, int] = tuple(body["shape"])  # type: ignore[assignment]
+        self.slice_shape: tuple[int, int] = tuple(body["slice_shape"])
+        self.shape: tuple[int, int, int] = tuple(body["shape"])
         self.np_axis: int = int(body["np_axis"])
         self.window: str = body["window"]
         self.window_reason: str = body["window_reason"]
@@ -231,8 +249,8 @@ class RemoteVolume:
                       allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
         """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``; waits for
         the encoder when the slice is not cached (scripts, the CLI; a GUI uses :meth:`start_segment_slice`)."""
-        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            "index": int(index), "box": _box_list(box), "allow_degenerate": bool(allow_degenerate)})
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout,
+                                   json=_slice_request(index, box, allow_degenerate).to_json())
         return wire.unpack_mask(body["mask"]), float(body["score"])
 
     def start_segment_slice(self, index: int, box: Sequence[float], allow_degenerate: bool = False,
@@ -241,7 +259,7 @@ class RemoteVolume:
         slice shape), ``score``, ``encoder_calls`` and ``seconds``.  ``request_id``: the same id again (a start
         whose answer timed out) returns the same job."""
         body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            "index": int(index), "box": _box_list(box), "allow_degenerate": bool(allow_degenerate), "async": True,
+            **_slice_request(index, box, allow_degenerate).to_json(), "async": True,
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
@@ -250,12 +268,14 @@ class RemoteVolume:
         self.client.request("POST", self._path("/prefetch"), timeout=timeout,
                             json={"indices": [int(i) for i in indices]})
 
-    def propagate(self, key_boxes: dict, options: dict | None = None, timeout: float = MODEL_TIMEOUT,
-                  request_id: str | None = None) -> "RemoteJob":
-        """Start a propagation job.  ``options``: rule, slice_range (K0, K1), stop (bool), largest_component,
-        fill_holes, margin.  ``request_id`` as for :meth:`start_segment_slice`."""
+    def propagate(self, key_boxes: dict, options: PropagationSettings | dict | None = None,
+                  timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
+        """Start a propagation job.  ``options``: :class:`PropagationSettings` (or a dict of its fields: rule,
+        slice_range (K0, K1), stop (bool), largest_component, fill_holes, margin).  ``request_id`` as for
+        :meth:`start_segment_slice`."""
+        settings = PropagationSettings.from_json(options)
         body = self.client.request("POST", self._path("/propagate"), timeout=timeout, json={
-            "key_boxes": {str(int(k)): _box_list(b) for k, b in key_boxes.items()}, "options": dict(options or {}),
+            "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": settings.to_json(),
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
 
@@ -273,9 +293,13 @@ class RemoteJob:
     def __init__(self, volume: RemoteVolume | None, job_id: str, total: int = 0,
                  client: EngineClient | None = None) -> None:
         self.volume = volume
-        self.client: EngineClient = client if client is not None else volume.client  # type: ignore[union-attr]
+        if client is None:
+            if volume is None:
+                raise ValueError("a RemoteJob needs its volume or its client")
+            client = volume.client
+        self.client: EngineClient = client
         self.job_id = job_id
-        self.status = JobStatus("running", 0, total)
+        self.status = JobStatus(JobState.RUNNING, 0, total)
         self._error: dict | None = None  # {"code", "message"} of a failed job
 
     def poll(self, timeout: float = 0.05, request_timeout: float | None = None) -> JobStatus:
@@ -284,7 +308,8 @@ class RemoteJob:
         polls with ``timeout=0`` and a short ``request_timeout``."""
         body = self.client.request("GET", f"/jobs/{self.job_id}", params={"wait": f"{max(0.0, timeout):g}"},
                                    timeout=request_timeout or self.client.timeout + timeout)
-        self.status = JobStatus(body["state"], int(body["done"]), int(body["total"]), body.get("message", ""))
+        self.status = JobStatus(JobState(body["state"]), int(body["done"]), int(body["total"]),
+                                body.get("message", ""))
         self._error = body.get("error")
         return self.status
 
@@ -303,9 +328,9 @@ class RemoteJob:
     def raise_failure(self) -> None:
         """Raise what ended the job (after a poll said "cancelled" or "failed")."""
         status = self.status
-        if status.state == "cancelled":
+        if status.state is JobState.CANCELLED:
             raise Cancelled(status.message or "cancelled on the engine; nothing was written")
-        if status.state == "failed":
+        if status.state is JobState.FAILED:
             error = self._error or {}
             raise wire.error_from_body(int(error.get("status", 400)), {"error": self._error},
                                        status.message or "the engine failed")
@@ -318,29 +343,25 @@ class RemoteJob:
 
         A failed job raises its error; a cancelled one raises :class:`Cancelled`."""
         status = self.status if self.status.finished else self.wait(progress)
-        if status.state != "done":
+        if status.state is not JobState.DONE:
             self.raise_failure()
-        body = self.client.request("GET", f"/jobs/{self.job_id}/result", timeout=timeout)
-        if isinstance(body.get("mask"), dict):
-            body["mask"] = wire.unpack_mask(body["mask"])
-        if "scores" in body:
-            body["scores"] = {int(k): float(v) for k, v in body["scores"].items()}
-        return body
+        return decode_result(self.client.request("GET", f"/jobs/{self.job_id}/result", timeout=timeout))
 
 
-def _box_list(box) -> list[float]:
-    values = box.as_array() if hasattr(box, "as_array") else box
-    values = [float(v) for v in values]
-    if len(values) != 4:
-        raise wire.ERROR_CLASSES["box"](f"a box has four numbers x0,y0,x1,y1, got {len(values)}")
-    return values
+def _slice_request(index: int, box: object, allow_degenerate: bool) -> SliceRequest:
+    return SliceRequest(int(index), Box.from_json(box), bool(allow_degenerate))
+
+
+def _floats(values: Sequence[float]) -> tuple[float, ...]:
+    """As given (the server names a wrong count in its one-line answer)."""
+    return tuple(float(v) for v in np.ravel(values))
 
 
 def _reason(error: BaseException) -> str:
     """The root cause of a requests error in a few words (urllib3 nests the socket error several levels deep)."""
     cause = error
-    while cause.__cause__ is not None or cause.__context__ is not None:
-        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    while (parent := cause.__cause__ or cause.__context__) is not None:
+        cause = parent
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused (is `medsam-slicer serve` running?)"
     if isinstance(cause, (ConnectionResetError, BrokenPipeError)):

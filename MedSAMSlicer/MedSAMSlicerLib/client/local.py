@@ -64,10 +64,12 @@ def start_local_server(cls, python: str | None, args: Sequence[str], startup_tim
 
 def _first_line(process: subprocess.Popen, timeout: float, errors: collections.deque) -> str:
     deadline = time.monotonic() + timeout
+    stdout = process.stdout
+    assert stdout is not None, "the child is started with stdout=PIPE"
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.1)
+        ready, _, _ = select.select([stdout], [], [], 0.1)
         if ready:
-            line = process.stdout.readline().strip()
+            line = stdout.readline().strip()
             if line.startswith("http"):
                 return line
             if not line and process.poll() is not None:

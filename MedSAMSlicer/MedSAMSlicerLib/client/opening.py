@@ -30,13 +30,13 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import IO, Any, Optional, Sequence, cast
 from urllib.parse import urlparse
 
 import numpy as np
 
-from ..errors import EngineUnavailable, ServiceError
-from . import wire
+from ..errors import EngineUnavailable, InputImageError, ServiceError
+from ..protocol import SessionSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class VolumeOpening:
                  upload_timeout: float = UPLOAD_TIMEOUT) -> None:
         array = np.asarray(array)
         if array.ndim != 3:
-            raise wire.ERROR_CLASSES["input_image"](f"the volume has {array.ndim} dimensions; give a 3D array")
+            raise InputImageError(f"the volume has {array.ndim} dimensions; give a 3D array")
         self.client = client
         self.array = np.ascontiguousarray(array)  # the logic's copies are contiguous already: no copy then
-        self._bytes = memoryview(self.array.reshape(-1).view(np.uint8))
-        self.session_body = {
-            "spacing": [float(v) for v in spacing], "origin": [float(v) for v in origin],
-            "direction": [float(v) for v in np.ravel(direction)], "window": str(window), "axis": str(axis),
-            "modality": modality, "already_normalized": bool(already_normalized)}
+        self._bytes = memoryview(cast(Any, self.array.reshape(-1).view(np.uint8)))  # numpy arrays are buffers
+        self.session_body = SessionSpec(
+            tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
+            tuple(float(v) for v in np.ravel(direction)), str(window), str(axis), modality,
+            bool(already_normalized)).to_json()
         self.upload_timeout = upload_timeout
         self.fingerprint = fingerprint
         self.stage = "hash" if fingerprint is None else "check"
@@ -70,10 +70,10 @@ class VolumeOpening:
         self._digest = hashlib.sha256()
         self._digest.update(repr((tuple(int(n) for n in self.array.shape), self.array.dtype.str)).encode())
         self._offset = 0
-        self._file = None  # (stream, path) of the hand-over file being written
-        self._compressor = None
+        self._file: Optional[tuple[IO[bytes], str]] = None  # (stream, path) of the hand-over file being written
+        self._compressor: Optional[Any] = None  # a zlib compressor (its type is private to zlib)
         self._compressed: list[bytes] = []
-        self._job = None  # RemoteJob of the server's part (hand-over or session opening)
+        self._job: Any = None  # RemoteJob of the server's part (hand-over or session opening)
         self._request_ids = {"file": secrets.token_urlsafe(12), "open": secrets.token_urlsafe(12)}
         self.remote = None
 
@@ -130,11 +130,11 @@ class VolumeOpening:
 
     def _route(self, budget: float):
         """Hand-over file (a loopback server whose private folder we can write) or upload."""
-        info = self.client._info or self.client.info(timeout=budget)
-        client_dir = self.client._local_dir
+        info = self.client.known_info or self.client.info(timeout=budget)
+        client_dir = self.client.local_dir
         if client_dir is None:
             client_dir = info["local_dir"] if shares_files(self.client.url, info.get("local_dir")) else ""
-            self.client._local_dir = client_dir
+            self.client.local_dir = client_dir
         self.done, self.total = 0, len(self._bytes)
         self.stage = "write" if client_dir else "compress"
         return None
@@ -142,8 +142,8 @@ class VolumeOpening:
     def _write(self, budget: float):
         try:
             if self._file is None:
-                handle, path = tempfile.mkstemp(suffix=".npy", dir=self.client._local_dir)
-                stream = os.fdopen(handle, "wb")
+                handle, path = tempfile.mkstemp(suffix=".npy", dir=self.client.local_dir)
+                stream: IO[bytes] = os.fdopen(handle, "wb")
                 self._file = (stream, path)
                 np.lib.format.write_array_header_1_0(stream, np.lib.format.header_data_from_array_1_0(self.array))
             stream = self._file[0]
@@ -156,13 +156,14 @@ class VolumeOpening:
         except OSError as error:  # the folder is not ours after all (another user, another machine): upload
             log.info("cannot hand the volume over as a file (%s); uploading it", error)
             self._drop_file()
-            self.client._local_dir = ""
+            self.client.local_dir = ""
             self.stage, self._offset = "compress", 0
         return None
 
     def _take(self, budget: float):
         self.message = "the engine is reading the volume"
         if self._job is None:
+            assert self._file is not None, "the hand-over file was written at the previous stage"
             body = self.client.request("POST", f"/volumes/{self.fingerprint}/from-file", timeout=budget, json={
                 "name": os.path.basename(self._file[1]), "async": True, "request_id": self._request_ids["file"]})
             self._job = self._job_of(body)
@@ -188,7 +189,7 @@ class VolumeOpening:
     def _upload(self, budget: float):
         """The one long request (remote servers only): its duration is the network's."""
         body = b"".join(self._compressed)
-        limit = int((self.client._info or {}).get("max_upload_bytes", 0))
+        limit = int((self.client.known_info or {}).get("max_upload_bytes", 0))
         if limit and len(body) > limit:
             raise ServiceError(f"the compressed volume is {len(body) >> 20} MiB; this server accepts at most "
                                f"{limit >> 20} MiB (serve --max-upload-mb)", "too_large", 413)

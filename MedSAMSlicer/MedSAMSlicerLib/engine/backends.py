@@ -4,7 +4,8 @@
 on a GPU it is PyTorch.  A runtime is used only after its outputs were checked against PyTorch on a fixed probe
 (:mod:`.export`): exact mode within 1e-3 (measured 6e-6), fast mode (OpenVINO bf16 encoder) within a relative L2
 error of 10 % (a sanity bound; fast mode's real cost is the per-case DSC table of the README).  The result is
-recorded beside the exported file, so the check runs once per file, runtime version and precision.  ``--precision fast`` needs OpenVINO on a CPU with bf16; elsewhere it says so and runs exact.
+recorded beside the exported file, so the check runs once per file, runtime version and precision.
+``--precision fast`` needs OpenVINO on a CPU with bf16; elsewhere it says so and runs exact.
 
 Start-up: when the exported files are verified and the checkpoint's sha256 matched its record, the PyTorch network
 is not read at all (:class:`DeferredModel` reads it on first use), which saves about a second.
@@ -39,7 +40,7 @@ class DeferredModel(LoadedModel):
         self._net = None
 
     @property
-    def net(self):  # type: ignore[override]
+    def net(self):
         if self._net is None:
             loaded = load_model(*self._args)
             self._net, self.device_choice = loaded.net, loaded.device_choice

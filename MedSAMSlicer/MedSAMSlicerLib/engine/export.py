@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,9 +51,10 @@ def image_size(model) -> int:
 class BoxDecoder(nn.Module):
     """Prompt encoder + mask decoder for one box; the no-mask embedding and the positional encoding fold in."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: Any) -> None:  # a segment_anything Sam (untyped): its parts are reached by name
         super().__init__()
-        self.prompt_encoder, self.mask_decoder = net.prompt_encoder, net.mask_decoder
+        self.prompt_encoder: Any = net.prompt_encoder
+        self.mask_decoder: Any = net.mask_decoder
 
     def forward(self, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
@@ -179,7 +180,7 @@ def reference_outputs(model) -> dict[str, np.ndarray]:
 def drift(reference: np.ndarray, value: np.ndarray) -> dict:
     difference = np.asarray(value, dtype=np.float64) - reference
     return {"max_abs": float(np.abs(difference).max()),
-            "rel_l2": float(np.linalg.norm(difference) / max(np.linalg.norm(reference), 1e-12))}
+            "rel_l2": float(np.linalg.norm(difference) / max(float(np.linalg.norm(reference)), 1e-12))}
 
 
 def measure_encoder(model, encode: Callable[[np.ndarray], np.ndarray]) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -109,6 +110,7 @@ def normalize_volume(array: np.ndarray, window: Window) -> np.ndarray:
             raise InputImageError("--window none needs an image already in 0..255; pick a CT window or mr")
         return data.astype(np.uint8)
     if window.kind == "ct":
+        assert window.level is not None and window.width is not None, "a CT window has a level and a width"
         lower = window.level - window.width / 2
         upper = window.level + window.width / 2
         clipped = np.clip(data.astype(np.float64), lower, upper)
@@ -126,4 +128,4 @@ def normalize_volume(array: np.ndarray, window: Window) -> np.ndarray:
     scaled = (clipped - clipped.min()) / span * 255.0
     if window.kind == "mr":
         scaled[data == 0] = 0
-    return np.uint8(scaled)
+    return cast(np.ndarray, np.uint8(scaled))  # np.uint8 of an array is the array cast to uint8

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from .device import DeviceChoice, choose_device
 from ..errors import CheckpointError, first_line
+from .device import DeviceChoice, choose_device
 from .tiny_vit import TinyViT
 from .weights import ModelEntry, VerifiedCheckpoint, model_entry, resolve_checkpoint
 
@@ -105,7 +106,7 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], path: os.PathLi
 class LoadedModel:
     name: str
     entry: ModelEntry
-    net: nn.Module
+    net: Any  # an nn.Module of segment_anything (untyped): its image_encoder, prompt_encoder, mask_decoder by name
     checkpoint: VerifiedCheckpoint
     device_choice: DeviceChoice
 

@@ -118,7 +118,7 @@ class SamPipeline:
         new_h, new_w = longest_side_shape(height, width, self.image_size)
         # torchvision's resize of a PIL image, as SamPredictor does, is PIL's bilinear resize.
         rgb = np.repeat(np.ascontiguousarray(slice_u8)[:, :, None], 3, axis=2)
-        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+        resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.float32)
         tensor = torch.from_numpy(resized).permute(2, 0, 1)[None]
         tensor = (tensor - self.pixel_mean) / self.pixel_std
         tensor = F.pad(tensor, (0, self.image_size - new_w, 0, self.image_size - new_h))

@@ -17,9 +17,9 @@ from typing import Callable, Protocol, TypeVar
 import numpy as np
 import torch
 
+from ..errors import first_line
 from .boxes import Box
 from .device import is_gpu_failure
-from ..errors import first_line
 from .models import LoadedModel
 from .pipelines import SliceGeometry, pipeline_for
 from .runtime_onnx import physical_cores
@@ -122,7 +122,7 @@ class Segmenter:
         if setting in ("off", "0", "no") or (setting not in ("on", "1", "yes") and physical_cores() < AHEAD_MIN_CORES):
             return 0
         try:
-            return int(self.runtime.ahead_depth)
+            return int(getattr(self.runtime, "ahead_depth"))  # optional, outside the Runtime protocol
         except Exception as error:  # the throughput copy failed to compile: run sequentially
             log.warning("encode-ahead unavailable: %s", first_line(error))
             return 0

@@ -1,8 +1,8 @@
 """Background warming of the embedding cache: around the slice the user is looking at, and ahead of a propagation.
 
-``Prefetcher``: one worker thread embeds the neighbours of a slice, nearest first, through the session's cache (so a slice the
-foreground asks for at the same time is still computed once).  ``warm`` on another slice, or ``cancel``, stops the
-current job between two slices; an encoder call already running finishes first (it cannot be interrupted).
+``Prefetcher``: one worker thread embeds the neighbours of a slice, nearest first, through the session's cache (so a
+slice the foreground asks for at the same time is still computed once).  ``warm`` on another slice, or ``cancel``,
+stops the current job between two slices; an encoder call already running finishes first (it cannot be interrupted).
 
 ``EncodeAhead``: while a propagation's decoder walks slice by slice, the next few slices it will need are encoded
 by ``depth`` worker threads on the runtime's throughput requests (OpenVINO streams, each on its own cores), so the

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from ..errors import ApiTypeError, BoxError, Cancelled, OptionError
 from . import axes
 from .boxes import Box, box_from_mask, checked_box
-from ..errors import ApiTypeError, BoxError, Cancelled, OptionError
 from .pipelines import SliceGeometry, longest_side_shape
 from .prefetch import EncodeAhead
 from .session import VolumeSession, check_box_type, check_index_type

@@ -6,27 +6,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from . import axes
-from .boxes import Box, checked_box
-from .cache import EmbeddingCache, volume_fingerprint
 from ..errors import ApiTypeError, BoxError, InputImageError
+from ..protocol import Box, SliceResult, Volume, axes, checked_box
+from .cache import EmbeddingCache, volume_fingerprint
 from .intensity import Window, choose_window, normalize_volume
 from .predictor import Segmenter, SliceEmbedding
-from .volume import Volume
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SliceResult:
-    index: int
-    mask: np.ndarray  # bool, slice shape
-    score: float  # decoder's predicted IoU
-    box: Box
 
 
 def _type_name(value: object) -> str:
@@ -96,7 +85,7 @@ class VolumeSession:
     def slice_shape(self) -> tuple[int, int]:
         shape = list(self.image.shape)
         del shape[self.np_axis]
-        return tuple(shape)  # type: ignore[return-value]
+        return tuple(shape)
 
     def cache_key(self, index: int) -> tuple:
         # The precision tag keeps fast-mode (bf16) embeddings apart; exact ones are shared by every runtime.

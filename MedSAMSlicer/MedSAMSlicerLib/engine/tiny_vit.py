@@ -104,6 +104,8 @@ class Mlp(nn.Module):
 class Attention(nn.Module):
     """Windowed multi-head attention with a learned bias per (|dy|, |dx|) offset, as in LeViT."""
 
+    attention_bias_idxs: torch.Tensor  # a buffer (register_buffer): typed here, as nn.Module cannot know it
+
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
         self.num_heads = num_heads

@@ -85,7 +85,7 @@ def _manifest_field(path: Path, name: str, item: dict, key: str, kind: type | tu
     if value is None and not required:
         return None
     if not isinstance(value, kind) or isinstance(value, bool):
-        expected = {str: "text", int: "a whole number"}.get(kind, "a value")  # type: ignore[call-overload]
+        expected = "text" if kind is str else "a whole number" if kind is int else "a value"
         raise CheckpointError(f"{path}: model {name!r} needs '{key}' as {expected}, got {value!r}; restore the "
                               f"manifest from the MedSAMSlicer release")
     return value

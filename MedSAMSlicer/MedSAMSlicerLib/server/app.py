@@ -18,10 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from starlette.exceptions import HTTPException
 
-from .. import __version__
-from ..client import wire
-from ..engine.boxes import Box
+from .. import __version__, protocol
 from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, ServiceError, first_line
+from ..protocol import Box, JobState, SessionSpec, SliceRequest, wire
 from .auth import Guard
 from .engine import Engine
 
@@ -54,11 +53,17 @@ class SessionRequest(Startable):
     modality: Optional[str] = Field(None, max_length=32)
     already_normalized: StrictBool = False
 
+    def to_protocol(self) -> SessionSpec:
+        return SessionSpec.from_json(self.model_dump())
+
 
 class SegmentRequest(Startable):
     index: StrictInt
     box: list[float] = Field(min_length=4, max_length=4)  # NaN reaches checked_box, which names the problem
     allow_degenerate: StrictBool = False
+
+    def to_protocol(self) -> SliceRequest:
+        return SliceRequest.from_json(self.model_dump())
 
 
 class PrefetchRequest(Strict):
@@ -72,6 +77,9 @@ class PropagationSettings(Strict):
     largest_component: StrictBool = False
     fill_holes: StrictBool = False
     margin: StrictInt = Field(3, ge=0, le=64)
+
+    def to_protocol(self) -> protocol.PropagationSettings:
+        return protocol.PropagationSettings.from_json(self.model_dump())
 
 
 class PropagateRequest(Strict):
@@ -89,6 +97,10 @@ class PropagateRequest(Strict):
                 raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
         return value
 
+    def to_protocol(self) -> dict[int, Box]:
+        """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
+        return {int(k): Box.from_json(v) for k, v in self.key_boxes.items()}
+
 
 class FileRequest(Startable):
     name: str = Field(max_length=255)
@@ -104,10 +116,6 @@ def status_of(error: MedSAMError) -> int:
     if isinstance(error, CacheError):
         return 507
     return 400
-
-
-def _box(values: list[float]) -> Box:
-    return Box(*(float(v) for v in values))
 
 
 def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
@@ -188,11 +196,9 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
     @app.post("/sessions")
     def open_session(body: SessionRequest, request: Request) -> dict:
         """A session on an uploaded volume; with ``async`` a job whose result is the session's description."""
-        args = (body.fingerprint, body.spacing, body.origin, body.direction, body.window, body.axis, body.modality,
-                body.already_normalized)
         if body.run_async:
-            return engine.start_open_session(owner(request), body.request_id, *args)
-        return engine.open_session(owner(request), *args)
+            return engine.start_open_session(owner(request), body.request_id, body.fingerprint, body.to_protocol())
+        return engine.open_session(owner(request), body.fingerprint, body.to_protocol())
 
     @app.get("/sessions/{session_id}")
     def session_info(session_id: str, request: Request) -> dict:
@@ -208,9 +214,8 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
         """One box on one slice: the mask as packed bits of its bounding box, and the predicted IoU.  With
         ``async``: a job at once, whose result has the mask and the score (the encoder runs meanwhile)."""
         if body.run_async:
-            return engine.start_segment(owner(request), session_id, body.index, _box(body.box), body.allow_degenerate,
-                                        body.request_id)
-        mask, score = engine.segment(owner(request), session_id, body.index, _box(body.box), body.allow_degenerate)
+            return engine.start_segment(owner(request), session_id, body.to_protocol(), body.request_id)
+        mask, score = engine.segment(owner(request), session_id, body.to_protocol())
         return {"mask": wire.pack_mask(mask), "score": score if math.isfinite(score) else 0.0}
 
     @app.post("/sessions/{session_id}/prefetch")
@@ -220,8 +225,8 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
 
     @app.post("/sessions/{session_id}/propagate")
     def start_propagation(session_id: str, body: PropagateRequest, request: Request) -> dict:
-        key_boxes = {int(k): _box(v) for k, v in body.key_boxes.items()}
-        return engine.start_job(owner(request), session_id, key_boxes, body.options.model_dump(), body.request_id)
+        return engine.start_job(owner(request), session_id, body.to_protocol(), body.options.to_protocol(),
+                                body.request_id)
 
     @app.get("/jobs/{job_id}")
     def job_status(job_id: str, request: Request, wait: float = Query(0.0, ge=0, le=10)) -> dict:
@@ -236,7 +241,7 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
     def job_result(job_id: str, request: Request) -> dict:
         """A finished job's result, packed for the wire when the job ended (this answer only serialises it)."""
         job = engine.job(owner(request), job_id)
-        if job.state != "done" or job.result is None:
+        if job.state != JobState.DONE or job.result is None:
             raise ServiceError(f"the job is {job.state}, it has no result", "not_ready", 409)
         return job.result
 

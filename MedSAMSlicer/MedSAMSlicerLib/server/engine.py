@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import shutil
 import tempfile
@@ -25,22 +24,29 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
-from ..client import wire
-from ..engine import axes
-from ..engine.boxes import Box, checked_box
-from ..engine.cache import EmbeddingCache
-from ..engine.propagation import AUTO, CancelToken, PropagationOptions, propagate
-from ..engine.session import VolumeSession
-from ..engine.volume import Volume
+from ..engine import EmbeddingCache, VolumeSession, propagation_options
+from ..engine.propagation import CancelToken, propagate
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
+from ..protocol import (
+    Box,
+    JobState,
+    PropagationResult,
+    PropagationSettings,
+    SessionSpec,
+    SliceRequest,
+    SliceResult,
+    axes,
+    checked_box,
+)
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
 log = logging.getLogger(__name__)
+Owned = TypeVar("Owned", "ClientSession", "Job")
 _MiB = 1 << 20
 _job_local = threading.local()  # the job whose thread is running, to count its encoder calls
 
@@ -107,7 +113,7 @@ class Job:
     session_id: str
     total: int
     cancel: CancelToken = field(default_factory=CancelToken)
-    state: str = "running"
+    state: JobState = JobState.RUNNING
     done: int = 0
     message: str = ""
     error: dict | None = None
@@ -211,18 +217,18 @@ class Engine:
             now = time.monotonic()
             with self._lock:
                 for job in self.jobs.values():
-                    if (job.state == "running" and not job.cancel.cancelled
+                    if (job.state is JobState.RUNNING and not job.cancel.cancelled
                             and now - job.last_seen > self.config.job_heartbeat):
                         log.info("job %s: its client stopped polling; cancelling it", job.id[:8])
                         job.cancel.cancel()
                         job.message = "cancelled: the client stopped polling"
                         self.cancelled_unpolled_jobs += 1
-                busy = {j.session_id for j in self.jobs.values() if j.state == "running"}
+                busy = {j.session_id for j in self.jobs.values() if j.state is JobState.RUNNING}
                 for session in list(self.sessions.values()):
                     if session.id not in busy and now - session.last_used > self.config.idle_timeout:
                         self._close(session)
                         self.expired_sessions += 1
-                for job in [j for j in self.jobs.values() if j.state != "running"
+                for job in [j for j in self.jobs.values() if j.state is not JobState.RUNNING
                             and now - j.last_seen > self.config.idle_timeout]:
                     del self.jobs[job.id]
                 self.requests = {k: v for k, v in self.requests.items() if v in self.jobs}
@@ -259,12 +265,11 @@ class Engine:
             self.volumes.add(fingerprint, array, self._in_use())
 
     # -- sessions -----------------------------------------------------------------------------------------------
-    def open_session(self, owner: str, fingerprint: str, spacing, origin, direction, window: str, axis: str,
-                     modality: str | None, already_normalized: bool) -> dict:
+    def open_session(self, owner: str, fingerprint: str, spec: SessionSpec) -> dict:
         segmenter = self.wait_ready()
         array = self.volumes.get(checked_fingerprint(fingerprint))
-        key = (fingerprint, tuple(spacing), tuple(origin), tuple(direction), window, axis, modality,
-               already_normalized)
+        spec = spec.in_frame("LPS")
+        key = (fingerprint, *spec.key())
         with self._lock:
             mine = sum(1 for s in self.sessions.values())
             if mine >= self.config.max_sessions:
@@ -272,9 +277,7 @@ class Engine:
                                    f"or wait for idle ones to expire", "too_many_sessions", 429)
             prepared = self.prepared.get(key)
             if prepared is None:
-                volume = Volume(array, tuple(spacing), tuple(origin), tuple(direction), "", modality,
-                                already_normalized)
-                prepared = CountingSession(segmenter, volume, window, axis, self.cache)
+                prepared = CountingSession(segmenter, spec.volume(array), spec.window, spec.axis, self.cache)
                 room = self.config.memory_bytes // 2 - self.volumes.bytes - self._prepared_bytes()
                 if prepared.image.nbytes > room:
                     raise ServiceError(f"the server's volume memory ({self.config.memory_bytes // 2 >> 20} MiB) is "
@@ -284,13 +287,13 @@ class Engine:
             self.sessions[session.id] = session
         return session.describe()
 
-    def start_open_session(self, owner: str, request_id: str | None, *args) -> dict:
+    def start_open_session(self, owner: str, request_id: str | None, fingerprint: str, spec: SessionSpec) -> dict:
         """:meth:`open_session` as a job (it waits for the model and windows the whole volume); its result is the
         session's description.  A job cancelled before it ends closes the session it opened."""
-        checked_fingerprint(args[0])
+        checked_fingerprint(fingerprint)
         job, new = self._new_job(owner, "", 1, request_id)
         if new:
-            self._launch(job, lambda: self.open_session(owner, *args), "open",
+            self._launch(job, lambda: self.open_session(owner, fingerprint, spec), "open",
                          discard=lambda opened: self._close_quietly(owner, opened["session_id"]))
         return job.describe()
 
@@ -302,10 +305,8 @@ class Engine:
 
     def session(self, owner: str, session_id: str) -> ClientSession:
         with self._lock:
-            session = self.sessions.get(session_id)
-            if session is None or not secrets.compare_digest(session.owner, owner):
-                raise ServiceError("no such session (it expired, was closed, or belongs to another client)",
-                                   "not_found", 404)
+            session = _owned(self.sessions, session_id, owner,
+                             "no such session (it expired, was closed, or belongs to another client)")
             session.last_used = time.monotonic()
             return session
 
@@ -323,25 +324,25 @@ class Engine:
             self.prepared.pop(session.key, None)  # the embeddings stay in the shared cache
 
     # -- model work ---------------------------------------------------------------------------------------------
-    def segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool) -> tuple:
+    def segment(self, owner: str, session_id: str, prompt: SliceRequest) -> tuple:
         session = self.session(owner, session_id)
-        result = session.prepared.segment_slice(index, box, allow_degenerate)
+        result = session.prepared.segment_slice(prompt.index, prompt.box, prompt.allow_degenerate)
         session.last_used = time.monotonic()
         return result.mask, result.score
 
-    def start_segment(self, owner: str, session_id: str, index: int, box: Box, allow_degenerate: bool,
-                      request_id: str | None) -> dict:
+    def start_segment(self, owner: str, session_id: str, prompt: SliceRequest, request_id: str | None) -> dict:
         """:meth:`segment` as a job: the answer comes at once, the encoder (when the slice is not cached) runs on the
         model worker at the interactive priority, ahead of propagations and prefetch; the result is
         ``{"mask", "score", "encoder_calls", "seconds"}``."""
         session = self.session(owner, session_id)
-        session.prepared.check_index(index)  # a slice outside the volume or a bad box is refused now, not in the job
-        checked_box(box, session.prepared.slice_shape, allow_degenerate)
+        session.prepared.check_index(prompt.index)  # a slice outside the volume or a bad box: refused now, not later
+        checked_box(prompt.box, session.prepared.slice_shape, prompt.allow_degenerate)
         job, new = self._new_job(owner, session.id, 1, request_id)
         if new:
             def work() -> dict:
-                mask, score = self.segment(owner, session_id, index, box, allow_degenerate)
-                return {"mask": mask, "score": float(score) if math.isfinite(score) else 0.0}
+                mask, score = self.segment(owner, session_id, prompt)
+                result = SliceResult(prompt.index, mask, score, prompt.box).to_json()
+                return {"mask": result["mask"], "score": result["score"]}
 
             self._launch(job, work, "segment", discard=lambda result: None)
         return job.describe()
@@ -366,21 +367,15 @@ class Engine:
 
         threading.Thread(target=run, name="medsam-prefetch", daemon=True).start()
 
-    def start_job(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict,
+    def start_job(self, owner: str, session_id: str, key_boxes: dict[int, Box], settings: PropagationSettings,
                   request_id: str | None = None) -> dict:
         session = self.session(owner, session_id)
         self.wait_ready()
         prepared = session.prepared
-        rule = options.get("rule", "ours")
-        slice_range = options.get("slice_range")
-        if slice_range is not None:
-            slice_range = (int(slice_range[0]), int(slice_range[1]))
-        settings = PropagationOptions(rule=rule, slice_range=slice_range, margin=int(options.get("margin", 3)),
-                                      stop=AUTO if options.get("stop", True) else None,
-                                      largest_component=bool(options.get("largest_component", False)),
-                                      fill_holes=bool(options.get("fill_holes", False)))
+        options = propagation_options(settings)
         if not key_boxes:
             raise BoxError("propagation needs at least one key box")
+        slice_range = settings.slice_range
         low, high = slice_range if slice_range is not None else (0, prepared.slice_count - 1)
         job, new = self._new_job(owner, session.id, max(0, high - low + 1), request_id)
         if not new:
@@ -390,9 +385,8 @@ class Engine:
             job.update(done=done, total=total)
 
         def work() -> dict:
-            result = propagate(prepared, key_boxes, settings, progress, job.cancel)
-            return {"mask": result.mask, "segmented_slices": result.segmented_slices, "stopped": result.stopped,
-                    "scores": result.scores}
+            result = propagate(prepared, key_boxes, options, progress, job.cancel)
+            return PropagationResult(result.mask, result.segmented_slices, result.stopped, result.scores).to_json()
 
         self._launch(job, work, "propagation", level=PROPAGATION)
         return job.describe()
@@ -424,45 +418,38 @@ class Engine:
                 with priority(level):
                     result = work()
             except Cancelled as error:
-                job.update(state="cancelled", message=job.message or str(error))
+                job.update(state=JobState.CANCELLED, message=job.message or str(error))
                 return
             except MedSAMError as error:
-                body = {"code": error.code, "message": str(error)}
+                body: dict[str, object] = {"code": error.code, "message": str(error)}
                 if isinstance(error, ServiceError):
                     body["status"] = error.status
-                job.update(state="failed", message=str(error), error=body)
+                job.update(state=JobState.FAILED, message=str(error), error=body)
                 return
             except Exception as error:  # a bug: keep the server alive, tell the client one line
                 log.exception("%s job %s failed", kind, job.id[:8])
-                job.update(state="failed", message=first_line(error),
+                job.update(state=JobState.FAILED, message=first_line(error),
                            error={"code": "internal", "message": first_line(error)})
                 return
             finally:
                 _job_local.job = None
             if discard is not None and job.cancel.cancelled:
                 discard(result)
-                job.update(state="cancelled", message=job.message or f"{kind} cancelled")
+                job.update(state=JobState.CANCELLED, message=job.message or f"{kind} cancelled")
                 return
             result = dict(result, encoder_calls=job.encoder_calls, seconds=round(time.perf_counter() - start, 3))
-            if "mask" in result:
-                result["mask"] = wire.pack_mask(result["mask"])
-            if "scores" in result:
-                result["scores"] = {str(k): v for k, v in result["scores"].items()}
-            job.update(result=result, state="done", done=job.total if job.total else job.done)
+            job.update(result=result, state=JobState.DONE, done=job.total if job.total else job.done)
 
         threading.Thread(target=run, name=f"medsam-{kind}-{job.id[:8]}", daemon=True).start()
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> Job:
         with self._lock:
-            job = self.jobs.get(job_id)
-            if job is None or not secrets.compare_digest(job.owner, owner):
-                raise ServiceError("no such job (it finished long ago, or belongs to another client)",
-                                   "not_found", 404)
+            job = _owned(self.jobs, job_id, owner, "no such job (it finished long ago, or belongs to another client)")
             job.last_seen = time.monotonic()
             session = self.sessions.get(job.session_id)
             if session is not None:
                 session.last_used = job.last_seen
-        if wait > 0 and job.state == "running":
+        if wait > 0 and job.state is JobState.RUNNING:
             seen = (job.state, job.done)
             with job.changed:
                 job.changed.wait_for(lambda: (job.state, job.done) != seen, timeout=min(wait, 10.0))
@@ -479,7 +466,7 @@ class Engine:
         segmenter = self.segmenter
         stats = self.cache.stats
         with self._lock:
-            running = sum(1 for j in self.jobs.values() if j.state == "running")
+            running = sum(1 for j in self.jobs.values() if j.state is JobState.RUNNING)
             volumes = {key[0][:16]: p.encoder_calls for key, p in self.prepared.items()}
             prepared_bytes = self._prepared_bytes()
         model = {}
@@ -502,6 +489,14 @@ class Engine:
                 "rss_mb": round(_rss() / _MiB, 1),
                 "memory_budget_mb": round((self.baseline_rss + self.config.memory_bytes) / _MiB, 1),
                 "local_dir": str(self.private_dir), "warnings": list(self.warnings)}
+
+
+def _owned(table: dict[str, Owned], key: str, owner: str, missing: str) -> Owned:
+    """The entry of ``table`` under ``key`` if ``owner`` owns it; else 404, as if it did not exist."""
+    item = table.get(key)
+    if item is None or not secrets.compare_digest(item.owner, owner):
+        raise ServiceError(missing, "not_found", 404)
+    return item
 
 
 def _rss() -> int:

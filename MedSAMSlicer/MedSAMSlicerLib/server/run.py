@@ -78,7 +78,9 @@ def serve(config: ServerConfig, host: str, port: int, tokens: list[str], parent_
     app = create_app(engine, tokens)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
                                            lifespan="off"))
-    stop = lambda *_: setattr(server, "should_exit", True)  # noqa: E731
+    def stop(*_: object) -> None:
+        server.should_exit = True
+
     signal.signal(signal.SIGTERM, stop)  # uvicorn runs in a thread below, so the main thread handles signals
     signal.signal(signal.SIGINT, stop)
     if parent_pid:

@@ -17,22 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..client import wire
-from ..errors import InputImageError, ServiceError
+from ..errors import ServiceError
+from ..protocol import check_voxels, wire
 
 
 def checked_volume(array: np.ndarray, fingerprint: str) -> np.ndarray:
-    if array.ndim != 3:
-        raise InputImageError(f"the volume has shape {array.shape}; send one 3D (k, j, i) array")
-    if min(array.shape) < 1:
-        raise InputImageError(f"the volume of shape {array.shape} has no voxels")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-            or array.dtype == np.bool_):
-        raise InputImageError(f"voxel type {array.dtype} is not a real number type")
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputImageError(f"the volume has {bad} NaN or infinite voxels")
+    check_voxels(array)
     if wire.content_fingerprint(array) != fingerprint:
         raise ServiceError("the volume's content does not match the fingerprint it was sent under", "bad_request")
     array.setflags(write=False)
