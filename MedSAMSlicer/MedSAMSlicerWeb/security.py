@@ -183,13 +183,13 @@ class PageGate:
         gate = self
 
         class _Handshake(LinkProtocol):
-            def onConnect(self, request, client_id):  # noqa: N802 - wslink's name
+            def onConnect(self, request, client_id):  # wslink's names
                 gate.connections[client_id] = request.cookies.get(COOKIE) if request is not None else None
 
-            def onClose(self, client_id):  # noqa: N802
+            def onClose(self, client_id):
                 gate.connections.pop(client_id, None)
 
-            async def validateToken(self, token, client_id):  # noqa: N802, ARG002 - the secret is trame's default
+            async def validateToken(self, token, client_id):  # the token is trame's default secret: ignored
                 return gate.admits(client_id)
 
         self.link_protocol = _Handshake()
