@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, shared_path
-from web_driver import CHROMIUM, CHROMIUM_ARGS, Page, RawClient, missing_browser_parts, start_app, start_engine, stop
+from web_driver import (CHROMIUM, CHROMIUM_ARGS, UNVERIFIED, Page, RawClient, missing_browser_parts,
+                        self_signed_pair, start_app, start_engine, stop)
 
 # The README and Extension Index pictures (Resources/Screenshots) are refreshed only on request, so that a test run
 # never dirties the working tree: MEDSAM_SLICER_SCREENSHOTS=Resources/Screenshots pytest Testing/Python/test_web.py
@@ -198,9 +199,10 @@ def secure_app(tmp_path_factory, case, engine, playwright):
     out.mkdir()
     worklist = folder / "cases.txt"  # the second case of the worklist (the first is the image given)
     worklist.write_text(f"# cases\n{shared_path('pyradiomics', 'breast1_image.nrrd')}\n")
-    process, url = start_app(folder, case[0], *engine, reader=None,
+    cert, key = self_signed_pair(folder)  # https and wss, as a ward should serve it
+    process, url = start_app(folder, case[0], *engine, reader=None, scheme="https",
                              extra=("--host", "0.0.0.0", "--reader-tokens", str(tokens), "--out-folder", str(out),
-                                    "--cases", str(worklist)))
+                                    "--cases", str(worklist), "--certfile", str(cert), "--keyfile", str(key)))
     yield playwright, url, out
     stop(process)
 
@@ -210,7 +212,7 @@ def reader_page(secure_app):
     playwright, url, out = secure_app
     page = Page.__new__(Page)  # log in by hand: the test looks at the login page first
     page.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    page.page = page.browser.new_page(viewport={"width": 1400, "height": 900})
+    page.page = page.browser.new_page(viewport={"width": 1400, "height": 900}, ignore_https_errors=True)
     page.page.set_default_timeout(60_000)
     yield page, url, out
     page.close()
@@ -219,8 +221,9 @@ def reader_page(secure_app):
 def _cookie(page: Page) -> str:
     from MedSAMSlicerWeb.security import COOKIE
 
-    value = next(c["value"] for c in page.page.context.cookies() if c["name"] == COOKIE)
-    return f"{COOKIE}={value}"
+    cookie = next(c for c in page.page.context.cookies() if c["name"] == COOKIE)
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    return f"{COOKIE}={cookie['value']}"
 
 
 def _post_login(url: str, token: str) -> int:
@@ -236,7 +239,8 @@ def _post_login(url: str, token: str) -> int:
 
     request = urllib.request.Request(url.rstrip("/") + LOGIN_PATH, urllib.parse.urlencode({"token": token}).encode())
     try:
-        return urllib.request.build_opener(NoRedirect).open(request, timeout=30).status
+        opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=UNVERIFIED))
+        return opener.open(request, timeout=30).status
     except urllib.error.HTTPError as error:
         return error.code
 
@@ -253,6 +257,7 @@ def test_network_app_refuses_to_start_without_login(tmp_path):
 
 def test_login_required_and_wrong_token_refused(reader_page):
     page, url, _ = reader_page
+    assert url.startswith("https://")  # TLS from --certfile/--keyfile
     page.page.goto(url)
     assert page.page.locator("#token").count() == 1  # the login page, not the app
     assert page.page.locator("#view-Red").count() == 0

@@ -48,6 +48,26 @@ window.__watch = (tag) => {
 """
 
 
+def _unverified():
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the tests' own self-signed certificate
+    return context
+
+
+UNVERIFIED = _unverified()
+
+
+def self_signed_pair(folder: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for 127.0.0.1 (openssl), for the TLS tests."""
+    cert, key = folder / "web.pem", folder / "web.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 def missing_browser_parts() -> str:
     """Why the browser tests cannot run here ("" when they can)."""
     try:
@@ -89,20 +109,20 @@ def start_engine(folder: Path, cache_dir: str | None = None) -> tuple[subprocess
 
 
 def start_app(folder: Path, image: Path, engine_url: str, token: Path, extra: tuple = (),
-              reader: str | None = "tester") -> tuple[subprocess.Popen, str]:
+              reader: str | None = "tester", scheme: str = "http") -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", str(image), "--server", engine_url,
                "--token-file", str(token), "--port", str(port), "--log-folder", str(folder / "logs"),
                "--out-folder", str(folder), *(["--reader", reader] if reader else []), *extra]
     process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT, env=_env(),
                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    url = f"{scheme}://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"web app exited: {(folder / 'app.log').read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            urllib.request.urlopen(url, timeout=2, context=UNVERIFIED).read()
             return process, url
         except OSError:
             time.sleep(0.5)
@@ -217,7 +237,7 @@ class RawClient:
             self.session = aiohttp.ClientSession()
             headers = {"Cookie": self.cookie} if self.cookie else {}
             try:
-                self.ws = await self.session.ws_connect(self.ws_url, headers=headers)
+                self.ws = await self.session.ws_connect(self.ws_url, headers=headers, ssl=UNVERIFIED)
             except Exception:
                 await self.session.close()
                 raise
