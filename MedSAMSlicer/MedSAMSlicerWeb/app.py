@@ -416,6 +416,8 @@ class WebApp:
             return
         if not self.segmentation.GetSegmentation().ContainsRepresentation(_surface_name()):
             self.segmentation.CreateClosedSurfaceRepresentation()
+            for view in self.slicer_app.view_manager.get_threed_views():
+                view.schedule_render()  # the new surface actor: the 3D view's next frame
 
     def surface_points(self) -> int:
         total = 0
