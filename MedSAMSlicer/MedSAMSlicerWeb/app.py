@@ -390,8 +390,8 @@ class WebApp:
                     elif progress.state == "cancelled":
                         self._say(progress.message, action="cancelled")
                     else:
-                        self.state.error = progress.message
                         self._say(progress.message, action="failed")
+                        self.state.error = progress.message  # after _say, which clears the error line
                     self._refresh()
         if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
             with self.state:

@@ -372,6 +372,53 @@ def test_worklist_next_case(reader_page):
     assert page.page.locator("#save-name").input_value() == "breast1_image-medsam.seg.nrrd"
 
 
+def _draw_key_box(page: Page, label: np.ndarray) -> None:
+    k, (i0, j0, i1, j1) = _key_box(label)
+    page.ask("show_slice", "Red", [(i0 + i1) / 2, (j0 + j1) / 2, k])
+    page.click("#btn-box")
+    page.drag(page.view_point("Red", (i0, j0, k)), page.view_point("Red", (i1, j1, k)))
+    page.wait_state(lambda s: len(s["boxes"]) == 1, "the dragged box")
+
+
+def test_two_readers_two_cases_at_once(secure_app, reader_page, engine, case, tmp_path_factory):
+    """A ward: one app process per reader (one Slicer scene each), one engine.  r01 works on breast1 in the app of
+    the tests above while r02 works on lung2 in a second app; each sees only their own case, and neither can sign in
+    to the other's app."""
+    from MedSAMSlicerLib.volumeio.files import read_label, read_volume
+
+    playwright, url_a, out_a = secure_app
+    page_a, _, _ = reader_page
+    folder = tmp_path_factory.mktemp("web-r02")
+    cert, key = self_signed_pair(folder)
+    process, url_b = start_app(folder, case[0], *engine, reader=None, scheme="https",
+                               extra=("--host", "0.0.0.0", "--reader-tokens", str(out_a.parent / "readers.txt"),
+                                      "--certfile", str(cert), "--keyfile", str(key)))
+    try:
+        page_b = Page(playwright, url_b, token=TOKENS["r02"])
+        assert _post_login(url_b, TOKENS["r01"]) == 409 and _post_login(url_a, TOKENS["r02"]) == 409
+        breast = read_volume(shared_path("pyradiomics", "breast1_image.nrrd"))
+        breast_label = read_label(shared_path("pyradiomics", "breast1_label.nrrd"), breast) > 0
+        page_a.watch_views()
+        page_a.page.click("#window", force=True)  # an MR case: the MR window (the tests above left "lung")
+        page_a.page.get_by_role("option", name="mr", exact=True).click()
+        _draw_key_box(page_a, breast_label)
+        _draw_key_box(page_b, case[2])
+        before = (page_a.state()["actions"], page_b.state()["actions"])
+        page_a.click("#btn-slice")  # both at once, on the one engine
+        page_b.click("#btn-slice")
+        state_a = page_a.wait_state(lambda s: not s["busy"] and s["actions"] > before[0], "r01's slice")
+        state_b = page_b.wait_state(lambda s: not s["busy"] and s["actions"] > before[1], "r02's slice")
+        assert state_a["last_action"] == state_b["last_action"] == "Segment slice", (state_a["error"],
+                                                                                     state_b["error"])
+        assert state_a["shape"] == list(breast.array.shape) and state_b["shape"] == list(case[1].array.shape)
+        assert len(state_a["segments"]) == len(state_b["segments"]) == 1  # each only their own object
+        assert all(v > 0 for v in [*state_a["segments"].values(), *state_b["segments"].values()])
+        assert page_b.page.locator("#reader").text_content().strip().endswith("r02")
+        page_b.close()
+    finally:
+        stop(process)
+
+
 def test_expired_session_is_closed_and_failed_logins_are_limited(secure_app, reader_page):
     page, url, _ = reader_page
     client = RawClient(url, _cookie(page))

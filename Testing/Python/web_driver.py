@@ -145,12 +145,16 @@ class Page:
 
     def __init__(self, playwright, url: str, token: str | None = None) -> None:
         self.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        self.page = self.browser.new_page(viewport={"width": 1400, "height": 900})
+        self.page = self.browser.new_page(viewport={"width": 1400, "height": 900}, ignore_https_errors=True)
         self.page.set_default_timeout(60_000)
         self.page.goto(url)
         if token is not None:  # the login page first
             self.page.fill("#token", token)
             self.page.click("#login")
+        self.watch_views()
+
+    def watch_views(self) -> None:
+        """Wait for the views, then install the page helpers (the view images and their frames)."""
         self.page.wait_for_function("() => !!document.getElementById('view-Red')")
         self.page.evaluate(INIT_JS)
         self.page.wait_for_function(f"() => {list(VIEWS)}.every(t => window.__watch(t))")
