@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from .security import PageGate, StateGate, boolean, one_of, save_target, text
+from .security import PageGate, StateGate, boolean, dicom_uid, one_of, save_target, text
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are 
 CLIENT_STATE = {
     "window": one_of(*WINDOWS), "range_mode": one_of(*RANGE_MODES), "stop_rule": boolean,
     "largest_component": boolean, "fill_holes": boolean, "tool": one_of(*TOOLS), "save_name": text(150),
-    "save_overwrite": boolean,
+    "save_overwrite": boolean, "pacs_study": dicom_uid, "pacs_series": dicom_uid,
 }
 
 
@@ -50,7 +50,7 @@ class WebApp:
 
     def __init__(self, engine, images: list[str], log_folder: Optional[str] = None, reader: str = "anonymous",
                  out_folder: Optional[str] = None, volume_rendering: bool = False, sessions=None,
-                 ssl_context=None, owner: Optional[str] = None) -> None:
+                 ssl_context=None, owner: Optional[str] = None, pacs=None) -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -101,6 +101,10 @@ class WebApp:
         self.images = list(images)  # the worklist (--cases, or the images given): the page picks by number only
         self.case_index = -1
         self._saved_cases: set[int] = set()
+        self.pacs = pacs  # MedSAMSlicerLib.pacs.dicomweb.Pacs (--dicomweb): all PACS work is in that library class
+        self.dicom_volume = None  # the series opened from the PACS (its UIDs, for the SEG); None for files
+        self.edited = False  # a refine tool was used since the volume was opened (the SEG's provenance says so)
+        self._pacs_folder = None  # private temporary folder for the fetched series' voxels
         self._drag = None
         self._ticks = 0
         self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
@@ -111,6 +115,7 @@ class WebApp:
             active_time="0:00", log_path="", save_name="", save_overwrite=False, save_formats=list(SAVE_FORMATS),
             out_folder=str(self.out_folder) if self.out_folder else "", volume_name="", last_action="",
             reader=self.reader_id(), log_folder=log_folder or "", warning="", cases=[], case_index=-1,
+            pacs=pacs is not None, pacs_studies=[], pacs_study=None, pacs_series_items=[], pacs_series=None,
         )
         self.state.update(initial)
         self.state_gate.server_only = set(initial) - set(CLIENT_STATE)  # shown in the page, set by the server only
@@ -134,6 +139,8 @@ class WebApp:
                 if old is not None:
                     self.slicer_app.scene.RemoveNode(old)
         self.volume = node
+        self.dicom_volume = None
+        self.edited = False
         display = self.slicer_app.display_manager
         if self.volume_rendering:  # slow on a CPU renderer (llvmpipe): off unless asked for
             display.show_volume(node, vr_preset="CT-Chest-Contrast-Enhanced", do_reset_views=True)
@@ -291,6 +298,7 @@ class WebApp:
         if not segment_id:
             self._fail(ValueError("nothing to refine yet: segment a slice or propagate first"))
             return
+        self.edited = True
         self._drag.disarm()
         self.state.drawing = False
         self.editor.set_active_segment_id(segment_id)
@@ -314,6 +322,8 @@ class WebApp:
         from MedSAMSlicerLogic.segments import read_segment
 
         self._need_volume()
+        if self.dicom_volume is not None:
+            return self.store_in_pacs()
         overwrite = self.state.save_overwrite is True
         try:
             path = save_target(self.out_folder, self.state.save_name, SAVE_FORMATS, self.images, overwrite)
@@ -333,11 +343,62 @@ class WebApp:
             return None
         self._empty_warned = None
         self.state.update(dict(warning="", save_overwrite=False))  # one confirmation, one save
-        written = write_label(path, label, _lps_reference(grid))
+        written = write_label(path, label, _lps_reference(grid), provenance=self._provenance())
         self._saved_cases.add(self.case_index)
         self._show_cases()
         self._say(f"saved {written.name} in the output folder", action="saved")
         return str(written)
+
+    # -- PACS (--dicomweb): listing, opening and storing go through MedSAMSlicerLib.pacs --------------------------
+    def pacs_list_studies(self) -> None:
+        studies = self.pacs.studies()  # the patient id is shown as the PACS gives it; nothing is logged here
+        self.state.pacs_studies = [dict(title=" ".join(x for x in (s["patient_id"], s["date"], s["description"])
+                                                       if x) or s["study"], value=s["study"]) for s in studies]
+        self._say(f"{len(studies)} studies in the PACS", action="pacs_listed")
+
+    def pacs_list_series(self, study: str) -> None:
+        series = [s for s in self.pacs.series(study) if s["modality"] not in ("SEG", "SR", "RTSTRUCT", "PR")]
+        self.state.pacs_series_items = [dict(title=f"{s['modality']} {s['description']} ({s['instances']})".strip(),
+                                             value=s["series"]) for s in series]
+
+    def pacs_open(self, study: Optional[str] = None, series: Optional[str] = None) -> None:
+        import tempfile
+
+        from MedSAMSlicerLib.pacs.dicomweb import private_image_copy
+
+        study, series = study or self.state.pacs_study, series or self.state.pacs_series
+        if not study or not series:
+            raise ValueError("choose a study and a series first")
+        volume = self.pacs.open_series(study, series)
+        if self._pacs_folder is None:
+            self._pacs_folder = tempfile.TemporaryDirectory(prefix="medsam-pacs-")
+        self.load(str(private_image_copy(volume, self._pacs_folder.name)))
+        self.dicom_volume = volume
+        name = volume.source.description or f"series {series[-12:]}"  # never the patient's name
+        self.volume.SetName(name)
+        self.volume.SetAttribute("DICOM.Modality", volume.modality or "")  # feeds the auto window
+        self.state.update(dict(volume_name=name, save_name=""))  # Save stores in the PACS
+        self._say(f"opened {name} from the PACS", action="pacs_opened")
+
+    def store_in_pacs(self) -> str:
+        """The segmentation (every segment, as one) as DICOM SEG, stored next to its series and found again."""
+        from MedSAMSlicerLogic.segments import read_segment
+
+        grid = self.logic.grid(self.volume)
+        mask = np.zeros(grid.shape_kji, dtype=bool)
+        for segment_id in self._segment_ids():
+            mask |= read_segment(self.segmentation, segment_id, self.volume)
+        uid = self.pacs.store_segmentation(mask.astype(np.uint8), self.dicom_volume, self._provenance())
+        self._say(f"stored DICOM SEG {uid} in the PACS", action="saved")
+        return uid
+
+    def _provenance(self):
+        """What a saved segmentation says about its making: the engine's model and weights, the boxes, edits."""
+        from MedSAMSlicerLib.volumeio.provenance import Provenance
+
+        info = self.engine.info()
+        return Provenance(model=str(info.get("model")), weights_sha256=str(info.get("checkpoint_sha256")),
+                          prompts={"boxes": self.app_state()["boxes"]}, edited_after=self.edited)
 
     def toggle_time_log(self) -> None:
         if self.logic.time_log is not None:
@@ -520,6 +581,11 @@ class WebApp:
         def _window_changed(window, **_):
             self._apply_display_window(window)
 
+        @self.state.change("pacs_study")
+        def _study_chosen(pacs_study, **_):
+            if pacs_study and self.pacs is not None:
+                self._guard(self.pacs_list_series)(pacs_study)
+
     def app_state(self) -> dict:
         """What a test (or a script) asks the server: boxes, segments, digests, the time log."""
         grid = self.logic.grid(self.volume) if self.volume is not None else None
@@ -613,6 +679,13 @@ class WebApp:
                             html.Span(" ({{ c.status }})", classes="text-caption")
                         v3.VBtn("Next case", id="btn-next-case", click=g(self.next_case), block=True,
                                 disabled=("busy",), classes="mt-1")
+                    with html.Div(v_if=("pacs",), id="pacs"):  # --dicomweb: choose a series in the PACS
+                        v3.VSelect(label="PACS study", v_model=("pacs_study",), items=("pacs_studies",),
+                                   id="pacs-study", density="compact", hide_details=True, classes="mb-1")
+                        v3.VSelect(label="Series", v_model=("pacs_series",), items=("pacs_series_items",),
+                                   id="pacs-series", density="compact", hide_details=True, classes="mb-1")
+                        v3.VBtn("Open from PACS", id="btn-pacs-open", click=g(lambda: self.pacs_open()), block=True,
+                                disabled=("busy || !pacs_series",), classes="mb-2")
                     v3.VSelect(label="Window", v_model=("window",), items=("windows",), id="window",
                                density="compact", hide_details=True, classes="mb-2")
                     with v3.VRow(dense=True):
@@ -693,9 +766,12 @@ class WebApp:
         from .box_drag import BoxDrag
 
         self._drag = BoxDrag(self.slicer_app.view_manager.get_slice_views(), self.slicer_app.scene, self._on_box)
-        self.case_index = 0
-        self.load(self.images[0])
-        self._show_cases()
+        if self.images:
+            self.case_index = 0
+            self.load(self.images[0])
+            self._show_cases()
+        if self.pacs is not None:
+            self.pacs_list_studies()  # a PACS that is down or refuses us: one line from the CLI, before serving
         # trame parses sys.argv itself (--host, --ssl, --authKey...): only what is given here counts.  timeout=0:
         # a ward's app does not stop when its last page closes.
         argv, sys.argv = sys.argv, sys.argv[:1]

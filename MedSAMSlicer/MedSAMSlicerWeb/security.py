@@ -333,6 +333,18 @@ def text(limit: int) -> Callable:
     return check
 
 
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def dicom_uid(value):
+    """A DICOM UID (digits and dots, at most 64 characters) or nothing (no choice yet)."""
+    if value is None:
+        return value
+    if not isinstance(value, str) or len(value) > 64 or not _UID_RE.match(value):
+        raise ValueError("not a DICOM UID")
+    return value
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

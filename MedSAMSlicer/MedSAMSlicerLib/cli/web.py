@@ -40,6 +40,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
     web.add_argument("--keyfile", help="TLS private key (PEM) for https; with --certfile")
     web.add_argument("--device", default="cpu", help="device of the local engine (default cpu)")
     web.add_argument("--volume-rendering", action="store_true", help="volume rendering in 3D (slow without a GPU)")
+    web.add_argument("--dicomweb", metavar="URL", help="a PACS's DICOMweb root (dicomweb://HOST:PORT/dicom-web): "
+                                                      "list and open its series; Save stores a DICOM SEG there")
+    web.add_argument("--pacs-credentials", metavar="FILE", help="file with user:password for the PACS (else "
+                                                                "MEDSAM_PACS_USER and MEDSAM_PACS_PASSWORD)")
+    web.add_argument("--pacs-timeout", type=float, default=30.0, metavar="S", help="seconds per PACS answer")
     return web
 
 
@@ -55,7 +60,12 @@ def run_web(args: argparse.Namespace) -> dict:
         if not Path(image).is_file():
             raise OptionError(f"{image}: no such file")
     security = _security(args, images)
-    if not images:
+    pacs = None
+    if args.dicomweb:
+        from ..pacs.dicomweb import Pacs, load_credentials
+
+        pacs = Pacs(args.dicomweb, load_credentials(args.pacs_credentials), args.pacs_timeout)
+    if not images and pacs is None:
         from ..evaluation.demo_case import demo_files
 
         images = [str(demo_files()[0])]
@@ -63,7 +73,7 @@ def run_web(args: argparse.Namespace) -> dict:
     from MedSAMSlicerWeb.app import WebApp
 
     app = WebApp(engine, images, log_folder=args.log_folder, reader=args.reader, out_folder=args.out_folder,
-                 volume_rendering=args.volume_rendering, **security)
+                 volume_rendering=args.volume_rendering, pacs=pacs, **security)
     scheme = "https" if security["ssl_context"] is not None else "http"
     print(f"{scheme}://{args.host}:{args.port}/", flush=True)
     try:
