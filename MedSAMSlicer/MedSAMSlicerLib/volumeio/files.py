@@ -282,6 +282,7 @@ def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, se
     label (written after it)."""
     path = Path(path)
     ext = _extension(path)
+    reference = reference.in_frame("LPS")  # files are LPS; a volume from Slicer's world may say RAS
     if mask.shape != reference.array.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume {reference.array.shape}")
     labels = np.asarray(mask).astype(np.uint8)
