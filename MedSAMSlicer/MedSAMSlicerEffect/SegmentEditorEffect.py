@@ -2,9 +2,13 @@
 
 Registered by ``MedSAMSlicer.registerEditorEffect`` at start-up.  It shares the module's logic (one engine, one MRML
 logic) with the panel.  The target segment is read when the user clicks; the result is written through Segment
-Editor's own ``modifySelectedSegmentByLabelmap``, so the editable area, the intensity mask and the overwrite
-settings are honoured, and Segment Editor's Undo takes back a whole operation.  The polling timer runs only while
-an operation is pending and stops when the effect is deactivated; shortcuts exist only while the effect is active.
+Editor's own ``modifySegmentByLabelmap`` into that segment (``MedSAMSlicerLogic.editor_writes``), so the editable
+area, the intensity mask and the overwrite settings are honoured.  Undo is Segment Editor's: the effect saves its
+state before each operation and never records effect writes on MedSAM's own undo stack, because overwriting
+"all segments" also takes voxels from other segments, which only Segment Editor's history restores.  The polling
+timer runs only while an operation is pending and stops when the effect is deactivated; shortcuts exist only while
+the effect is active.  The options (view, window, slice range) are stored in the segment editor node, so they are
+saved with the scene.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ import os
 import qt
 import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer before 5.4
+    def _(text: str) -> str:
+        return text
 
 from MedSAMSlicerLogic.shortcuts import key_sequences
 
@@ -26,7 +36,9 @@ POLL_MS = 100
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def __init__(self, scriptedEffect):
-        scriptedEffect.name = "MedSAM"
+        scriptedEffect.name = "MedSAM"  # the registered name (setActiveEffectByName): never translated
+        if hasattr(scriptedEffect, "title"):
+            scriptedEffect.title = _("MedSAM")
         scriptedEffect.perSegment = True  # writes the selected segment only
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
@@ -51,7 +63,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return ("<html>Box-prompted segmentation with MedSAM / LiteMedSAM into the selected segment.<p>"
                 f"<b>Draw box</b> ({keys['drawBox']}) on the slice shown in the chosen view, drag its handles around "
                 f"the object, then <b>Segment slice</b> ({keys['segmentSlice']}) or <b>Propagate 3D</b> "
-                f"({keys['propagate']}). Undo with Segment Editor's Undo. The engine is set up in the MedSAM "
+                f"({keys['propagate']}). Undo with Segment Editor's Undo ({keys['undo']} or Ctrl+Z): it restores every "
+                "segment the result overwrote. The engine is set up in the MedSAM "
                 "module (Model section).</html>")
 
     def createCursor(self, widget):
@@ -60,21 +73,21 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def setupOptionsFrame(self):
         self.viewComboBox = qt.QComboBox()
         self.viewComboBox.addItems(list(VIEWS))
-        self.scriptedEffect.addLabeledOptionsWidget("Draw in view:", self.viewComboBox)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Draw in view:"), self.viewComboBox)
         self.windowComboBox = qt.QComboBox()
         self.windowComboBox.editable = True
         self.windowComboBox.addItems(list(WINDOWS))
-        self.scriptedEffect.addLabeledOptionsWidget("Window:", self.windowComboBox)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Window:"), self.windowComboBox)
         self.rangeComboBox = qt.QComboBox()
         for mode, title in RANGE_MODES:
             self.rangeComboBox.addItem(title, mode)
-        self.scriptedEffect.addLabeledOptionsWidget("Slice range:", self.rangeComboBox)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), self.rangeComboBox)
         buttons = qt.QHBoxLayout()
-        self.drawBoxButton = qt.QPushButton("Draw box")
-        self.addKeyBoxButton = qt.QPushButton("Add key box")
-        self.segmentSliceButton = qt.QPushButton("Segment slice")
-        self.propagateButton = qt.QPushButton("Propagate 3D")
-        self.cancelButton = qt.QPushButton("Cancel")
+        self.drawBoxButton = qt.QPushButton(_("Draw box"))
+        self.addKeyBoxButton = qt.QPushButton(_("Add key box"))
+        self.segmentSliceButton = qt.QPushButton(_("Segment slice"))
+        self.propagateButton = qt.QPushButton(_("Propagate 3D"))
+        self.cancelButton = qt.QPushButton(_("Cancel"))
         for button in (self.drawBoxButton, self.addKeyBoxButton, self.segmentSliceButton, self.propagateButton,
                        self.cancelButton):
             buttons.addWidget(button)
@@ -90,6 +103,36 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.segmentSliceButton.connect("clicked()", self.onSegmentSlice)
         self.propagateButton.connect("clicked()", self.onPropagate)
         self.cancelButton.connect("clicked()", self.onCancel)
+        for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
+            combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        self.windowComboBox.connect("editTextChanged(QString)", self.updateMRMLFromGUI)
+
+    # -- options in the segment editor node (saved with the scene), as Slicer's effect template does --------------
+    def setMRMLDefaults(self):
+        self.scriptedEffect.setParameterDefault("MedSAM.View", VIEWS[0])
+        self.scriptedEffect.setParameterDefault("MedSAM.Window", WINDOWS[0])
+        self.scriptedEffect.setParameterDefault("MedSAM.Range", RANGE_MODES[0][0])
+
+    def updateGUIFromMRML(self):
+        for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
+            combo.blockSignals(True)
+        try:
+            for combo, name, default in ((self.viewComboBox, "MedSAM.View", VIEWS[0]),
+                                         (self.windowComboBox, "MedSAM.Window", WINDOWS[0])):
+                wanted = self.scriptedEffect.parameter(name) or default
+                if combo.currentText != wanted:  # never rewrite a window being typed ("L,W")
+                    combo.currentText = wanted
+            index = max(self.rangeComboBox.findData(self.scriptedEffect.parameter("MedSAM.Range")), 0)
+            if self.rangeComboBox.currentIndex != index:
+                self.rangeComboBox.currentIndex = index
+        finally:
+            for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
+                combo.blockSignals(False)
+
+    def updateMRMLFromGUI(self, *args):
+        self.scriptedEffect.setParameter("MedSAM.View", self.viewComboBox.currentText)
+        self.scriptedEffect.setParameter("MedSAM.Window", self.windowComboBox.currentText)
+        self.scriptedEffect.setParameter("MedSAM.Range", self.rangeComboBox.currentData or RANGE_MODES[0][0])
 
     # -- lifetime -------------------------------------------------------------------------------------------------
     def activate(self):
@@ -100,6 +143,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
                 "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
                 "undo": self.onUndo, "cancel": self.onCancel})
+        if self.logic().link.client is None:
+            self.showMessage(_("The engine is not running: open the MedSAM module and click 'Start engine' (Model "
+                               "section), or set a remote server there"))
 
     def deactivate(self):
         """Hidden: no shortcuts, no timer.  A pending operation is cancelled (nothing is written)."""
@@ -133,37 +179,38 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         getter = getattr(parameters, "GetSourceVolumeNode", None) or parameters.GetMasterVolumeNode  # Slicer < 5.4
         return getter()
 
-    def showMessage(self, text, error=False):
+    def showMessage(self, text, error=False, popup=False):
+        """The status line (red for a problem); ``popup`` (a real failure only) also opens one message box."""
         self.statusLabel.text = text
-        if error:
-            slicer.util.errorDisplay(text, windowTitle="MedSAM")
+        self.statusLabel.setStyleSheet("color: #c0392b" if error else "")
+        if popup:
+            slicer.util.errorDisplay(text, windowTitle=_("MedSAM"))
 
     def guarded(self, what, action):
-        from MedSAMSlicerLogic.messages import user_message
+        import MedSAMSlicer
 
-        try:
-            action()
-        except Exception as error:  # noqa: BLE001 - one message box, never only the console
-            self.showMessage(f"{what}: {user_message(error)}", error=True)
+        MedSAMSlicer.runGuarded(what, action, self.showMessage)
 
-    def writer(self, segmentId):
-        """Write through Segment Editor (editable area, intensity mask, overwrite) into ``segmentId``, the segment
-        selected when the user clicked, even if the selection changed meanwhile."""
-        from MedSAMSlicerLogic.segments import mask_to_labelmap
+    def writer(self):
+        """Write through Segment Editor (editable area, intensity mask, overwrite) into the segment the click
+        fixed, naming it (Segment Editor's selection is left alone); its history holds the undo step."""
+        from MedSAMSlicerLogic.editor_writes import SegmentEditorWriter
 
-        def write(target, mask, volumeNode):
-            parameters = self.scriptedEffect.parameterSetNode()
-            selected = parameters.GetSelectedSegmentID()
-            parameters.SetSelectedSegmentID(target.segment_id)
-            try:
-                labelmap = mask_to_labelmap(mask, volumeNode, target.segmentation_node)
-                self.scriptedEffect.modifySelectedSegmentByLabelmap(
-                    labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
-            finally:
-                if selected != target.segment_id:
-                    parameters.SetSelectedSegmentID(selected)
+        def modify(segmentationNode, segmentId, labelmap):
+            self.scriptedEffect.modifySegmentByLabelmap(segmentationNode, segmentId, labelmap,
+                                                        slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
 
-        return write
+        return SegmentEditorWriter(modify, lambda: self.scriptedEffect.parameterSetNode().GetSegmentationNode())
+
+    def editorWidget(self):
+        """The Segment Editor widget whose active effect is this one (the module's, or a test's own)."""
+        for editor in qt.QApplication.allWidgets():  # also an editor without a parent (a test's, a script's)
+            if not isinstance(editor, slicer.qMRMLSegmentEditorWidget):
+                continue
+            active = editor.activeEffect()
+            if active is not None and hasattr(active, "self") and active.self() is self:
+                return editor
+        return None
 
     # -- actions --------------------------------------------------------------------------------------------------
     def onDrawBox(self, newObject):
@@ -172,59 +219,71 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
 
         def draw():
-            sliceNode = slicer.app.layoutManager().sliceWidget(self.viewComboBox.currentText).mrmlSliceNode()
+            import MedSAMSlicer
+
+            sliceNode = MedSAMSlicer.sliceNodeOfView(self.viewComboBox.currentText)
             logic.core.prefetch_window = self.windowComboBox.currentText  # the engine encodes ahead for it
             _, _, note = logic.core.draw_box(self.sourceVolume(), sliceNode, newObject)
-            self.showMessage(note + "; drag the handles around the object")
+            self.showMessage(note + _("; drag the handles around the object"))
             if logic.core.preparing:  # the volume goes to the engine over the next polls, then the prefetch
                 self.pollTimer.start()
 
-        self.guarded("Draw box", draw)
+        self.guarded(_("Draw box"), draw)
 
     def start(self, title, startOperation):
         logic = self.logic()
         if logic.core.busy:
             return
         if logic.link.client is None or logic.core.engine is not logic.link.client:
-            self.showMessage("The MedSAM engine is not running: open the MedSAM module and click 'Start engine' "
-                             "(Model section), or set a remote server there", error=True)
+            self.showMessage(_("The MedSAM engine is not running: open the MedSAM module and click 'Start engine' "
+                               "(Model section), or set a remote server there"))
             return
         parameters = self.scriptedEffect.parameterSetNode()
         segmentation, segmentId = parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID()  # at click
         if not segmentId:
-            self.showMessage("Select a segment in Segment Editor first", error=True)
+            self.showMessage(_("Select a segment in Segment Editor first"))
             return
 
         def begin():
             self.scriptedEffect.saveStateForUndo()  # Segment Editor's Undo takes back the whole operation
-            startOperation(logic.core, segmentation, segmentId, self.writer(segmentId))
+            startOperation(logic.core, segmentation, segmentId, self.writer())
 
         self.guarded(title, begin)
         if logic.core.busy:
             self.progressBar.setRange(0, 0)
             self.progressBar.show()
-            self.showMessage(f"{title}: running...")
+            self.showMessage(_("{title}: running...").format(title=title))
             self.pollTimer.start()
 
     def onSegmentSlice(self):
         volume, window = self.sourceVolume(), self.windowComboBox.currentText
-        self.start("Segment slice", lambda core, segmentation, segmentId, writer: core.start_segment_slice(
+        self.start(_("Segment slice"), lambda core, segmentation, segmentId, writer: core.start_segment_slice(
             volume, None, segmentation, segmentId, window, writer=writer))
 
     def onPropagate(self):
         volume, window, mode = self.sourceVolume(), self.windowComboBox.currentText, self.rangeComboBox.currentData
-        self.start("Propagate 3D", lambda core, segmentation, segmentId, writer: core.start_propagation(
+        self.start(_("Propagate 3D"), lambda core, segmentation, segmentId, writer: core.start_propagation(
             volume, None, segmentation, segmentId, window, mode, writer=writer))
 
     def onCancel(self):
         self.logic().core.cancel()
 
     def onUndo(self):
-        self.guarded("Undo", lambda: self.showMessage("Undone: " + self.logic().core.undo().description))
+        """Segment Editor's Undo: effect writes are in its history (MedSAM's own stack has none of them), and only it
+        restores the voxels an overwrite took from other segments."""
+        if self.logic().core.busy:
+            self.showMessage(_("Cancel the running operation before undoing"))
+            return
+        editor = self.editorWidget()
+        if editor is None:
+            self.showMessage(_("Use Segment Editor's Undo (Ctrl+Z)"))
+            return
+        editor.undo()
+        self.showMessage(_("Undone with Segment Editor's Undo"))
 
     def onAccept(self):
-        self.guarded("Accept", lambda: (self.logic().core.accept(self.sourceVolume()),
-                                        self.showMessage("Accepted; the next box starts a new segment")))
+        self.guarded(_("Accept"), lambda: (self.logic().core.accept(self.sourceVolume()),
+                                           self.showMessage(_("Accepted; the next box starts a new segment"))))
 
     def onPoll(self):
         progress = self.logic().core.poll()
@@ -244,4 +303,4 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         elif progress.state == "cancelled":
             self.showMessage(progress.message)
         elif progress.state == "failed":
-            self.showMessage(f"{progress.title}: {progress.message}", error=True)
+            self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)

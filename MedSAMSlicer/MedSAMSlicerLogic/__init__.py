@@ -10,6 +10,8 @@
 - :mod:`.timelog_table`, :mod:`.edit_watch`: the annotation-time log and manual-edit detection
 - :mod:`.dependencies`: where packages go (Slicer's Python: client only; the engine: a private folder)
 - :mod:`.box_segmentation`: the logic the panel and the self-test drive
+- :mod:`.editor_writes`: the effect's writes through Segment Editor (its history holds their undo)
+- :mod:`.engine_setup`: install the engine's packages, then start it, polled from the front end's timer
 
 No module here imports torch or starts a thread: the model runs in the engine process, reached through
 ``MedSAMSlicerLib.client`` (numpy + requests).  The front ends call ``BoxSegmentationLogic.poll()`` from their own

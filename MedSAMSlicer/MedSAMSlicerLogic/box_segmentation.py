@@ -13,7 +13,8 @@ comes back.  Every operation has three steps:
    file a slab at a time, then the engine reads and windows it as a job); starting the work as a job on the engine
    (a slice too: ``RemoteVolume.start_segment_slice``, so no poll ever waits for an encoder); polling the job; and
    fetching its result.  A request that times out is retried at the next poll (start requests carry a request id,
-   so a retry never starts a second job); ``UNREACHABLE_POLLS`` failures in a row end the operation;
+   so a retry never starts a second job); ``UNREACHABLE_POLLS`` failures in a row, over at least
+   ``UNREACHABLE_SECONDS``, end the operation;
 3. when the engine has the result, the same ``poll()`` writes it into the target segment, recording one undo step
    and a time-log event.
 
@@ -24,8 +25,9 @@ What may keep the GUI longer than 50 ms, and why:
 - a remote engine only: the one request that uploads the (compressed) volume, once per volume content -- its
   duration is the network's (seconds for a CT on a slow link); the progress says "sending the volume" first.  A
   local engine gets the volume as a file in its private folder, written over several polls;
-- fetching a finished propagation's mask (``RESULT_TIMEOUT``): the engine packed it when the job ended (bounding box,
-  one bit per voxel: a few MB at most), so the answer starts at once; the timeout only bounds a wedged engine;
+- fetching a finished propagation's mask: the engine packed it when the job ended (bounding box, one bit per voxel:
+  a few MB at most), so the answer starts at once; like every request its timeout is the poll's budget (a read
+  timeout: the whole body may take longer while it keeps coming), and a timed-out fetch is retried;
 - writing the result into the segment (step 3): Slicer's own segmentation update, proportional to the volume.
 
 Nothing is written before step 3 succeeds, so a cancelled or failed operation, a killed server or a closed scene
@@ -59,23 +61,26 @@ from .edit_watch import ManualEdit, ManualEditWatcher
 from .messages import user_message
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
                           propagation_range)
+from .editor_writes import labelmap_mtime
 from .segments import (add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists,
                        write_segment)
-from .undo import NothingToUndo, Operation, SegmentSnapshot, UndoStack
+from .undo import EditedSince, NothingToUndo, Operation, SegmentSnapshot, UndoStack
 from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (its requests' timeouts, its local work)
 MIN_STEP = 0.02  # seconds: a poll starts another step only with this much of its POLL_TIMEOUT left
-RESULT_TIMEOUT = 5.0  # seconds for fetching a finished propagation's mask (packed by the engine when the job ended)
-CANCEL_TIMEOUT = 0.5  # seconds for telling the engine to stop (a click, not a poll; the engine answers at once)
-UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up
+CANCEL_TIMEOUT = POLL_TIMEOUT  # telling the engine to stop (a click); not delivered = the engine drops unpolled jobs
+UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up...
+UNREACHABLE_SECONDS = 5.0  # ...and at least this long without an answer (a busy computer answers late, not never)
 PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine encodes ahead
 STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
 
 # A writer puts a (k, j, i) bool mask into a target segment: the default is segments.write_segment; the Segment
-# Editor effect passes one that goes through modifySelectedSegmentByLabelmap (editable area, masking, overwrite).
+# Editor effect passes an editor_writes.SegmentEditorWriter (editable area, masking, overwrite).  A writer whose
+# ``records_history`` is true keeps its own undo history (Segment Editor's): no MedSAM undo step is pushed for it,
+# because a snapshot of the target segment cannot restore what an overwrite took from other segments (audit W1).
 Writer = Callable[["Target", np.ndarray, Any], None]
 
 
@@ -187,6 +192,7 @@ class PendingOperation:
     remote: Any = None  # RemoteVolume
     encoder_calls_before: int = 0
     failed_polls: int = 0
+    last_answer: float = field(default_factory=time.monotonic)  # when the engine last answered a request
     cancel_requested: bool = False
     engine_ready: bool = False  # the engine said it has its model (no more health checks)
     request_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # a retried start is the same job
@@ -221,6 +227,7 @@ class BoxSegmentationLogic:
         self.pending: Optional[PendingOperation] = None
         self.prefetch_window = "auto"  # the window boxes are prefetched for: the last one used, or the front end's
         self.prefetch_neighbours = PREFETCH_NEIGHBOURS
+        self.idle: Optional[Callable[[], None]] = None  # called between the polls of the blocking ``wait``
         self._grids: dict = {}
         self._remote: dict = {}  # (grid key, window, axis) -> RemoteVolume
         self._openings: dict = {}  # (grid key, window, axis) -> VolumeOpening on its way (shared by ops and prefetch)
@@ -402,6 +409,7 @@ class BoxSegmentationLogic:
             if waiting is not None:
                 return waiting
             pending.engine_ready, pending.failed_polls, first = True, 0, False
+            pending.last_answer = time.monotonic()
         while True:
             budget = min(POLL_TIMEOUT, deadline - time.monotonic())
             if not first and budget < MIN_STEP:
@@ -412,11 +420,11 @@ class BoxSegmentationLogic:
                 if not first:  # a later step ran out of this poll's time: the next poll retries it in full
                     return self._running(pending)
                 pending.failed_polls += 1
-                if pending.failed_polls >= UNREACHABLE_POLLS or self._local_engine_exited(engine):
+                if self._unreachable(pending) or self._local_engine_exited(engine):
                     raise EngineUnavailable(f"the engine stopped answering during '{pending.title}'; nothing was "
                                             "written. Check the engine (Model section) and run it again") from None
                 return Progress("running", pending.title, message="waiting for the engine")
-            pending.failed_polls = 0
+            pending.failed_polls, pending.last_answer = 0, time.monotonic()
             if progress is not None:
                 return progress
             first = False
@@ -454,7 +462,7 @@ class BoxSegmentationLogic:
             return None  # the result at the next step, with the time left
         if isinstance(request, SliceRequest):  # 4. the result, then the write
             return self._finish_slice(pending, pending.job.result(timeout=budget))
-        return self._finish_propagation(pending, pending.job.result(timeout=RESULT_TIMEOUT))
+        return self._finish_propagation(pending, pending.job.result(timeout=budget))  # a timeout: retried (R10)
 
     def _start_slice_job(self, pending: PendingOperation, prompt: SlicePrompt, budget: float):
         try:
@@ -478,6 +486,11 @@ class BoxSegmentationLogic:
                             opening.message)
         return Progress("running", pending.title, message=pending.message)
 
+    @staticmethod
+    def _unreachable(pending: PendingOperation) -> bool:
+        return pending.failed_polls >= UNREACHABLE_POLLS and \
+            time.monotonic() - pending.last_answer >= UNREACHABLE_SECONDS
+
     def _engine_waiting(self, engine, pending: PendingOperation) -> Optional[Progress]:
         """None when the engine is ready; else a "waiting" progress (model loading), or an error when it is gone."""
         try:
@@ -486,10 +499,10 @@ class BoxSegmentationLogic:
             if self._local_engine_exited(engine) or time.monotonic() - pending.started > STARTUP_TIMEOUT:
                 raise
             pending.failed_polls += 1
-            if pending.failed_polls >= UNREACHABLE_POLLS and getattr(engine, "process", None) is None:
+            if self._unreachable(pending) and getattr(engine, "process", None) is None:
                 raise  # a remote server that does not answer: say so instead of waiting
             return Progress("waiting", pending.title, message="waiting for the engine to answer")
-        pending.failed_polls = 0
+        pending.failed_polls, pending.last_answer = 0, time.monotonic()
         if health.get("ready", True):
             return None
         if time.monotonic() - pending.started > STARTUP_TIMEOUT:
@@ -633,6 +646,8 @@ class BoxSegmentationLogic:
             if time.monotonic() > deadline:
                 self.cancel()
                 raise MedSAMError("timed out waiting for the engine")
+            if self.idle is not None:
+                self.idle()  # Slicer's self-test: slicer.app.processEvents, so the GUI stays alive (R14)
             time.sleep(interval)
 
     # -- results ------------------------------------------------------------------------------------------------------
@@ -677,8 +692,33 @@ class BoxSegmentationLogic:
             snapshot.restore(self.scene)  # a failed write leaves the segment as it was
             raise
         operation = Operation(description, snapshot, details)
+        if getattr(writer, "records_history", False):
+            operation.details["undo"] = "segment_editor"
+            return operation  # Segment Editor's history has it; MedSAM's Undo must not half-undo it
+        operation.details["volume_node_id"] = volume_node.GetID()
+        operation.written_mtime = labelmap_mtime(target.segmentation_node, target.segment_id)
+        operation.written_digest = _mask_digest(mask)
         self.undo_stack.push(operation)
         return operation
+
+    def _check_not_edited_since(self, operation: Operation) -> None:
+        """Refuse an Undo that would throw away an edit made after ``operation`` (paint, erase, Segment Editor's own
+        undo): first the labelmap's MTime (free), then, when it moved, the voxels themselves."""
+        snapshot = operation.snapshot
+        node = self.scene.GetNodeByID(snapshot.segmentation_node_id)
+        if node is None or not segment_exists(node, snapshot.segment_id) or not operation.written_digest:
+            if node is not None and operation.written_digest:
+                raise EditedSince(f"the segment of '{operation.description}' was deleted after it; nothing was "
+                                  "undone (use Segment Editor's Undo)")
+            return
+        if labelmap_mtime(node, snapshot.segment_id) == operation.written_mtime:
+            return
+        volume = self.scene.GetNodeByID(operation.details.get("volume_node_id", ""))
+        if volume is not None and _mask_digest(read_segment(node, snapshot.segment_id, volume)) == \
+                operation.written_digest:
+            return
+        raise EditedSince(f"the segment was edited after '{operation.description}'; MedSAM's Undo would discard that "
+                          "edit, so nothing was undone; use Segment Editor's Undo (Ctrl+Z) instead")
 
     def apply_slice(self, volume_node, request: SliceRequest, outcome: Outcome, segmentation_node=None,
                     segment_id: Optional[str] = None, writer: Optional[Writer] = None) -> Operation:
@@ -724,7 +764,7 @@ class BoxSegmentationLogic:
         """Undo the last whole operation (a slice or a propagation)."""
         if self.pending is not None:
             raise MedSAMError(f"{self.pending.title} is running; cancel it before undoing")
-        operation = self.undo_stack.undo(self.scene)
+        operation = self.undo_stack.undo(self.scene, check=self._check_not_edited_since)
         snapshot = operation.snapshot
         if snapshot.copy is None and snapshot.segment_id == self.current.segment_id:
             self.current.segment_id = ""  # the object's segment was created by that operation and is gone
@@ -859,6 +899,13 @@ def _outcome_of(progress: Progress) -> tuple:
     if progress.error is not None:
         raise progress.error
     raise MedSAMError(progress.message)
+
+
+def _mask_digest(mask: np.ndarray) -> str:
+    import hashlib
+
+    array = np.ascontiguousarray(mask, dtype=bool)
+    return hashlib.blake2b(np.packbits(array).tobytes() + str(array.shape).encode(), digest_size=16).hexdigest()
 
 
 def _remote_key(request) -> tuple:

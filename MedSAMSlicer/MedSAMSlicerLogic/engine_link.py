@@ -30,6 +30,47 @@ from MedSAMSlicerLib.errors import EngineUnavailable, MedSAMError
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding MedSAMSlicerLib/ and this package
 START_TIMEOUT = 120.0  # seconds for the child to print its URL (imports only; the model loads after)
+CHECK_TIMEOUT = 0.05  # seconds: one connection-check request, made from a GUI timer (audit R10)
+CHECK_POLLS = 30  # failed check requests before "not reachable" (about 3 s at the panel's 100 ms)
+STOP_GRACE = 5.0  # seconds a stopped child has to exit after terminate() before it is killed
+
+
+class ConnectionCheck:
+    """*Test connection* without waiting on the GUI thread: each :meth:`poll` makes at most one request of at most
+    ``CHECK_TIMEOUT``; one that times out or fails is retried at the next poll, ``CHECK_POLLS`` times in all."""
+
+    def __init__(self, client, polls: int = CHECK_POLLS) -> None:
+        self.client = client
+        self.left = polls
+        self.health: Optional[dict] = None
+        self.last_error = ""
+        self.result = ""  # the sentence for the user, once known
+
+    def poll(self) -> str:
+        """"" while the answer is pending, else one sentence: reachable and ready, loading, or why not."""
+        if self.result:
+            return self.result
+        if self.client is None:
+            self.result = "not connected: choose Local, or enter a server URL and click Test connection"
+            return self.result
+        try:
+            if self.health is None:
+                self.health = self.client.health(timeout=CHECK_TIMEOUT)
+                if not self.health.get("ready"):
+                    self.result = f"reachable, still loading: {self.health.get('loading') or 'the model'}"
+                return self.result  # "" when ready: /info is the next poll's single request
+            info = self.client.info(timeout=CHECK_TIMEOUT)
+        except EngineUnavailable as error:  # timed out or no connection: retried
+            self.last_error = str(error)
+            self.left -= 1
+            if self.left <= 0:
+                self.result = f"not reachable: {error}"
+            return self.result
+        except MedSAMError as error:  # /health needs no key; /info does: a wrong key shows here
+            self.result = f"reachable, but refused: {error}"
+            return self.result
+        self.result = f"connected: {info.get('model', '?')} on {info.get('device', '?')} ({info.get('backend', '?')})"
+        return self.result
 
 
 class EngineLink:
@@ -40,6 +81,8 @@ class EngineLink:
         self.log_path: Optional[Path] = None
         self._folder: Optional[str] = None
         self._started = 0.0
+        self._stopping: list = []  # (process, terminated at): children told to stop, killed after STOP_GRACE
+        self.check: Optional[ConnectionCheck] = None  # a Test connection under way
 
     # -- local --------------------------------------------------------------------------------------------------------
     def start_local(self, python: Optional[str] = None, args: Sequence[str] = ("--device", "auto"),
@@ -49,7 +92,7 @@ class EngineLink:
 
         ``extra_paths``: folders put first on the child's ``PYTHONPATH`` (the private engine packages folder).
         """
-        self.stop()
+        self.stop(wait=False)  # a previous child exits meanwhile (reap); the new one gets its own port
         self._folder = tempfile.mkdtemp(prefix="medsam-engine-")  # mode 0700: token readable by this user only
         token_file = os.path.join(self._folder, "token")
         self.log_path = Path(log_dir or self._folder) / "engine.log"
@@ -127,14 +170,19 @@ class EngineLink:
     def connect_remote(self, url: str, api_key: str = "") -> None:
         from MedSAMSlicerLib.client import EngineClient
 
-        self.stop()
+        self.stop(wait=False)
         if not url.strip():
             raise EngineUnavailable("enter the engine server's URL (for example http://gpu-server:8765) under Model")
         self.client = EngineClient(url.strip(), api_key.strip() or None)
         self.mode = "remote"
 
+    def begin_check(self) -> ConnectionCheck:
+        """Start a *Test connection* that the front end's timer advances (``check.poll()``), never waiting."""
+        self.check = ConnectionCheck(self.client)
+        return self.check
+
     def test_connection(self, timeout: float = 2.0) -> str:
-        """One sentence for the user: reachable and ready, loading, or why not."""
+        """Scripts: one sentence for the user (blocks up to twice ``timeout``; front ends use ``begin_check``)."""
         if self.client is None:
             return "not connected: choose Local, or enter a server URL and click Test connection"
         try:
@@ -154,8 +202,9 @@ class EngineLink:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self) -> None:
-        """Stop a local child (terminate, then kill after 5 s) and forget the connection."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop a local child (terminate, then kill after ``STOP_GRACE``) and forget the connection.  ``wait=False``
+        (a GUI slot): return at once; :meth:`reap`, called from the front end's timer, kills it if it lingers."""
         client, self.client = self.client, None
         if client is not None:
             try:
@@ -163,7 +212,11 @@ class EngineLink:
             except Exception:  # noqa: BLE001 - closing a dead connection must not stop the shutdown
                 pass
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
+        self.check = None
+        if process is not None and process.poll() is None and not wait:
+            process.terminate()
+            self._stopping.append((process, time.monotonic()))
+        elif process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(5.0)
@@ -171,3 +224,15 @@ class EngineLink:
                 process.kill()
                 process.wait()
         self.mode = ""
+
+    def reap(self) -> bool:
+        """Kill children told to stop more than ``STOP_GRACE`` ago; True while some are still exiting.  No wait."""
+        still = []
+        for process, since in self._stopping:
+            if process.poll() is not None:
+                continue
+            if time.monotonic() - since > STOP_GRACE:
+                process.kill()
+            still.append((process, since))
+        self._stopping = still
+        return bool(still)

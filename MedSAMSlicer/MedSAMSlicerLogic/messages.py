@@ -30,8 +30,16 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, MemoryError):
         return "the computer ran out of memory; nothing was written. Close other volumes or programs and try again"
     if isinstance(error, ModuleNotFoundError):
-        return (f"the Python package {error.name!r} is missing; open the MedSAMSlicer module again to install the "
-                "required packages")
+        # In Slicer's own process: the engine's private packages are never on its path, so installing them cannot
+        # help (audit B1); the feature that needs the package must do without it or run in a child process.
+        return (f"the Python package {error.name!r} is not available in this Python; nothing was written. Please "
+                "report this as a bug")
     log.error("MedSAMSlicer internal error", exc_info=(type(error), error, error.__traceback__))
     first = (str(error).strip().splitlines() or [""])[0][:200]
     return f"unexpected error ({type(error).__name__}: {first}); nothing was written. Details are in the log"
+
+
+def view_missing(view: str) -> MedSAMError:
+    """The chosen slice view does not exist in the current layout (audit R4)."""
+    return MedSAMError(f"the {view} view is not in the current layout; choose another view under 'Draw in view', or "
+                       "switch to a layout that shows it")

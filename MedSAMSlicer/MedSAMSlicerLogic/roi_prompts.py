@@ -191,6 +191,11 @@ def place_roi_on_view(scene, slice_node, volume_node, grid: VolumeOnGrid, roi_no
     roi_node.SetSize(*(size_ijk * spacing))
     roi_node.SetAttribute(SLICE_AXIS_ATTRIBUTE, axis)
     roi_node.SetAttribute(BOX_ATTRIBUTE, "1")
+    if corners_world is None:
+        # Put the view's plane through the box's slice: after a jump that does not snap to a voxel (crosshair,
+        # markup point) the plane can lie up to half a voxel off, and a 2D view shows a half-voxel ROI only where
+        # its plane cuts it: no outline, no handles to drag (audit R3).  The voxels the prompt covers are unchanged.
+        slice_node.JumpSliceByOffsetting(*ijk_to_world_points(grid.ijk_to_world, centre)[0])
     prompt = prompt_from_roi(roi_node, grid)
     angle = math.degrees(math.acos(min(1.0, float(alignment[across]))))
     note = f"box on slice {index} of {count} along {axis} ({view_name} view)"

@@ -79,9 +79,43 @@ def segment_exists(segmentation_node, segment_id: str) -> bool:
 
 
 def read_segment(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
-    """The segment as a bool (k, j, i) array on the volume's grid (a copy)."""
-    array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
-    return np.asarray(array) > 0
+    """The segment as a bool (k, j, i) array on the volume's grid (a copy).
+
+    Read straight from the segment's labelmap and resampled (nearest neighbour) onto the volume's grid, in world
+    coordinates (both nodes' parent transforms applied).  ``slicer.util.arrayFromSegmentBinaryLabelmap`` would add a
+    temporary labelmap node and a colour node to the scene and remove them again: every node combobox, Subject
+    Hierarchy and the Data module see those events, every 1.5 s while the time log watches edits (audit R11)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputImageError(f"segment {segment_id} is not in {segmentation_node.GetName()}")
+    dimensions = volume_node.GetImageData().GetDimensions()
+    shape = tuple(dimensions[::-1])
+    labelmap = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segment_id, labelmap, True):
+        raise InputImageError(f"segment {segment_id} of {segmentation_node.GetName()} has no labelmap to read")
+    extent = labelmap.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        return np.zeros(shape, dtype=bool)  # an empty segment
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(0, dimensions[0] - 1, 0, dimensions[1] - 1, 0, dimensions[2] - 1)
+    reference.SetImageToWorldMatrix(_vtk_matrix(node_to_world(volume_node) @ _ijk_to_ras(volume_node)))
+    resampled = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, reference, resampled, False, False):
+        raise InputImageError(f"segment {segment_id} could not be read on the grid of {volume_node.GetName()}")
+    scalars = resampled.GetPointData().GetScalars() if resampled.GetPointData() is not None else None
+    out_extent = resampled.GetExtent()
+    if scalars is None or out_extent[1] < out_extent[0]:
+        return np.zeros(shape, dtype=bool)
+    values = vtk.util.numpy_support.vtk_to_numpy(scalars).reshape(
+        out_extent[5] - out_extent[4] + 1, out_extent[3] - out_extent[2] + 1, out_extent[1] - out_extent[0] + 1)
+    mask = np.zeros(shape, dtype=bool)
+    region = tuple(slice(max(low, 0), min(high, size - 1) + 1)
+                   for low, high, size in zip(out_extent[4::-2], out_extent[5::-2], shape))
+    inner = tuple(slice(r.start - low, r.stop - low) for r, low in zip(region, out_extent[4::-2]))
+    mask[region] = values[inner] == segment.GetLabelValue()  # a shared layer holds other segments' labels too
+    return mask
 
 
 def count_segment_voxels(segmentation_node, segment_id: str) -> int:
@@ -110,8 +144,12 @@ def write_segment(segmentation_node, segment_id: str, mask: np.ndarray, volume_n
     if tuple(mask.shape) != tuple(expected):
         raise ValueError(f"mask shape {mask.shape} differs from the volume {expected}")
     segmentation.SeparateSegmentLabelmap(segment_id)  # own layer: writing cannot touch a neighbour's voxels
-    slicer.util.updateSegmentBinaryLabelmapFromArray(np.asarray(mask, dtype=np.uint8), segmentation_node,
-                                                     segment_id, volume_node)
+    # Straight into the segment (no temporary labelmap node in the scene, unlike
+    # slicer.util.updateSegmentBinaryLabelmapFromArray: audit R11).
+    labelmap = mask_to_labelmap(np.asarray(mask, dtype=bool), volume_node, segmentation_node)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            labelmap, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
+        raise InputImageError(f"writing segment {segment_id} of {segmentation_node.GetName()} failed")
 
 
 def mask_to_labelmap(mask: np.ndarray, volume_node, segmentation_node=None):
@@ -130,12 +168,16 @@ def mask_to_labelmap(mask: np.ndarray, volume_node, segmentation_node=None):
     matrix = node_to_world(volume_node) @ _ijk_to_ras(volume_node)
     if segmentation_node is not None:
         matrix = np.linalg.inv(node_to_world(segmentation_node)) @ matrix
+    labelmap.SetImageToWorldMatrix(_vtk_matrix(matrix))
+    return labelmap
+
+
+def _vtk_matrix(matrix: np.ndarray):
     vtk_matrix = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
             vtk_matrix.SetElement(r, c, float(matrix[r, c]))
-    labelmap.SetImageToWorldMatrix(vtk_matrix)
-    return labelmap
+    return vtk_matrix
 
 
 def _ijk_to_ras(volume_node) -> np.ndarray:

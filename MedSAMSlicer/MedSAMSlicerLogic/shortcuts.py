@@ -18,8 +18,20 @@ SHORTCUTS = {
     "segmentSlice": ("Ctrl+Alt+S", "segment the box's slice"),
     "propagate": ("Ctrl+Alt+P", "propagate in 3D"),
     "accept": ("Ctrl+Alt+A", "accept the object (the next box starts a new segment)"),
-    "undo": ("Ctrl+Alt+U", "undo the last MedSAM operation"),
+    "undo": ("Ctrl+Alt+U", "undo the last MedSAM operation (in Segment Editor: Segment Editor's Undo)"),
     "cancel": ("Ctrl+Alt+X", "cancel the running operation"),
+}
+
+# action -> the panel's button (MedSAMSlicer.ui).  The panel appends the key to the button's tooltip at set-up, so
+# the .ui holds no key literal and a changed key cannot leave a stale tooltip (test_slicer_shortcuts checks both).
+BUTTONS = {
+    "drawBox": "drawBoxButton",
+    "addKeyBox": "addKeyBoxButton",
+    "segmentSlice": "segmentSliceButton",
+    "propagate": "propagateButton",
+    "accept": "acceptButton",
+    "undo": "undoButton",
+    "cancel": "cancelButton",
 }
 
 _MODIFIER_ORDER = ("Ctrl", "Alt", "Shift", "Meta")
@@ -45,3 +57,8 @@ def normalized(keys: str) -> str:
 def key_sequences() -> dict[str, str]:
     """action -> key sequence, as the front ends pass it to ``qt.QKeySequence``."""
     return {action: keys for action, (keys, _) in SHORTCUTS.items()}
+
+
+def tooltip_with_key(tooltip: str, action: str) -> str:
+    """A button's tooltip with its shortcut from the table: "Segment the slice (Ctrl+Alt+S)"."""
+    return f"{tooltip} ({SHORTCUTS[action][0]})" if tooltip else SHORTCUTS[action][0]

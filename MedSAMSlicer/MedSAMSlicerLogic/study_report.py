@@ -1,16 +1,33 @@
 """The panel's "Export report" button: the study report (``MedSAMSlicerLib.study``) of the logs in the time-log
-folder, written into that folder as ``study_report.csv``, ``.png`` and ``.md``, as ``medsam-slicer study report``
-does."""
+folder, written into that folder as ``study_report.csv``, ``.md`` and, where matplotlib can be imported,
+``study_report.png``, as ``medsam-slicer study report`` does.
+
+Slicer does not ship matplotlib (its bundled packages come from ``SuperBuild/External_python-*.cmake``: numpy,
+scipy, pillow, requests...), and the engine's private packages are never on Slicer's path, so in Slicer the plot is
+left out and the summary says so; the CSV and the summary are complete without it (audit B1).  Before, the plot
+was drawn first and its ``ModuleNotFoundError`` left a CSV without a summary and a message that could not help.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from MedSAMSlicerLib.errors import MedSAMError
 
+NO_PLOT_NOTE = ("No plot (study_report.png): matplotlib is not part of Slicer's Python. The table above has every "
+                "figure; `medsam-slicer study report` on a computer with the engine's packages draws the plot.")
+
 
 class ReportUnavailable(MedSAMError):
     """There is nothing to report on."""
+
+
+def can_plot() -> bool:
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def export_report(log_folder: str | Path) -> str:
@@ -19,6 +36,10 @@ def export_report(log_folder: str | Path) -> str:
 
     if not log_folder or not Path(log_folder).is_dir():
         raise ReportUnavailable(f"no time-log folder at {log_folder!r}; choose the folder and start a time log first")
-    report = study.build_report(Path(log_folder))
-    files = study.write_report(report, Path(log_folder))
-    return str(files["markdown"])
+    folder = Path(log_folder)
+    report = study.build_report(folder)
+    if can_plot():
+        return str(study.write_report(report, folder)["markdown"])
+    study.write_atomically(folder / "study_report.csv", study.report_csv(report).encode("utf-8"))
+    markdown = study.report_markdown(report) + "\n" + NO_PLOT_NOTE + "\n"
+    return str(study.write_atomically(folder / "study_report.md", markdown.encode("utf-8")))

@@ -19,6 +19,10 @@ class NothingToUndo(MedSAMError):
     """Undo was asked for with no operation recorded."""
 
 
+class EditedSince(MedSAMError):
+    """The segment was changed after the operation: restoring the snapshot would discard that edit."""
+
+
 @dataclass
 class SegmentSnapshot:
     segmentation_node_id: str
@@ -57,6 +61,10 @@ class Operation:
     description: str  # "Segment slice 12", "Propagate 3D (9 slices)"
     snapshot: SegmentSnapshot
     details: dict = field(default_factory=dict)
+    # The segment as this operation left it (labelmap MTime, digest of the written mask): Undo refuses when the
+    # segment changed since then, so it never throws away a paint or erase made after the operation (audit R2).
+    written_mtime: int = 0
+    written_digest: str = ""
 
 
 class UndoStack:
@@ -75,9 +83,12 @@ class UndoStack:
     def last(self) -> Operation | None:
         return self._operations[-1] if self._operations else None
 
-    def undo(self, scene) -> Operation:
+    def undo(self, scene, check=None) -> Operation:
+        """Restore the last operation's snapshot; ``check(operation)`` may raise to refuse (the step stays)."""
         if not self._operations:
             raise NothingToUndo("nothing to undo")
+        if check is not None:
+            check(self._operations[-1])
         operation = self._operations.pop()
         operation.snapshot.restore(scene)
         return operation

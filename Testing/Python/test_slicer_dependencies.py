@@ -68,3 +68,10 @@ def test_every_engine_dependency_of_the_package_is_installed_for_slicer():
     listed = {re.split(r"[<>=!~ \[]", p.requirement, maxsplit=1)[0].lower()
               for p in (*dependencies.ENGINE_PACKAGES, *dependencies.CLIENT_PACKAGES)}
     assert wanted - listed == set()
+
+
+def test_the_engine_gets_the_weights_folder_under_the_name_it_reads():
+    """The panel hands the engine a checkpoint folder outside the extension (audit R9) in this variable."""
+    from MedSAMSlicerLib.engine import weights
+
+    assert dependencies.WEIGHTS_VARIABLE == weights.WEIGHTS_ENV

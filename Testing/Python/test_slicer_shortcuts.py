@@ -5,7 +5,9 @@ import ast
 import re
 from pathlib import Path
 
-from MedSAMSlicerLogic.shortcuts import SHORTCUTS, key_sequences, normalized
+import xml.etree.ElementTree as ElementTree
+
+from MedSAMSlicerLogic.shortcuts import BUTTONS, SHORTCUTS, key_sequences, normalized, tooltip_with_key
 
 HERE = Path(__file__).resolve().parent
 MODULE = HERE.parents[1] / "MedSAMSlicer"
@@ -51,3 +53,30 @@ def test_front_ends_use_the_table_and_no_key_literal():
         text = path.read_text()
         assert "key_sequences()" in text, f"{path.name} does not read the shortcut table"
         assert not re.search(r"[\"'](Ctrl|Alt|Shift)\+\w", text), f"{path.name} has a key literal"
+
+
+KEY_LITERAL = re.compile(r"\b(Ctrl|Alt|Shift|Meta|Cmd)\s*\+\s*\S", re.IGNORECASE)
+
+
+def test_ui_files_hold_no_key_literal():
+    """Tooltips once named Ctrl+Shift keys (two of them Slicer's own) while the real keys were Ctrl+Alt (audit W3):
+    no .ui string names a key; the panel appends the table's key to each action button's tooltip."""
+    ui_files = sorted((MODULE / "Resources").rglob("*.ui"))
+    assert ui_files
+    for path in ui_files:
+        for element in ElementTree.parse(path).iter("string"):
+            assert not KEY_LITERAL.search(element.text or ""), f"{path.name}: {element.text!r}"
+
+
+def test_every_action_button_exists_and_gets_its_key():
+    names = {w.get("name") for w in ElementTree.parse(MODULE / "Resources" / "UI" / "MedSAMSlicer.ui").iter("widget")}
+    assert set(BUTTONS) == set(SHORTCUTS) and set(BUTTONS.values()) <= names
+    assert tooltip_with_key("Segment the slice of the last box", "segmentSlice") == \
+        "Segment the slice of the last box (Ctrl+Alt+S)"
+    assert "tooltip_with_key(" in (MODULE / "MedSAMSlicer.py").read_text()
+
+
+def test_readme_table_is_the_shortcut_table():
+    readme = (HERE.parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([^`]+)` \| ([^|]+) \|$", readme, re.MULTILINE))
+    assert {normalized(k) for k in rows if "Alt" in k} == {normalized(k) for k in key_sequences().values()}

@@ -5,6 +5,7 @@ Encoder work: lung1 axial slices 32..34 (shared with the other lung1 tests).
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,13 +42,19 @@ def test_events_table_and_manual_edits(harness, logic, tmp_path):
     assert logic.collect_manual_edits() is None  # our own writes are not manual edits
 
     # A manual edit with another tool (as Segment Editor's paint would do): slices 30 and 31 gain voxels.
-    edited = read_segment(segmentation, segment_id, volume).astype(np.uint8)
+    propagated = read_segment(segmentation, segment_id, volume).astype(np.uint8)
+    edited = propagated.copy()
     edited[30:32, 355:360, 210:215] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(edited, segmentation, segment_id, volume)
     edit = logic.collect_manual_edits()  # manual_edit
     assert edit is not None and edit.slices == [30, 31] and edit.voxels == 50
     assert logic.collect_manual_edits() is None  # reported once
 
+    from MedSAMSlicerLogic.undo import EditedSince
+
+    with pytest.raises(EditedSince):  # MedSAM's Undo would throw the paint away: refused, nothing logged (R2)
+        logic.undo()
+    slicer.util.updateSegmentBinaryLabelmapFromArray(propagated, segmentation, segment_id, volume)  # paint undone
     logic.undo()  # undo (the propagation)
     assert logic.collect_manual_edits() is None  # undo is not a manual edit
     logic.accept(volume)  # accept, with the mask saved beside the log
@@ -85,7 +92,7 @@ def test_key_box_added_and_active_time(harness, logic, tmp_path):
     assert log.active_seconds() >= 0.0
 
 
-def test_export_report_writes_the_study_report(harness, logic, tmp_path):
+def test_export_report_writes_the_study_report(harness, logic, tmp_path, monkeypatch):
     from MedSAMSlicerLib.errors import MedSAMError
     from MedSAMSlicerLogic.study_report import export_report
 
@@ -105,3 +112,17 @@ def test_export_report_writes_the_study_report(harness, logic, tmp_path):
                                                                  "study_report.png"}
     csv_text = (tmp_path / "study_report.csv").read_text()
     assert "r1" in csv_text and "assisted" in csv_text
+
+    # Slicer's Python has no matplotlib (audit B1): CSV and summary complete, the summary says why there is no plot.
+    import sys
+
+    from MedSAMSlicerLogic.study_report import NO_PLOT_NOTE
+
+    for path in tmp_path.glob("study_report.*"):
+        path.unlink()
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError, find_spec finds nothing
+    summary = export_report(tmp_path)
+    assert {p.name for p in tmp_path.glob("study_report.*")} == {"study_report.md", "study_report.csv"}
+    assert (tmp_path / "study_report.csv").read_text() == csv_text
+    assert NO_PLOT_NOTE in Path(summary).read_text() and "| r1 |" in Path(summary).read_text()

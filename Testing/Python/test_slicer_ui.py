@@ -86,3 +86,31 @@ def test_icon_is_a_128_pixel_png():
     for path in (MODULE / "Resources" / "Icons" / "MedSAMSlicer.png", REPO / "Resources" / "Icons" / "MedSAMSlicer.png"):
         with Image.open(path) as icon:
             assert icon.format == "PNG" and icon.size == (128, 128)
+
+
+def test_every_parameter_name_in_the_ui_is_a_typed_field_with_a_gui_connector():
+    """connectGui binds each widget whose SlicerParameterName names a field of the parameter node class (S3).  A
+    name without a field, or a widget Slicer's connectors cannot bind to that type, would leave a setting unsaved."""
+    import ast
+
+    tree = ast.parse((MODULE / "MedSAMSlicer.py").read_text())
+    wrapper = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "MedSAMSlicerParameterNode")
+    fields = {n.target.id: ast.unparse(n.annotation) for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    bound = {}
+    for widget in ElementTree.parse(UI_FILE).getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = widget.get("class")
+    assert len(bound) >= 6 and set(bound) <= set(fields), (bound, fields)
+    # Which Qt widget can carry which type (Slicer's guiConnectors.py): a QComboBox needs a Choice annotation.
+    for name, cls in bound.items():
+        kind = fields[name]
+        if cls == "qMRMLNodeComboBox":
+            assert kind.startswith("slicer.vtkMRML"), name
+        elif cls == "QComboBox":
+            assert kind.startswith("Annotated[str, Choice("), name
+        elif cls == "QCheckBox":
+            assert kind == "bool", name
+        else:
+            assert cls == "QLineEdit" and kind == "str", name
+    assert "apiKey" not in fields  # a secret never goes into a saved scene

@@ -295,8 +295,11 @@ class RemoteVolume:
                       allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
         """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``; waits for
         the encoder when the slice is not cached (scripts, the CLI; a GUI uses :meth:`start_segment_slice`)."""
-        body = self.client.request("POST", self._path("/segment"), timeout=timeout,
-                                   json=_slice_request(index, box, allow_degenerate).to_json())
+        return self.segment(_slice_request(index, box, allow_degenerate), timeout)
+
+    def segment(self, prompt: SliceRequest, timeout: float = MODEL_TIMEOUT) -> tuple[np.ndarray, float]:
+        """:meth:`segment_slice` for one typed prompt (every field of it travels)."""
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json=prompt.to_json())
         return wire.unpack_mask(body["mask"]), float(body["score"])
 
     def start_segment_slice(self, index: int, box: Sequence[float], allow_degenerate: bool = False,
@@ -304,9 +307,13 @@ class RemoteVolume:
         """:meth:`segment_slice` as a job on the server: answers at once; ``job.result()`` has ``mask`` (bool,
         slice shape), ``score``, ``encoder_calls`` and ``seconds``.  ``request_id``: the same id again (a start
         whose answer timed out) returns the same job."""
+        return self.start_segment(_slice_request(index, box, allow_degenerate), timeout, request_id)
+
+    def start_segment(self, prompt: SliceRequest, timeout: float | None = None,
+                      request_id: str | None = None) -> "RemoteJob":
+        """:meth:`start_segment_slice` for one typed prompt (every field of it travels)."""
         body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            **_slice_request(index, box, allow_degenerate).to_json(), "async": True,
-            **({"request_id": request_id} if request_id else {})})
+            **prompt.to_json(), "async": True, **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
     def prefetch(self, indices: Sequence[int], timeout: float | None = None) -> None:
@@ -324,6 +331,25 @@ class RemoteVolume:
             "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": settings.to_json(),
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
+
+    def start_object(self, key_boxes: dict, options: dict | None = None, timeout: float = MODEL_TIMEOUT,
+                     request_id: str | None = None) -> "RemoteJob":
+        """Propagate a correctable object (a job); its result has ``object_id``, ``mask``, ``scores``, ``keys``,
+        ``locked``, ``range``.  ``options``: slice_range (K0, K1; either may be None), stop, margin."""
+        body = self.client.request("POST", self._path("/objects"), timeout=timeout, json={
+            "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": dict(options or {}),
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
+
+    def correct(self, object_id: str, action: str, index: int | None = None, box=None,
+                timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
+        """One undoable step on an object (a job): ``box`` (a corrective key box on slice ``index``), ``cut``,
+        ``accept`` or ``undo``; the result is the whole object plus ``changed`` and ``decoder_calls``."""
+        body = self.client.request("POST", self._path(f"/objects/{object_id}/actions"), timeout=timeout, json={
+            "action": action, **({"index": int(index)} if index is not None else {}),
+            **({"box": box_values(box)} if box is not None else {}),
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
     def info(self) -> dict:
         return self.client.request("GET", self._path())
