@@ -231,6 +231,21 @@ class ModelReplica:
 
         return await self._answer(work, fingerprint)
 
+    async def start_object(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec,
+                           key_boxes: dict[int, Box], options: dict) -> dict:
+        def work() -> dict:
+            return self.engine.start_object(owner, self._session(owner, fingerprint, sid, spec), key_boxes, options)
+
+        return await self._answer(work, fingerprint)
+
+    async def object_action(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, object_id: str,
+                            action: str, index: Optional[int], box: Optional[Box], model_id: str) -> dict:
+        def work() -> dict:
+            local = self._session(owner, fingerprint, sid, spec)
+            return self.engine.start_object_action(owner, local, object_id, action, index, box)
+
+        return await self._answer(work, model_id)
+
     async def job(self, owner: str, job_id: str, wait: float, model_id: str) -> dict:
         def work() -> dict:
             job = self.engine.job(owner, job_id, wait)
@@ -341,6 +356,7 @@ class FrontEngine:
         self.upload_locks: dict[str, threading.Lock] = {}
         self.counts: Counter = Counter()  # uploads, resent_volumes, misrouted, job_restarts, replica_losses
         self._reaper: Optional[threading.Thread] = None
+        self.objects: dict[tuple[str, str], str] = {}  # (owner, correctable object id) -> the replica holding it
 
     def count(self, name: str) -> None:
         with self._lock:
@@ -585,13 +601,36 @@ class FrontEngine:
         return self._remote_job(owner, s, 0, request_id, "start_job",
                                 (owner, s.fingerprint, s.id, s.spec, dict(key_boxes), settings))
 
+    def start_object(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict,
+                     request_id: Optional[str] = None) -> dict:
+        s = self.session(owner, session_id)
+        return self._remote_job(owner, s, 0, request_id, "start_object",
+                                (owner, s.fingerprint, s.id, s.spec, dict(key_boxes), dict(options)))
+
+    def start_object_action(self, owner: str, session_id: str, object_id: str, action: str, index: Optional[int],
+                            box: Optional[Box], request_id: Optional[str] = None) -> dict:
+        """On the replica holding the object (its corrections' state lives there, with the embeddings)."""
+        s = self.session(owner, session_id)
+        with self._lock:
+            tag = self.objects.get((owner, object_id))
+        if tag is None:
+            raise ServiceError("no such object in this session", "not_found", 404)
+        if tag not in self.live_replicas():
+            raise ServiceError("the object was lost with the engine replica that held it; propagate it again",
+                               "not_found", 404)
+        return self._remote_job(owner, s, 1, request_id, "object_action",
+                                (owner, s.fingerprint, s.id, s.spec, object_id, action, index, box), tag=tag)
+
     def _remote_job(self, owner: str, session: FrontSession, total: int, request_id: Optional[str], method: str,
-                    args: tuple) -> dict:
-        """A job run by the replica holding the volume: started now (a refusal reaches the client now), started
-        again when that replica is lost."""
+                    args: tuple, tag: str = "") -> dict:
+        """A job run by the replica holding the volume (or replica ``tag``): started now (a refusal reaches the
+        client now), started again when that replica is lost."""
 
         def launch(job: FrontJob) -> None:
-            answer, job.tag = self.replica_call(session.fingerprint, method, *args, with_replica=True)
+            if tag:
+                answer, job.tag = self.at_replica(tag, method, *args), tag
+            else:
+                answer, job.tag = self.replica_call(session.fingerprint, method, *args, with_replica=True)
             job.remote_id = answer["job_id"]
             job.take(answer)
 
@@ -681,6 +720,9 @@ class FrontEngine:
         try:
             job.take(self.at_replica(job.tag, "job", job.owner, job.remote_id, min(wait, 2.0),
                                      patience=POLL_PATIENCE))
+            if job.result and isinstance(job.result.get("object_id"), str):
+                with self._lock:
+                    self.objects[(job.owner, job.result["object_id"])] = job.tag
             return
         except ReplicaLost:
             pass
