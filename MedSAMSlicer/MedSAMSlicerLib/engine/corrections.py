@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import BoxError
 from . import axes
 from .boxes import Box, checked_box
-from ..errors import BoxError
-from .propagation import (PropagationOptions, RegionStats, SliceObservation, _iou, model_box_from_previous,
-                          propagate)
+from .propagation import PropagationOptions, RegionStats, SliceObservation, _iou, model_box_from_previous, propagate
 from .session import VolumeSession, check_box_type, check_index_type
 
 
@@ -247,5 +246,5 @@ def copy_object(target: CorrectableObject) -> CorrectableObject:
     """An independent copy (same session), for comparing two corrections."""
     twin = copy.copy(target)
     twin.masks, twin.scores, twin.keys = dict(target.masks), dict(target.scores), dict(target.keys)
-    twin.locked, twin._history = set(target.locked), list(target._history)
+    twin.locked, twin._history = set(target.locked), list(target._history)  # noqa: SLF001 - its own state, copied
     return twin

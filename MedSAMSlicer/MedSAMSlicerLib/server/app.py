@@ -83,20 +83,22 @@ class PropagationSettings(Strict):
         return protocol.PropagationSettings.from_json(self.model_dump())
 
 
+def _checked_key_boxes(value: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Key boxes by slice (JSON keys are strings): each key an integer, each box four numbers."""
+    for key, box in value.items():
+        if not key.lstrip("-").isdigit():
+            raise ValueError(f"key slice {key!r} is not an integer")
+        if len(box) != 4:
+            raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
+    return value
+
+
 class PropagateRequest(Strict):
     key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
     options: PropagationSettings = PropagationSettings()
     request_id: RequestId = None
 
-    @field_validator("key_boxes")
-    @classmethod
-    def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
-        for key, box in value.items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"key slice {key!r} is not an integer")
-            if len(box) != 4:
-                raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
-        return value
+    _keys = field_validator("key_boxes")(_checked_key_boxes)
 
     def to_protocol(self) -> dict[int, Box]:
         """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
@@ -116,7 +118,7 @@ class ObjectRequest(Strict):
     options: ObjectSettings = ObjectSettings()
     request_id: RequestId = None
 
-    _keys = field_validator("key_boxes")(PropagateRequest._keys.__func__)
+    _keys = field_validator("key_boxes")(_checked_key_boxes)
 
 
 class ActionRequest(Strict):
