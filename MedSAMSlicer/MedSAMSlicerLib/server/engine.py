@@ -29,14 +29,13 @@ from typing import Callable, Optional, TypeVar
 import numpy as np
 
 from ..engine import EmbeddingCache, VolumeSession, propagation_options
-from ..engine.propagation import CancelToken, propagate
 from ..engine.corrections import CorrectableObject
-from ..engine.propagation import AUTO, PropagationOptions
-from ..protocol.wire import pack_mask
+from ..engine.propagation import AUTO, CancelToken, PropagationOptions, propagate
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
 from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
 from ..protocol.axes import take_slice
 from ..protocol.boxes import checked_box
+from ..protocol.wire import pack_mask
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
