@@ -58,6 +58,24 @@ def check_volume_node(volume_node) -> None:
                               "MedSAMSlicer segments 3D volumes")
 
 
+def dicom_modality(volume_node) -> str | None:
+    """The modality Slicer's DICOM module recorded for the node's series: a subject hierarchy attribute of the
+    node's item ("DICOM.Modality"), not a node attribute; None for volumes not loaded from DICOM."""
+    try:
+        import slicer
+
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
+        item = hierarchy.GetItemByDataNode(volume_node) if hierarchy is not None else 0
+        while item:  # the series item, or (for derived volumes) an ancestor that holds it
+            value = hierarchy.GetItemAttribute(item, "DICOM.Modality")
+            if value:
+                return value.strip() or None
+            item = hierarchy.GetItemParent(item)
+    except (ImportError, AttributeError):  # a scene without subject hierarchy: no modality, auto reads intensities
+        return None
+    return None
+
+
 def volume_from_node(volume_node) -> VolumeOnGrid:
     """Copy the node's voxels and geometry; the node is not modified."""
     check_volume_node(volume_node)
@@ -68,7 +86,7 @@ def volume_from_node(volume_node) -> VolumeOnGrid:
     check_voxels(array, volume_node.GetName())
     array.setflags(write=False)
     matrix = ijk_to_world(volume_node)
-    modality = volume_node.GetAttribute("DICOM.Modality") or None
+    modality = volume_node.GetAttribute("DICOM.Modality") or dicom_modality(volume_node)
     volume = volume_from_matrix(array, matrix, "RAS", path=volume_node.GetName(), modality=modality)
     return VolumeOnGrid(volume.in_frame("LPS"), matrix, volume_node.GetID(), volume_node.GetName())
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 LIB = Path(__file__).resolve().parents[2] / "MedSAMSlicer" / "MedSAMSlicerLib"
-ROOMS = ["", "protocol", "engine", "volumeio", "evaluation", "study", "client", "server", "cli"]
+ROOMS = ["", "protocol", "engine", "volumeio", "pacs", "evaluation", "study", "client", "server", "cli"]
 LOGIC = LIB.parent / "MedSAMSlicerLogic"
 
 

@@ -95,6 +95,22 @@ def test_frames_convert_exactly_and_compare_across_frames():
         Volume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction, frame="XYZ")
 
 
+def test_a_label_written_on_a_ras_volume_lands_on_the_files_lps_grid(tmp_path):
+    import SimpleITK as sitk
+
+    from MedSAMSlicerLib.volumeio.files import write_label
+
+    lps = Volume(np.zeros((3, 4, 5), np.int16), (0.5, 0.7, 2.0), (10.0, -20.0, 30.0),
+                 (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    mask = np.zeros(lps.array.shape, bool)
+    mask[1, 2, 3] = True
+    written = [sitk.ReadImage(str(write_label(tmp_path / name, mask, volume)))
+               for name, volume in (("lps.nrrd", lps), ("ras.nrrd", lps.in_frame("RAS")))]
+    assert written[0].GetOrigin() == written[1].GetOrigin() == lps.origin
+    assert written[0].GetDirection() == written[1].GetDirection() == lps.direction
+    assert np.array_equal(sitk.GetArrayFromImage(written[0]), sitk.GetArrayFromImage(written[1]))
+
+
 def test_one_voxel_check():
     check_voxels(np.zeros((2, 2, 2), dtype=np.uint8))
     for bad, words in ((np.zeros((2, 2)), "3D"), (np.zeros((0, 2, 2)), "no voxels"),

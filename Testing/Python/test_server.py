@@ -432,3 +432,37 @@ def test_a_volume_opened_in_steps_is_sent_once_and_leaves_no_file(server):
         volume.close()
         twin.close()
         client.close()
+
+
+def test_a_corrective_box_through_the_server_equals_the_engine(server, segmenter, cache):
+    """An object started and corrected on the server (objects, actions: box, accept, undo) gives the in-process
+    CorrectableObject's masks; the correction costs decoder calls only; an accepted slice keeps its voxels."""
+    from MedSAMSlicerLib.engine.corrections import CorrectableObject
+    from MedSAMSlicerLib.engine.propagation import PropagationOptions
+    from MedSAMSlicerLib.engine.session import VolumeSession
+    from MedSAMSlicerLib.engine.volume import Volume
+    from MedSAMSlicerLib.errors import BoxError
+
+    image, gts = lesion_crop(slice(3, 10))
+    local = CorrectableObject(VolumeSession(segmenter, Volume(image, (1.0, 1.0, 1.0), (0, 0, 0),
+                                                              tuple(np.eye(3).ravel()), already_normalized=True),
+                                            "auto", "axial", cache), PropagationOptions(slice_range=(0, 6)))
+    local.start({3: box_of(tight_box(gts[3]))})
+    volume = server.open_volume(image, already_normalized=True)
+    started = volume.start_object({3: tight_box(gts[3])}, {"slice_range": [0, 6]}).result()
+    assert np.array_equal(started["mask"], local.mask)
+    object_id = started["object_id"]
+    accepted = volume.correct(object_id, "accept", 2).result()
+    assert accepted["locked"] == [2]
+    before = started["mask"][2].copy()
+    local.accept(2)
+    change = local.add_box(1, box_of(tight_box(gts[1])))
+    answer = volume.correct(object_id, "box", 1, tight_box(gts[1])).result()
+    assert answer["changed"] == change.changed and answer["encoder_calls"] == 0
+    assert answer["decoder_calls"] == change.decoder_calls
+    assert np.array_equal(answer["mask"], local.mask) and np.array_equal(answer["mask"][2], before)
+    undone = volume.correct(object_id, "undo").result()
+    assert np.array_equal(undone["mask"], started["mask"])
+    with pytest.raises(BoxError):
+        volume.correct(object_id, "box", 2, tight_box(gts[2])).result()  # the accepted slice refuses a box
+    volume.close()

@@ -27,6 +27,18 @@ def add_parser(commands) -> argparse.ArgumentParser:
                           help="2d: one box per connected piece of the target on each slice")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--tolerance", type=positive_float, default=2.0, help="NSD tolerance in mm (default 2)")
+    evaluate.add_argument("--protocol", default="single", choices=("single", "interactive"),
+                          help="interactive: the CVPR 2025 interactive protocol (a box, then --steps corrections)")
+    evaluate.add_argument("--steps", type=int, default=5, help="interactive: corrections after the first box")
+    evaluate.add_argument("--correction", default="box", choices=("box", "click"),
+                          help="interactive: box on the slice where the largest error is largest, or on the slice "
+                               "of its EDT centre (the challenge's click position)")
+    evaluate.add_argument("--range", dest="interactive_range", default="label", choices=("label", "stop"),
+                          help="interactive: the label's slice range given with the first box, or none")
+    evaluate.add_argument("--baseline", choices=("boxes",),
+                          help="interactive: no model, each slice the filled box interpolated between the keys")
+    evaluate.add_argument("--jitter-seed", type=int,
+                          help="interactive: widen the first box by the challenge's random 0-5 px (at 256 scale)")
     evaluate.add_argument("--json", action="store_true")
     add_model_options(evaluate)
     add_propagation_options(evaluate)
@@ -43,6 +55,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     session = make_session(args, args.image)
     label = read_label(args.label, session.volume)
     targets = targets_from_label(label, Path(args.image).name, args.label_value, args.split_components)
+    if args.protocol == "interactive":
+        return run_interactive(args, session, targets)
     results = []
     for target in tqdm(targets, desc="evaluating", unit="target", file=sys.stderr, leave=False,
                        disable=len(targets) < 2):
@@ -58,7 +72,33 @@ def run_eval(args: argparse.Namespace) -> dict:
             "results": [r.as_dict() for r in results]}
 
 
+def run_interactive(args: argparse.Namespace, session, targets) -> dict:
+    from ..errors import OptionError
+    from ..evaluation.interactive import evaluate_interactive
+
+    if getattr(session, "remote", False):
+        raise OptionError("--protocol interactive runs on the local engine; leave out --server")
+    if args.steps < 0:
+        raise OptionError(f"--steps {args.steps}: give 0 or more corrections")
+    results = [evaluate_interactive(session, target, args.steps, args.correction, args.interactive_range,
+                                    args.baseline, args.jitter_seed, args.tolerance) for target in targets]
+    return {"image": args.image, "label": args.label or "(embedded)", **describe_run(session),
+            "protocol": "interactive", "results": [r.as_dict() for r in results]}
+
+
 def eval_text(summary: dict) -> str:
+    if summary.get("protocol") == "interactive":
+        lines = []
+        for r in summary["results"]:
+            lines.append(f"{r['case']}: range {r['range_mode']}, correction {r['correction']}"
+                         f"{', no-model boxes' if r['baseline'] else ''}")
+            lines.append(f"  {'step':>4s} {'action':24s} {'DSC':>6s} {'NSD':>6s} {'sec':>6s} {'enc':>4s} {'dec':>4s}")
+            for n, s in enumerate(r["steps"]):
+                lines.append(f"  {n:4d} {s['action'][:24]:24s} {s['dsc']:6.3f} {s['nsd']:6.3f} {s['seconds']:6.2f} "
+                             f"{s['encoder_calls']:4d} {s['decoder_calls']:4d}")
+            lines.append(f"  final DSC {r['final_dsc']:.3f}  final NSD {r['final_nsd']:.3f}  DSC AUC "
+                         f"{r['dsc_auc']:.3f}  NSD AUC {r['nsd_auc']:.3f}")
+        return "\n".join(lines)
     lines = [f"{'case':40s} {'mode':18s} {'DSC':>6s} {'NSD':>6s} {'box2D':>6s} {'box3D':>6s} "
              f"{'slices':>6s} {'enc':>4s} {'sec':>6s}"]
     for r in summary["results"]:

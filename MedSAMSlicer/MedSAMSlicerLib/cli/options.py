@@ -95,18 +95,19 @@ def parse_key_box(text: str):
     return int(index), parse_box(box)
 
 
-def make_session(args: argparse.Namespace, image_path: str):
-    """Model, encoder backend, cache and windowed volume, from the shared options (or a server's, --server)."""
+def make_session(args: argparse.Namespace, image_path: str, volume=None):
+    """Model, encoder backend, cache and windowed volume, from the shared options (or a server's, --server);
+    ``volume``: already read (a DICOM series fetched from a PACS), else read from ``image_path``."""
     if getattr(args, "server", None):
         from .remote import open_remote_session
 
-        return open_remote_session(args, image_path)
+        return open_remote_session(args, image_path, volume)
     from ..engine.backends import make_segmenter
     from ..engine.cache import EmbeddingCache, default_disk_dir
     from ..engine.session import VolumeSession
     from ..volumeio.files import read_volume
 
-    volume = read_volume(image_path)
+    volume = read_volume(image_path) if volume is None else volume
     segmenter = make_segmenter(args.model, args.checkpoint, args.device, args.backend, args.checkpoint_sha256,
                                getattr(args, "precision", "exact"))
     cache = EmbeddingCache(store_fp16=args.fp16_cache, disk_dir=args.cache_dir or default_disk_dir())

@@ -113,10 +113,10 @@ def connect(args: argparse.Namespace) -> EngineClient:
     return client
 
 
-def open_remote_session(args: argparse.Namespace, image_path: str) -> RemoteSession:
+def open_remote_session(args: argparse.Namespace, image_path: str, volume=None) -> RemoteSession:
     from ..volumeio.files import read_volume
 
-    volume = read_volume(image_path)
+    volume = read_volume(image_path) if volume is None else volume  # only voxels and geometry go to the server
     session = RemoteSession(connect(args), volume, args.window, args.axis)
     log.info("engine server %s; window %s (%s)", args.server, session.window.describe(), session.window_reason)
     return session

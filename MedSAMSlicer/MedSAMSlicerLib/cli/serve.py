@@ -40,6 +40,19 @@ def add_parser(commands) -> argparse.ArgumentParser:
                        help="memory for embeddings (half) and volumes (half), above the model (default 4096)")
     serve.add_argument("--job-heartbeat", type=float, default=30.0,
                        help="cancel a propagation nobody polled for this many seconds (default 30)")
+    scale = serve.add_argument_group("scaling out on Ray Serve (pip install 'medsam-slicer[ray]'; README: Many "
+                                     "readers, many GPUs)")
+    scale.add_argument("--ray", action="store_true",
+                       help="serve the same API from model replicas on a Ray cluster (a local one unless "
+                            "--ray-address); requests about a volume go to the replica holding it")
+    scale.add_argument("--ray-address", help="join this Ray cluster (e.g. 10.0.0.5:6379, or 'auto')")
+    scale.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    scale.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default 1)")
+    scale.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (default 0; 1 = one each)")
+    scale.add_argument("--max-ongoing", type=int, default=16,
+                       help="requests one replica takes at once before Ray routes elsewhere (default 16)")
+    scale.add_argument("--object-store-mb", type=float,
+                       help="object store of the local Ray cluster (default: Ray's, 30%% of memory)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # start_local: exit with the parent
     return serve
 
@@ -54,6 +67,10 @@ def run_serve(args: argparse.Namespace) -> dict:
     for name in ("max_sessions", "idle_timeout", "max_upload_mb", "memory_mb", "job_heartbeat"):
         if getattr(args, name) <= 0:
             raise OptionError(f"--{name.replace('_', '-')} must be positive")
+    if args.ray and (args.replicas < 1 or args.replica_cpus < 0 or args.replica_gpus < 0 or args.max_ongoing < 1):
+        raise OptionError("--replicas and --max-ongoing must be at least 1, --replica-cpus/gpus not negative")
+    if not args.ray and args.ray_address:
+        raise OptionError("--ray-address needs --ray")
     if not 0 <= args.port <= 65535:
         raise OptionError(f"--port {args.port} must be 0..65535")
     own_token_file = None
@@ -75,9 +92,25 @@ def run_serve(args: argparse.Namespace) -> dict:
             tokens = [claim_default_token_file(own_token_file)]
             log.warning("token written to %s (mode 0600, removed when the server stops); clients on this machine "
                         "find it from the URL, others pass --token-file", own_token_file)
-        serve(config, args.host, args.port, tokens, args.parent_pid, sock=sock)
+        if args.ray:
+            serve_ray(config, args, tokens, sock)
+        else:
+            serve(config, args.host, args.port, tokens, args.parent_pid, sock=sock)
     finally:
         sock.close()
         if own_token_file is not None:
             release_default_token_file(own_token_file)
     return {}
+
+
+def serve_ray(config, args: argparse.Namespace, tokens: list[str], sock) -> None:
+    try:
+        from ..server.ray_serve import serve_on_ray
+    except ImportError as error:
+        raise OptionError(f"serve --ray needs Ray Serve: pip install 'medsam-slicer[ray]' ({error})") from None
+    from ..server.run import url_of
+
+    port, url = sock.getsockname()[1], url_of(sock, args.host)
+    sock.close()  # Ray's HTTP proxy binds the port itself (chosen here, so that --port 0 works too)
+    serve_on_ray(config, args.host, port, tokens, args.ray_address, args.replicas, args.replica_cpus,
+                 args.replica_gpus, args.max_ongoing, args.object_store_mb, args.parent_pid, url)

@@ -146,8 +146,15 @@ def _run_simulate(args: argparse.Namespace) -> dict:
     label = read_label(args.label, session.volume)
     (target,) = targets_from_label(label, Path(args.image).name, args.label_value)
     results = [simulate_case(session, target.mask, target.name, protocol, times) for protocol in protocols]
+    # The time model with sources: box corrections by the interactive protocol, KLM constants, measured system time.
+    from ..study.time_model import case_actions, time_report
+
+    actions, interactive = case_actions(session, target.mask, target.name, args.range_mode)
+    model = time_report([actions])
     summary = {"study_command": "simulate", "image": args.image, "label": args.label or "(embedded)",
                "axis": session.axis_name, "window": session.window.describe(),
+               "saved_fraction": model["saved_fraction"], "saved_range": model["saved_range"],
+               "sources": model["sources"], "time_model": model, "interactive": interactive,
                "results": [r.as_dict() for r in results], "paper_saving_percent": [82.37, 82.95]}
     if args.out:
         out = Path(args.out)
@@ -184,7 +191,12 @@ def study_text(summary: dict) -> str:
                 lines.append(f"{key}: {', '.join(summary[key])}")
         lines.append("MedSAM's study: 82.37 % and 82.95 % saved.  Files: " + ", ".join(summary["files"].values()))
         return "\n".join(lines)
-    lines = []
+    model = summary["time_model"]
+    lines = [f"time model (KLM constants, box corrections, measured system time): "
+             f"{100 * summary['saved_fraction']:.1f} % saved (sensitivity range "
+             f"{100 * summary['saved_range'][0]:.1f} to {100 * summary['saved_range'][1]:.1f} %); manual "
+             f"{model['manual_s']:.0f} s, assisted {model['assisted_s']:.0f} s; sources in --json",
+             "older count model (per-action assumptions, corrections as manual edits):"]
     for result in summary["results"]:
         manual, assisted, protocol = result["manual"], result["assisted"], result["protocol"]
         lines += [

@@ -13,6 +13,7 @@ import os
 import secrets
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 CLIENT_HEADER = "X-MedSAM-Client"
 MODEL_TIMEOUT = 600.0  # a first request may wait for the model to load and a slice to be encoded
+# A replica of a scaled-out engine (serve --ray) that lacks the volume asks for it again with this error code
+# (409, plus the fingerprint); the client sends it and repeats the request, at most RESENDS times per request.
+RESEND_VOLUME = "resend_volume"
+RESENDS = 3
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,44 @@ class EngineClient:
         if token:
             self._http.headers["Authorization"] = f"Bearer {token}"
         self._info: dict | None = None
+        # fingerprint -> the array sent under it, while someone holds it (each RemoteVolume does), to send it again
+        self._sent: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.resent = 0  # volumes sent again because an engine replica asked
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> dict:
-        """One call; JSON answer as a dict, or the server's error re-raised as its errors.py class."""
+        """One call; JSON answer as a dict, or the server's error re-raised as its errors.py class.  When a
+        scaled-out engine answers "resend_volume" for a volume sent from here, send it again and repeat the call."""
+        for attempt in range(RESENDS + 1):
+            try:
+                return self._request_once(method, path, timeout, **kwargs)
+            except _VolumeWanted as wanted:
+                if attempt == RESENDS:
+                    raise wanted.error from None
+                self._resend(wanted.fingerprint, wanted.error)
+        raise AssertionError("unreachable")
+
+    def remember(self, fingerprint: str, array: np.ndarray) -> None:
+        """Keep a weak reference to ``array``, sent under ``fingerprint``, to send it again on request."""
+        try:
+            self._sent[fingerprint] = array
+        except TypeError:  # not weakly referenceable: then it cannot be re-sent
+            pass
+
+    def sent_array(self, fingerprint: str) -> np.ndarray | None:
+        """The array sent under ``fingerprint`` if someone still holds it."""
+        return self._sent.get(fingerprint)
+
+    def _resend(self, fingerprint: str, error: MedSAMError) -> None:
+        array = self._sent.get(fingerprint)
+        if array is None:
+            raise error
+        log.info("the engine asked for volume %s again; sending it", fingerprint[:12])
+        self._request_once("PUT", f"/volumes/{fingerprint}", MODEL_TIMEOUT, data=wire.compress_volume(array),
+                           headers={"Content-Type": "application/octet-stream"})
+        self.resent += 1
+
+    def _request_once(self, method: str, path: str, timeout: float | None = None, **kwargs) -> dict:
         try:
             response = self._http.request(method, self.url + path, timeout=timeout or self.timeout, **kwargs)
         except requests.Timeout:
@@ -85,7 +124,11 @@ class EngineClient:
         except ValueError:
             body = None
         if response.status_code >= 400:
-            raise wire.error_from_body(response.status_code, body, f"HTTP {response.status_code} from {path}")
+            refusal = wire.error_from_body(response.status_code, body, f"HTTP {response.status_code} from {path}")
+            wanted = body.get("error", {}).get("fingerprint") if isinstance(body, dict) else None
+            if getattr(refusal, "code", "") == RESEND_VOLUME and isinstance(wanted, str) and wanted in self._sent:
+                raise _VolumeWanted(wanted, refusal)
+            raise refusal
         if not isinstance(body, dict):
             raise EngineUnavailable(f"the engine at {self.url} sent a non-JSON answer to {path}")
         return body
@@ -130,6 +173,7 @@ class EngineClient:
         """Make the server hold ``array`` (once per content); returns its fingerprint."""
         array = np.ascontiguousarray(array)
         fingerprint = wire.content_fingerprint(array)
+        self.remember(fingerprint, array)
         if self.request("GET", f"/volumes/{fingerprint}")["present"]:
             return fingerprint
         info = self._info or self.info()
@@ -178,6 +222,7 @@ class EngineClient:
         array = np.asarray(array)
         if array.ndim != 3:
             raise InputImageError(f"the volume has {array.ndim} dimensions; give a 3D array")
+        array = np.ascontiguousarray(array)  # the very array upload() remembers (kept alive by the RemoteVolume)
         fingerprint = self.upload(array)
         body = self.request("POST", "/sessions", timeout=MODEL_TIMEOUT,
                             json={"fingerprint": fingerprint, **spec.to_json()})
@@ -241,6 +286,7 @@ class RemoteVolume:
         self.window: str = body["window"]
         self.window_reason: str = body["window_reason"]
         self.axis_name: str = body["axis"]
+        self._array = client.sent_array(self.fingerprint)  # alive while the session is, to send again on request
 
     def _path(self, suffix: str = "") -> str:
         return f"/sessions/{self.session_id}{suffix}"
@@ -249,8 +295,11 @@ class RemoteVolume:
                       allow_degenerate: bool = False) -> tuple[np.ndarray, float]:
         """Mask (bool, slice shape) and predicted IoU for ``box`` = (x0, y0, x1, y1) on slice ``index``; waits for
         the encoder when the slice is not cached (scripts, the CLI; a GUI uses :meth:`start_segment_slice`)."""
-        body = self.client.request("POST", self._path("/segment"), timeout=timeout,
-                                   json=_slice_request(index, box, allow_degenerate).to_json())
+        return self.segment(_slice_request(index, box, allow_degenerate), timeout)
+
+    def segment(self, prompt: SliceRequest, timeout: float = MODEL_TIMEOUT) -> tuple[np.ndarray, float]:
+        """:meth:`segment_slice` for one typed prompt (every field of it travels)."""
+        body = self.client.request("POST", self._path("/segment"), timeout=timeout, json=prompt.to_json())
         return wire.unpack_mask(body["mask"]), float(body["score"])
 
     def start_segment_slice(self, index: int, box: Sequence[float], allow_degenerate: bool = False,
@@ -258,9 +307,13 @@ class RemoteVolume:
         """:meth:`segment_slice` as a job on the server: answers at once; ``job.result()`` has ``mask`` (bool,
         slice shape), ``score``, ``encoder_calls`` and ``seconds``.  ``request_id``: the same id again (a start
         whose answer timed out) returns the same job."""
+        return self.start_segment(_slice_request(index, box, allow_degenerate), timeout, request_id)
+
+    def start_segment(self, prompt: SliceRequest, timeout: float | None = None,
+                      request_id: str | None = None) -> "RemoteJob":
+        """:meth:`start_segment_slice` for one typed prompt (every field of it travels)."""
         body = self.client.request("POST", self._path("/segment"), timeout=timeout, json={
-            **_slice_request(index, box, allow_degenerate).to_json(), "async": True,
-            **({"request_id": request_id} if request_id else {})})
+            **prompt.to_json(), "async": True, **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
     def prefetch(self, indices: Sequence[int], timeout: float | None = None) -> None:
@@ -278,6 +331,25 @@ class RemoteVolume:
             "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": settings.to_json(),
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
+
+    def start_object(self, key_boxes: dict, options: dict | None = None, timeout: float = MODEL_TIMEOUT,
+                     request_id: str | None = None) -> "RemoteJob":
+        """Propagate a correctable object (a job); its result has ``object_id``, ``mask``, ``scores``, ``keys``,
+        ``locked``, ``range``.  ``options``: slice_range (K0, K1; either may be None), stop, margin."""
+        body = self.client.request("POST", self._path("/objects"), timeout=timeout, json={
+            "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": dict(options or {}),
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
+
+    def correct(self, object_id: str, action: str, index: int | None = None, box=None,
+                timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
+        """One undoable step on an object (a job): ``box`` (a corrective key box on slice ``index``), ``cut``,
+        ``accept`` or ``undo``; the result is the whole object plus ``changed`` and ``decoder_calls``."""
+        body = self.client.request("POST", self._path(f"/objects/{object_id}/actions"), timeout=timeout, json={
+            "action": action, **({"index": int(index)} if index is not None else {}),
+            **({"box": box_values(box)} if box is not None else {}),
+            **({"request_id": request_id} if request_id else {})})
+        return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
     def info(self) -> dict:
         return self.client.request("GET", self._path())
@@ -346,6 +418,14 @@ class RemoteJob:
         if status.state is not JobState.DONE:
             self.raise_failure()
         return decode_result(self.client.request("GET", f"/jobs/{self.job_id}/result", timeout=timeout))
+
+
+class _VolumeWanted(Exception):
+    """An engine replica asked for a volume this client sent (and still holds)."""
+
+    def __init__(self, fingerprint: str, error: MedSAMError) -> None:
+        super().__init__(fingerprint)
+        self.fingerprint, self.error = fingerprint, error
 
 
 def _slice_request(index: int, box: object, allow_degenerate: bool) -> SliceRequest:

@@ -202,6 +202,7 @@ class VolumeOpening:
     def _open(self, budget: float):
         self.message = "the engine is preparing the volume"
         if self._job is None:
+            self.client.remember(self.fingerprint, self.array)  # a scaled-out engine may ask for it again
             body = self.client.request("POST", "/sessions", timeout=budget, json={
                 "fingerprint": self.fingerprint, **self.session_body, "async": True,
                 "request_id": self._request_ids["open"]})

@@ -96,6 +96,7 @@ class Segmenter:
         self.precision = runtime.precision if runtime is not None else "exact"
         self.backend_reason = reason  # why this runtime was chosen, shown with --json and in the server's info
         self.encoder = EncoderCounters()
+        self.decoder = EncoderCounters()  # decoder calls: what a corrective box costs (counted, not assumed)
         self._lock = threading.RLock()
 
     @property
@@ -166,6 +167,13 @@ class Segmenter:
     @torch.inference_mode()
     def predict_model_box(self, embedding: SliceEmbedding, box_array: np.ndarray) -> tuple[np.ndarray, float]:
         """Like :meth:`predict`, with the box already in the model's input coordinates."""
+        start = time.perf_counter()
+        try:
+            return self._decode(embedding, box_array)
+        finally:
+            self.decoder.add(time.perf_counter() - start)
+
+    def _decode(self, embedding: SliceEmbedding, box_array: np.ndarray) -> tuple[np.ndarray, float]:
         if self.runtime is not None and self.runtime.has_decoder:
             features = embedding.features.to(dtype=torch.float32).numpy()
             logits_array, score = self.runtime.decode(features, np.asarray(box_array, dtype=np.float32)[None])

@@ -83,18 +83,31 @@ AUTO = "auto"
 @dataclass(frozen=True)
 class PropagationOptions:
     rule: str = "ours"  # "ours" or "official"
-    slice_range: tuple[int, int] | None = None  # inclusive; None = whole volume (ours stops by the stop rule)
+    # inclusive; None = whole volume (ours stops by the stop rule); one end None = that side open (one-sided range:
+    # the given end is bounded, the open side keeps the open stop rule)
+    slice_range: tuple[int | None, int | None] | None = None
     margin: int = 3  # pixels at model scale added around the previous mask's box
     stop: StopRule | str | None = AUTO  # AUTO: BOUNDED_STOP with a range, OPEN_STOP without; None: never stop
     largest_component: bool = False
     fill_holes: bool = False
 
-    def stop_rule(self) -> StopRule | None:
+    def stop_rule(self, direction: int = +1) -> StopRule | None:
+        """The rule that ends the walk outward from the outermost key in ``direction`` (+1 up, -1 down)."""
         if self.rule == "official" or self.stop is None:
             return None
         if self.stop == AUTO:
-            return BOUNDED_STOP if self.slice_range is not None else OPEN_STOP
+            return BOUNDED_STOP if self.bounded(direction) else OPEN_STOP
         return self.stop
+
+    def bounded(self, direction: int) -> bool:
+        """Whether the user gave the range end on this side."""
+        if self.slice_range is None:
+            return False
+        return self.slice_range[1 if direction > 0 else 0] is not None
+
+    def ends(self, slice_count: int) -> tuple[int, int]:
+        low, high = self.slice_range if self.slice_range is not None else (None, None)
+        return (0 if low is None else low), (slice_count - 1 if high is None else high)
 
 
 @dataclass
@@ -190,7 +203,7 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
     if options.rule == "official" and len(key_boxes) > 1:
         raise OptionError("the official rule takes one key box; use rule 'ours' for several")
     keys = {session.check_index(int(k)): checked_box(b, session.slice_shape) for k, b in key_boxes.items()}
-    low, high = options.slice_range if options.slice_range is not None else (0, session.slice_count - 1)
+    low, high = options.ends(session.slice_count)
     if low > high:
         raise BoxError(f"slice range {low}:{high} is reversed; give K0:K1 with K0 <= K1")
     session.check_index(low)
@@ -198,7 +211,9 @@ def propagate(session: VolumeSession, key_boxes: dict[int, Box], options: Propag
     outside = [k for k in keys if not low <= k <= high]
     if outside:
         raise BoxError(f"key slice {outside[0]} lies outside the range {low}:{high}")
-    stop = options.stop_rule()
+    # The stop rule ends only the walks outward from the outermost keys: between two keys the user has bounded
+    # the object on both sides, and a stop there would empty slices they asked for (issue 18, cause b).
+    stop = {(max(keys), +1): options.stop_rule(+1), (min(keys), -1): options.stop_rule(-1)}
 
     order = plan_order(list(keys), low, high)
     depth = getattr(session.segmenter, "ahead_depth", 0) if len(order) > 1 else 0
@@ -223,7 +238,7 @@ def upcoming(order: list[tuple[int, int, int]], start: int, stopped: set[tuple[i
 
 
 def _walk(session: VolumeSession, keys: dict[int, Box], order: list[tuple[int, int, int]],
-          options: PropagationOptions, stop: StopRule | None, progress: ProgressCallback | None,
+          options: PropagationOptions, stop: dict[tuple[int, int], StopRule | None], progress: ProgressCallback | None,
           cancel: CancelToken | None, ahead: EncodeAhead | None) -> PropagationResult:
     result = PropagationResult(session.empty_mask(), {}, {}, {}, 0)
     previous_mask: dict[tuple[int, int], np.ndarray] = {}  # (key, step) -> last mask in that direction
@@ -257,9 +272,10 @@ def _walk(session: VolumeSession, keys: dict[int, Box], order: list[tuple[int, i
                 result.boxes[index] = "model " + ",".join(f"{v:g}" for v in model_box)
             area = int(mask.sum())
             why = None
-            if stop is not None:
+            rule = stop.get((key, step))
+            if rule is not None:
                 plane = axes.take_slice(session.image, session.np_axis, index)
-                why = stop.reason(SliceObservation(area, previous_area[(key, step)], score,
+                why = rule.reason(SliceObservation(area, previous_area[(key, step)], score,
                                                    _iou(mask, previous_mask[(key, step)]),
                                                    key_stats[key].shift(plane, mask)))
             if why is not None:

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from ..errors import ApiTypeError, BoxError, InputImageError
-from ..protocol import Box, SliceResult, Volume, axes, checked_box
+from ..protocol import Box, SliceRequest, SliceResult, Volume, axes, checked_box
 from .cache import EmbeddingCache, volume_fingerprint
 from .intensity import Window, choose_window, normalize_volume
 from .predictor import Segmenter, SliceEmbedding
@@ -110,6 +110,11 @@ class VolumeSession:
         box = checked_box(check_box_type(box, "segment_slice"), self.slice_shape, allow_degenerate)
         mask, score = self.segmenter.predict(self.embedding(self.check_index(index)), box)
         return SliceResult(index, mask, score, box)
+
+    def segment(self, prompt: SliceRequest) -> SliceResult:
+        """One slice's prompt as it crossed the wire (:class:`~MedSAMSlicerLib.protocol.SliceRequest`): the server
+        hands it on whole, so a new prompt field reaches this method without touching the server or the client."""
+        return self.segment_slice(prompt.index, prompt.box, prompt.allow_degenerate)
 
     def empty_mask(self) -> np.ndarray:
         return np.zeros(self.image.shape, dtype=bool)

@@ -23,6 +23,7 @@ from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, Servic
 from ..protocol import Box, JobState, SessionSpec, SliceRequest, wire
 from .auth import Guard
 from .engine import Engine
+from .volumes import checked_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,29 @@ class PropagateRequest(Strict):
         return {int(k): Box.from_json(v) for k, v in self.key_boxes.items()}
 
 
+class ObjectSettings(Strict):
+    slice_range: Optional[tuple[Optional[StrictInt], Optional[StrictInt]]] = None  # one end null: one-sided
+    stop: StrictBool = True
+    margin: StrictInt = Field(3, ge=0, le=64)
+
+
+class ObjectRequest(Strict):
+    """A correctable object: its first key boxes and range."""
+
+    key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
+    options: ObjectSettings = ObjectSettings()
+    request_id: RequestId = None
+
+    _keys = field_validator("key_boxes")(PropagateRequest._keys.__func__)
+
+
+class ActionRequest(Strict):
+    action: str = Field(pattern="^(box|cut|accept|undo)$")
+    index: Optional[StrictInt] = None
+    box: Optional[list[float]] = Field(None, min_length=4, max_length=4)
+    request_id: RequestId = None
+
+
 class FileRequest(Startable):
     name: str = Field(max_length=255)
 
@@ -171,7 +195,7 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
     @app.put("/volumes/{fingerprint}")
     async def upload_volume(fingerprint: str, request: Request) -> dict:
         """Body: zlib-compressed .npy of the (k, j, i) array; named by the sha256 of shape, dtype and voxels."""
-        engine.has_volume(fingerprint)  # validates the name before reading anything
+        checked_fingerprint(fingerprint)  # validates the name before reading anything (no engine call: async route)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -227,6 +251,18 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
     def start_propagation(session_id: str, body: PropagateRequest, request: Request) -> dict:
         return engine.start_job(owner(request), session_id, body.to_protocol(), body.options.to_protocol(),
                                 body.request_id)
+
+    @app.post("/sessions/{session_id}/objects")
+    def start_object(session_id: str, body: ObjectRequest, request: Request) -> dict:
+        key_boxes = {int(k): Box.from_json(v) for k, v in body.key_boxes.items()}
+        options = body.options.model_dump()
+        return engine.start_object(owner(request), session_id, key_boxes, options, body.request_id)
+
+    @app.post("/sessions/{session_id}/objects/{object_id}/actions")
+    def object_action(session_id: str, object_id: str, body: ActionRequest, request: Request) -> dict:
+        box = Box.from_json(body.box) if body.box is not None else None
+        return engine.start_object_action(owner(request), session_id, object_id, body.action, body.index, box,
+                                          body.request_id)
 
     @app.get("/jobs/{job_id}")
     def job_status(job_id: str, request: Request, wait: float = Query(0.0, ge=0, le=10)) -> dict:

@@ -30,18 +30,13 @@ import numpy as np
 
 from ..engine import EmbeddingCache, VolumeSession, propagation_options
 from ..engine.propagation import CancelToken, propagate
+from ..engine.corrections import CorrectableObject
+from ..engine.propagation import AUTO, PropagationOptions
+from ..protocol.wire import pack_mask
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
-from ..protocol import (
-    Box,
-    JobState,
-    PropagationResult,
-    PropagationSettings,
-    SessionSpec,
-    SliceRequest,
-    SliceResult,
-    axes,
-    checked_box,
-)
+from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
+from ..protocol.axes import take_slice
+from ..protocol.boxes import checked_box
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
@@ -84,7 +79,7 @@ class CountingSession(VolumeSession):
             job = getattr(_job_local, "job", None)
             if job is not None:
                 job.encoder_calls += 1
-            return self.segmenter.embed(axes.take_slice(self.image, self.np_axis, index))
+            return self.segmenter.embed(take_slice(self.image, self.np_axis, index))
 
         return self.cache.get_or_compute(self.cache_key(index), compute)
 
@@ -97,6 +92,8 @@ class ClientSession:
     prepared: CountingSession
     last_used: float = field(default_factory=time.monotonic)
     prefetch_stop: threading.Event = field(default_factory=threading.Event)
+    objects: dict = field(default_factory=dict)  # object id -> CorrectableObject (corrective boxes)
+    object_lock: threading.Lock = field(default_factory=threading.Lock)  # one action at a time per session
 
     def describe(self) -> dict:
         p = self.prepared
@@ -326,7 +323,7 @@ class Engine:
     # -- model work ---------------------------------------------------------------------------------------------
     def segment(self, owner: str, session_id: str, prompt: SliceRequest) -> tuple:
         session = self.session(owner, session_id)
-        result = session.prepared.segment_slice(prompt.index, prompt.box, prompt.allow_degenerate)
+        result = session.prepared.segment(prompt)
         session.last_used = time.monotonic()
         return result.mask, result.score
 
@@ -389,6 +386,85 @@ class Engine:
             return PropagationResult(result.mask, result.segmented_slices, result.stopped, result.scores).to_json()
 
         self._launch(job, work, "propagation", level=PROPAGATION)
+        return job.describe()
+
+    @staticmethod
+    def _settings(options: dict) -> PropagationOptions:
+        slice_range = options.get("slice_range")
+        if slice_range is not None:
+            slice_range = tuple(None if v is None else int(v) for v in slice_range)
+        return PropagationOptions(rule="ours", slice_range=slice_range, margin=int(options.get("margin", 3)),
+                                  stop=AUTO if options.get("stop", True) else None)
+
+    def start_object(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict,
+                     request_id: str | None = None) -> dict:
+        """Propagate a new correctable object (a job, as :meth:`start_job`); its result adds ``object_id``, after
+        which :meth:`start_object_action` applies corrective boxes, range cuts, accepts and undos to it."""
+        session = self.session(owner, session_id)
+        self.wait_ready()
+        if not key_boxes:
+            raise BoxError("an object needs at least one key box")
+        settings = self._settings(options)
+        job, new = self._new_job(owner, session.id, session.prepared.slice_count, request_id)
+        if not new:
+            return job.describe()
+
+        def work() -> dict:
+            target = CorrectableObject(session.prepared, settings)
+            with session.object_lock:
+                change = target.start(key_boxes)
+                object_id = secrets.token_urlsafe(12)
+                session.objects[object_id] = target
+            return self._object_answer(object_id, target, change)
+
+        self._launch(job, work, "object", level=PROPAGATION)
+        return job.describe()
+
+    @staticmethod
+    def _object_answer(object_id: str, target: CorrectableObject, change) -> dict:
+        return {"object_id": object_id, "mask": pack_mask(target.mask), "action": change.action, "slice": change.slice,
+                "changed": change.changed, "decoder_calls": change.decoder_calls, "stopped": change.stopped,
+                "scores": {k: float(v) for k, v in target.scores.items()}, "locked": sorted(target.locked),
+                "keys": {str(k): [b.x0, b.y0, b.x1, b.y1] for k, b in target.keys.items()},
+                "range": [target.low, target.high]}
+
+    def start_object_action(self, owner: str, session_id: str, object_id: str, action: str, index: int | None,
+                            box: Box | None, request_id: str | None = None) -> dict:
+        """One undoable step on an object, as a job at the interactive priority: ``box`` (a corrective key box:
+        only the stretch it improves is recomputed, from the cache), ``cut`` (the object ends before ``index``),
+        ``accept`` (lock the slice), ``undo``.  The result is the whole object plus what changed."""
+        session = self.session(owner, session_id)
+        target = session.objects.get(object_id)
+        if target is None:
+            raise ServiceError("no such object in this session", "not_found", 404)
+        if action != "undo":
+            if index is None:
+                raise BoxError(f"the {action} action needs a slice index")
+            session.prepared.check_index(index)
+        if action == "box":
+            if box is None:
+                raise BoxError("the box action needs a box")
+            checked_box(box, session.prepared.slice_shape)
+        job, new = self._new_job(owner, session.id, 1, request_id)
+        if not new:
+            return job.describe()
+
+        def work() -> dict:
+            with session.object_lock:
+                if action == "box":
+                    change = target.add_box(index, box)
+                elif action == "cut":
+                    change = target.cut(index)
+                elif action == "accept":
+                    change = target.accept(index)
+                else:
+                    if not target.undo():
+                        raise BoxError("nothing to undo")
+                    change = type("Undone", (), {"action": "undo", "slice": -1, "changed": [], "decoder_calls": 0,
+                                                 "stopped": {}})()
+                return self._object_answer(object_id, target, change)
+
+        self._launch(job, work, "correction", level=INTERACTIVE)
         return job.describe()
 
     def _new_job(self, owner: str, session_id: str, total: int, request_id: str | None) -> tuple[Job, bool]:

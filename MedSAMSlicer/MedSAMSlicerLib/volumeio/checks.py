@@ -65,6 +65,23 @@ def check_geometry(spacing: Sequence[float], origin: Sequence[float], direction:
                               f"that it can write back unchanged: resample the image first")
 
 
+def checked_array(array: np.ndarray, path: str) -> np.ndarray:
+    """A 3D array of finite numbers, made read-only; else one line."""
+    if array.ndim != 3:
+        what = "2D image" if array.ndim == 2 else f"{array.ndim}D image"
+        raise InputImageError(f"{path} is a {what}; MedSAMSlicer segments single-channel 3D volumes")
+    if min(array.shape) < 1 or array.size == 0:
+        raise InputImageError(f"{path} has no voxels")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputImageError(f"{path} has {bad} NaN or infinite voxels; fix or mask them before segmenting")
+    elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        raise InputImageError(f"{path} has voxel type {array.dtype}, not a number")
+    array.setflags(write=False)
+    return array
+
+
 def _human_bytes(count: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if count < 1024 or unit == "PiB":

@@ -25,27 +25,12 @@ from ..atomic import atomic_path
 from ..engine.volume import Volume
 from ..errors import InputImageError, MedSAMError, OutputError, first_line
 from ..paths import check_output_file, regular_file
+from .checks import checked_array as _checked_array
 from .checks import check_claimed_size, check_geometry, check_nifti_size, check_nrrd_header
 from .native import native_output
 
 log = logging.getLogger(__name__)
 _MODALITY_KEYS = ("modality", "Modality", "0008|0060", "MRML_Modality")
-
-
-def _checked_array(array: np.ndarray, path: str) -> np.ndarray:
-    if array.ndim != 3:
-        what = "2D image" if array.ndim == 2 else f"{array.ndim}D image"
-        raise InputImageError(f"{path} is a {what}; MedSAMSlicer segments single-channel 3D volumes")
-    if min(array.shape) < 1 or array.size == 0:
-        raise InputImageError(f"{path} has no voxels")
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputImageError(f"{path} has {bad} NaN or infinite voxels; fix or mask them before segmenting")
-    elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
-        raise InputImageError(f"{path} has voxel type {array.dtype}, not a number")
-    array.setflags(write=False)
-    return array
 
 
 def _npz_member_header(archive: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -160,9 +145,23 @@ def _read_sitk(path: Path):
     return image
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D single-channel image; every problem is an :class:`InputImageError` with one line."""
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a 3D single-channel image, a DICOM series folder or a multi-frame DICOM file (``series_uid`` picks a
+    series in a folder of several, see :mod:`.dicom`); every problem is an :class:`InputImageError` with one
+    line."""
+    if os.path.isdir(path):
+        from .dicom import read_dicom
+
+        return read_dicom(path, series_uid)
     path = regular_file(path, "image", folder_hint="give an image file (NIfTI, NRRD, MHA, GIPL or npz)")
+    from .dicom import looks_like_dicom
+
+    if looks_like_dicom(path):
+        from .dicom import read_dicom
+
+        return read_dicom(path, series_uid)
+    if series_uid is not None:
+        raise InputImageError(f"--series is for DICOM input; {path} is not DICOM")
     if path.suffix.lower() == ".npz":
         return _read_npz(path)
     import SimpleITK as sitk
@@ -184,6 +183,10 @@ def read_label(path: str | os.PathLike | None, reference: Volume) -> np.ndarray:
     if label.embedded_label is not None:
         label = label.with_array(label.embedded_label)
     if not reference.same_grid(label):
+        reoriented = reorient_to(label, reference)
+        if reoriented is not None:
+            label = reoriented
+    if not reference.same_grid(label):
         raise InputImageError(
             f"label {path} is not on the image grid (image {reference.array.shape[::-1]} at spacing "
             f"{np.round(reference.spacing, 4).tolist()}, label {label.array.shape[::-1]} at "
@@ -194,6 +197,37 @@ def read_label(path: str | os.PathLike | None, reference: Volume) -> np.ndarray:
             raise InputImageError(f"label {path} has non-integer values; give a label map")
         return rounded.astype(np.int32)
     return label.array
+
+
+def reorient_to(volume: Volume, reference: Volume) -> Volume | None:
+    """``volume``'s voxels on ``reference``'s grid when both grids hold the same physical voxel centres, only with
+    axes permuted or flipped (a label stored with a flipped y axis, a series read in the other slice order); the
+    voxels are moved by physical position, exactly (no interpolation).  None when the grids differ otherwise."""
+    if volume.array.ndim != 3:
+        return None
+    # index of the reference maps to the volume's index through an integer permutation/flip matrix
+    reference_to_volume = np.linalg.inv(volume.ijk_to_lps()) @ reference.ijk_to_lps()
+    rotation, offset = reference_to_volume[:3, :3], reference_to_volume[:3, 3]
+    rounded = np.rint(rotation)
+    if not np.allclose(rotation, rounded, atol=1e-3) or not np.allclose(offset, np.rint(offset), atol=1e-2):
+        return None
+    if not (np.abs(rounded).sum(axis=0) == 1).all() or not (np.abs(rounded).sum(axis=1) == 1).all():
+        return None
+    array = volume.array  # (k, j, i): numpy axis 2 - c is index axis c
+    source_axes = [int(np.flatnonzero(rounded[:, c])[0]) for c in range(3)]  # reference axis c -> volume axis
+    array = np.transpose(array, [2 - source_axes[2 - a] for a in range(3)])
+    shape_ijk = array.shape[::-1]
+    if shape_ijk != reference.array.shape[::-1]:
+        return None
+    for c in range(3):
+        sign = rounded[source_axes[c], c]
+        start = int(np.rint(offset[source_axes[c]]))
+        expected = 0 if sign > 0 else volume.array.shape[2 - source_axes[c]] - 1
+        if start != expected:
+            return None
+        if sign < 0:
+            array = np.flip(array, axis=2 - c)
+    return reference.with_array(np.ascontiguousarray(array))
 
 
 WRITABLE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".npz")
@@ -240,11 +274,15 @@ def _verify_label(temp: Path, ext: str, labels: np.ndarray, shown: Path, native:
                           f"the disk full?")
 
 
-def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, segment_name: str = "MedSAM") -> Path:
+def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, segment_name: str = "MedSAM",
+                provenance=None) -> Path:
     """Write a label (0 background, 1.. foreground) on the reference grid; the file appears whole or not at all,
-    is read back before it replaces anything, and is never the reference's own file."""
+    is read back before it replaces anything, and is never the reference's own file.  ``provenance``
+    (:class:`.provenance.Provenance`): in the segment tags of a ``.seg.nrrd``, else in a JSON sidecar beside the
+    label (written after it)."""
     path = Path(path)
     ext = _extension(path)
+    reference = reference.in_frame("LPS")  # files are LPS; a volume from Slicer's world may say RAS
     if mask.shape != reference.array.shape:
         raise ValueError(f"mask shape {mask.shape} differs from the volume {reference.array.shape}")
     labels = np.asarray(mask).astype(np.uint8)
@@ -254,7 +292,7 @@ def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, se
         if ext == ".npz":
             np.savez_compressed(temp, segs=labels, spacing=np.asarray(reference.spacing))
         elif ext == ".seg.nrrd":
-            _write_seg_nrrd(temp, labels, reference, segment_name)
+            _write_seg_nrrd(temp, labels, reference, segment_name, provenance)
         else:
             import SimpleITK as sitk
 
@@ -273,14 +311,21 @@ def write_label(path: str | os.PathLike, mask: np.ndarray, reference: Volume, se
                 raise OutputError(f"cannot write {path}: {first_line(failure)}")
     for line in native:  # written and read back whole: what the C++ writer printed is only worth a -v line
         log.info("%s: %s", path.name, line)
+    if provenance is not None and ext != ".seg.nrrd":
+        from .provenance import write_sidecar
+
+        write_sidecar(path, provenance)
     return path
 
 
-def _write_seg_nrrd(path: Path, labels: np.ndarray, reference: Volume, segment_name: str) -> None:
+def _write_seg_nrrd(path: Path, labels: np.ndarray, reference: Volume, segment_name: str, provenance=None) -> None:
     import slicerio
 
     segmentation = slicerio.create_segmentation(labels.shape[::-1], reference.ijk_to_lps())
     for value in [int(v) for v in np.unique(labels) if v != 0]:
         name = segment_name if value == 1 else f"{segment_name}_{value}"
-        slicerio.add_segment(segmentation, np.transpose(labels == value), {"id": name, "name": name})
+        properties = {"id": name, "name": name}
+        if provenance is not None:  # Slicer keeps segment tags it does not know and lists them
+            properties["tags"] = provenance.segment_tags()
+        slicerio.add_segment(segmentation, np.transpose(labels == value), properties)
     slicerio.write_segmentation(str(path), segmentation)

@@ -1,0 +1,251 @@
+"""Corrections on a propagated object: a key box on any slice recomputes only the stretch it changes.
+
+A user who draws a box on a bad slice expects that slice and its neighbours to get better and nothing else to get
+worse.  :class:`CorrectableObject` holds one object's per-slice masks, the decoder's predicted IoU for each, the
+key boxes and the range, and applies each action as one undoable step:
+
+- :meth:`~CorrectableObject.add_box`: the box becomes a key.  Its slice takes the new mask; then, walking out from
+  it one slice at a time in each direction (each slice prompted from the previous new mask, as the propagation
+  does), a slice takes the new mask while the decoder's predicted IoU for it is higher than the score of the mask
+  it has, and the walk stops at the first slice where it is not, at the next key, at an accepted or hand-edited
+  slice, or at the range end.  Slices the object did not reach yet take the new mask while it is not empty; beyond
+  the outermost key the stop rule of that side applies (no stop rule between two keys).  A box beyond the range
+  extends it.  Only the decoder runs; embeddings come from the session's cache.
+- :meth:`~CorrectableObject.cut`: "the object ends here": the range end on that side moves to the slice before,
+  the slices beyond are cleared, and later walks on that side are bounded (a one-sided end; the other side keeps
+  its rule).
+- :meth:`~CorrectableObject.accept` and :meth:`~CorrectableObject.set_slice` (a hand edit) lock a slice: no later
+  correction or cut writes to it.
+
+Why the predicted-IoU rule (issue 18, measured on the 11 shared cases and two held-out tumours): re-propagating
+the whole range from all keys lost up to 0.15 3D Dice in one correction (a box near an end takes over every slice
+up to the midpoint); walking out from the key while the decoder's own estimate prefers the new mask lost at most
+0.017, with about 2 decoder calls per correction.  "Outward only" and "stop where the masks agree" did not keep that
+bound.  The rule has no threshold of its own to tune.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import axes
+from .boxes import Box, checked_box
+from ..errors import BoxError
+from .propagation import (PropagationOptions, RegionStats, SliceObservation, _iou, model_box_from_previous,
+                          propagate)
+from .session import VolumeSession, check_box_type, check_index_type
+
+
+@dataclass
+class Change:
+    """What one action did: the slices whose mask it wrote, and the calls it cost."""
+
+    action: str
+    slice: int
+    changed: list[int]
+    decoder_calls: int
+    encoder_calls: int
+    stopped: dict[str, str] = field(default_factory=dict)  # direction -> why the walk ended
+
+
+@dataclass
+class _Snapshot:
+    masks: dict[int, np.ndarray]
+    scores: dict[int, float]
+    keys: dict[int, Box]
+    low: int | None
+    high: int | None
+    locked: set[int]
+
+
+class CorrectableObject:
+    """One object being segmented slice by slice along the session's axis, corrected by key boxes."""
+
+    def __init__(self, session: VolumeSession, options: PropagationOptions = PropagationOptions()) -> None:
+        self.session = session
+        self.options = options
+        low, high = options.slice_range if options.slice_range is not None else (None, None)
+        self.low: int | None = None if low is None else session.check_index(low)
+        self.high: int | None = None if high is None else session.check_index(high)
+        self.keys: dict[int, Box] = {}
+        self.masks: dict[int, np.ndarray] = {}  # slice -> bool mask (slices the object covers)
+        self.scores: dict[int, float] = {}  # slice -> decoder's predicted IoU (absent for hand-edited slices)
+        self.locked: set[int] = set()
+        self._history: list[_Snapshot] = []
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def mask(self) -> np.ndarray:
+        volume = self.session.empty_mask()
+        for index, plane in self.masks.items():
+            axes.put_slice(volume, self.session.np_axis, index, plane)
+        return volume
+
+    def _options(self) -> PropagationOptions:
+        return PropagationOptions(rule="ours", slice_range=(self.low, self.high) if (self.low, self.high) != (
+            None, None) else None, margin=self.options.margin, stop=self.options.stop)
+
+    def _counts(self) -> tuple[int, int]:
+        return self.session.segmenter.decoder.calls, self.session.segmenter.encoder.calls
+
+    def _change(self, action: str, index: int, changed: list[int], before: tuple[int, int],
+                stopped: dict[str, str] | None = None) -> Change:
+        decoder, encoder = self._counts()
+        return Change(action, index, sorted(changed), decoder - before[0], encoder - before[1], stopped or {})
+
+    def _save(self) -> None:
+        self._history.append(_Snapshot(dict(self.masks), dict(self.scores), dict(self.keys), self.low, self.high,
+                                       set(self.locked)))
+
+    def undo(self) -> bool:
+        """Undo the last action (False when there is none)."""
+        if not self._history:
+            return False
+        last = self._history.pop()
+        self.masks, self.scores, self.keys = last.masks, last.scores, last.keys
+        self.low, self.high, self.locked = last.low, last.high, last.locked
+        return True
+
+    # ------------------------------------------------------------------ actions
+    def start(self, key_boxes: dict[int, Box]) -> Change:
+        """The first propagation from ``key_boxes`` (replaces whatever was not locked)."""
+        before = self._counts()
+        self._save()
+        result = propagate(self.session, key_boxes, self._options())
+        changed = []
+        for index in range(self.session.slice_count):
+            if index in self.locked:
+                continue
+            plane = axes.take_slice(result.mask, self.session.np_axis, index)
+            if index in result.scores:
+                self.masks[index], self.scores[index] = plane.copy(), result.scores[index]
+                changed.append(index)
+            elif index in self.masks:
+                del self.masks[index]
+                self.scores.pop(index, None)
+                changed.append(index)
+        self.keys = {int(k): b for k, b in key_boxes.items()}
+        return self._change("start", min(self.keys), changed, before, result.stopped)
+
+    def add_box(self, index: int, box: Box) -> Change:
+        """A corrective key box on slice ``index``: recompute only the stretch it improves (see the module)."""
+        index = self.session.check_index(check_index_type(index, "add_box"))
+        box = checked_box(check_box_type(box, "add_box"), self.session.slice_shape)
+        if index in self.locked:
+            raise BoxError(f"slice {index} was accepted or edited by hand; unlock it before drawing a box there")
+        before = self._counts()
+        self._save()
+        if self.low is not None and index < self.low:
+            self.low = index  # a box beyond the range extends it
+        if self.high is not None and index > self.high:
+            self.high = index
+        self.keys[index] = box
+        segmenter = self.session.segmenter
+        mask, score = segmenter.predict(self.session.embedding(index), box)
+        self.masks[index], self.scores[index] = mask, score
+        changed = [index]
+        stats = RegionStats.of(axes.take_slice(self.session.image, self.session.np_axis, index), mask)
+        stopped = {}
+        for direction in (+1, -1):
+            why = self._walk(index, direction, mask, stats, changed)
+            stopped["up" if direction > 0 else "down"] = why
+        return self._change("box", index, changed, before, stopped)
+
+    def _walk(self, key: int, direction: int, mask: np.ndarray, stats: RegionStats, changed: list[int]) -> str:
+        session, segmenter = self.session, self.session.segmenter
+        others = [k for k in self.keys if (k - key) * direction > 0]
+        neighbour = min(others, key=lambda k: abs(k - key)) if others else None
+        end = (self.high if direction > 0 else self.low)
+        end = (session.slice_count - 1 if direction > 0 else 0) if end is None else end
+        rule = self._options().stop_rule(direction) if neighbour is None else None
+        previous = mask
+        index = key + direction
+        while (index - end) * direction <= 0:
+            if index == neighbour:
+                return f"next key at slice {index}"
+            if index in self.locked:
+                return f"locked slice {index}"
+            embedding = session.embedding(index)
+            model_box = model_box_from_previous(segmenter.pipeline, previous, embedding.geometry,
+                                                self.options.margin)
+            if model_box is None:
+                return f"empty mask before slice {index}"
+            new, score = segmenter.predict_model_box(embedding, model_box)
+            if index in self.masks and index in self.scores:
+                if score <= self.scores[index]:
+                    return f"slice {index}: new predicted IoU {score:.3f} not above the old {self.scores[index]:.3f}"
+            else:  # a slice the object has not reached: extend while the mask holds (and the end's rule allows)
+                if not new.any():
+                    return f"empty mask at slice {index}"
+                if rule is not None:
+                    plane = axes.take_slice(session.image, session.np_axis, index)
+                    why = rule.reason(SliceObservation(int(new.sum()), int(previous.sum()), score,
+                                                       _iou(new, previous), stats.shift(plane, new)))
+                    if why is not None:
+                        return f"slice {index}: {why}"
+            self.masks[index], self.scores[index] = new, score
+            changed.append(index)
+            previous = new
+            index += direction
+        return "range end"
+
+    def cut(self, index: int) -> Change:
+        """"The object ends here": slice ``index`` and every slice beyond it (away from the keys) are cleared."""
+        index = self.session.check_index(check_index_type(index, "cut"))
+        if not self.keys:
+            raise BoxError("nothing to cut: draw a box first")
+        if min(self.keys) <= index <= max(self.keys):
+            raise BoxError(f"slice {index} lies between key slices {min(self.keys)} and {max(self.keys)}; "
+                           f"draw a box there instead of ending the object")
+        before = self._counts()
+        self._save()
+        if index > max(self.keys):
+            self.high = index - 1
+            beyond = [s for s in self.masks if s >= index]
+        else:
+            self.low = index + 1
+            beyond = [s for s in self.masks if s <= index]
+        changed = []
+        for s in beyond:
+            if s not in self.locked:
+                del self.masks[s]
+                self.scores.pop(s, None)
+                changed.append(s)
+        return self._change("cut", index, changed, before)
+
+    def accept(self, index: int) -> Change:
+        """Mark a slice finished: no later correction writes to it."""
+        index = self.session.check_index(check_index_type(index, "accept"))
+        before = self._counts()
+        self._save()
+        self.locked.add(index)
+        return self._change("accept", index, [], before)
+
+    def set_slice(self, index: int, mask: np.ndarray) -> Change:
+        """A hand edit: the slice takes ``mask`` and is locked."""
+        index = self.session.check_index(check_index_type(index, "set_slice"))
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.session.slice_shape:
+            raise BoxError(f"hand-edited mask has shape {mask.shape}; the slice is {self.session.slice_shape}")
+        before = self._counts()
+        self._save()
+        self.masks[index] = mask.copy()
+        self.scores.pop(index, None)
+        self.locked.add(index)
+        return self._change("edit", index, [index], before)
+
+    def doubtful(self, threshold: float = 0.8) -> list[int]:
+        """Slices to review first: lowest predicted IoU first, among those below ``threshold`` and not locked."""
+        return sorted((s for s, v in self.scores.items() if v < threshold and s not in self.locked),
+                      key=lambda s: self.scores[s])
+
+
+def copy_object(target: CorrectableObject) -> CorrectableObject:
+    """An independent copy (same session), for comparing two corrections."""
+    twin = copy.copy(target)
+    twin.masks, twin.scores, twin.keys = dict(target.masks), dict(target.scores), dict(target.keys)
+    twin.locked, twin._history = set(target.locked), list(target._history)
+    return twin
