@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .security import PageGate, StateGate, boolean, dicom_uid, one_of, save_target, text
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +29,28 @@ WINDOWS = {  # engine window -> display (window, level); "auto": the engine deci
 }
 RANGE_MODES = {"auto": "box thickness, else stop rule", "roi": "what the boxes cover", "stop": "whole volume"}
 SAVE_FORMATS = (".seg.nrrd", ".nii.gz")
+TOOLS = ("none", "paint", "erase", "scissors")
+VIEW_TAGS = ("Red", "Yellow", "Green")
+EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
+# Every state value the page may set, with its check (``security.StateGate`` runs it before trame applies it).
+CLIENT_STATE = {
+    "window": one_of(*WINDOWS), "range_mode": one_of(*RANGE_MODES), "stop_rule": boolean,
+    "largest_component": boolean, "fill_holes": boolean, "tool": one_of(*TOOLS), "save_name": text(150),
+    "save_overwrite": boolean, "pacs_study": dicom_uid, "pacs_series": dicom_uid,
+}
 
 
 class WebApp:
-    """One trame server with one Slicer scene: one annotator per process (a ward runs several processes)."""
+    """One trame server with one Slicer scene: one annotator per process (a ward runs several processes).
+
+    ``sessions`` (``security.Sessions``) turns the login on; without it the page is open to whoever reaches the
+    address, which the CLI allows on loopback only.  ``out_folder``: where saves go (the admin's choice; None: no
+    saving).
+    """
 
     def __init__(self, engine, images: list[str], log_folder: Optional[str] = None, reader: str = "anonymous",
-                 out_folder: Optional[str] = None, volume_rendering: bool = False, pacs=None) -> None:
+                 out_folder: Optional[str] = None, volume_rendering: bool = False, sessions=None,
+                 ssl_context=None, owner: Optional[str] = None, pacs=None) -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -46,7 +65,14 @@ class WebApp:
         self.engine = engine
         self.log_folder = log_folder
         self.reader = reader
-        self.out_folder = Path(out_folder or log_folder or Path.cwd())
+        # Never the process's working folder: the admin names the folder at start (or the log folder is used).
+        folder = out_folder or log_folder
+        self.out_folder = Path(os.path.realpath(Path(folder).expanduser())) if folder else None
+        self.ssl_context = ssl_context
+        self.gate = PageGate(sessions, secure=ssl_context is not None, owner=owner)
+        self._wslink = None
+        self.gate.on_owner = self._owner_logged_in
+        self._empty_warned = None  # (name, actions so far) when the reader was warned of an empty segmentation
         self.volume_rendering = volume_rendering
         self.server = get_server(client_type="vue3")
         self.server.enable_module(trame_slicer_module)
@@ -54,6 +80,9 @@ class WebApp:
 
         self.server.enable_module(KEYS_MODULE)  # the shortcuts' key listener
         self.state, self.ctrl = self.server.state, self.server.controller
+        self.state_gate = StateGate(self.server, CLIENT_STATE, server_only=())
+        self.server.add_protocol_to_configure(lambda root: root.registerLinkProtocol(self.gate.link_protocol))
+        self.ctrl.on_server_bind.add(self._on_bind)
         self.slicer_app = SlicerApp()
         install_slicer_globals(self.slicer_app)
         register_rca_factories(self.slicer_app.view_manager, self.server, slice_view_ui_f=_marked_slice_ui,
@@ -69,22 +98,27 @@ class WebApp:
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
         self.volume = None
         self.segmentation = None
+        self.images = list(images)  # the worklist (--cases, or the images given): the page picks by number only
+        self.case_index = -1
+        self._saved_cases: set[int] = set()
         self.pacs = pacs  # MedSAMSlicerLib.pacs.dicomweb.Pacs (--dicomweb): all PACS work is in that library class
         self.dicom_volume = None  # the series opened from the PACS (its UIDs, for the SEG); None for files
         self.edited = False  # a refine tool was used since the volume was opened (the SEG's provenance says so)
         self._pacs_folder = None  # private temporary folder for the fetched series' voxels
-        self.images = list(images)
         self._drag = None
         self._ticks = 0
         self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
-        self.state.update(dict(
+        initial = dict(
             status="", error="", busy=False, progress_title="", progress_done=0, progress_total=0,
             window="auto", windows=list(WINDOWS), range_mode="auto", stop_rule=True, largest_component=False,
             fill_holes=False, drawing=False, boxes=0, can_undo=False, voxels=0, tool="none", log_running=False,
-            active_time="0:00", log_path="", save_path="", save_format=SAVE_FORMATS[0], save_formats=list(SAVE_FORMATS),
-            volume_name="", image_path="", last_action="", reader=reader, log_folder=log_folder or "",
+            active_time="0:00", log_path="", save_name="", save_overwrite=False, save_formats=list(SAVE_FORMATS),
+            out_folder=str(self.out_folder) if self.out_folder else "", volume_name="", last_action="",
+            reader=self.reader_id(), log_folder=log_folder or "", warning="", cases=[], case_index=-1,
             pacs=pacs is not None, pacs_studies=[], pacs_study=None, pacs_series_items=[], pacs_series=None,
-        ))
+        )
+        self.state.update(initial)
+        self.state_gate.server_only = set(initial) - set(CLIENT_STATE)  # shown in the page, set by the server only
         self._build_ui()
         self._register_triggers()
         self.ctrl.on_server_ready.add(self._on_ready)
@@ -121,9 +155,48 @@ class WebApp:
         self.editor.show_3d(True)
         self._apply_display_window(self.state.window)
         stem = Path(str(path)).name.split(".")[0]
-        self.state.update(dict(volume_name=node.GetName(), image_path=str(path),
-                               save_path=str(self.out_folder / f"{stem}-medsam{self.state.save_format}")))
+        self.state.update(dict(volume_name=node.GetName(), save_name=f"{stem}-medsam{SAVE_FORMATS[0]}",
+                               save_overwrite=False, warning=""))
         self._refresh()
+
+    # -- the worklist ---------------------------------------------------------------------------------------------
+    def _case_status(self, index: int) -> str:
+        """Done: a segmentation of the case saved (this session, or ``STEM-medsam*`` already in the output folder);
+        in progress: the case open now; else not started.  The output folder is the reader's own (one per app)."""
+        stem = Path(self.images[index]).name.split(".")[0]
+        saved = index in self._saved_cases or (self.out_folder is not None and any(
+            (self.out_folder / f"{stem}-medsam{suffix}").exists() for suffix in SAVE_FORMATS))
+        return "done" if saved else "in progress" if index == self.case_index else "not started"
+
+    def _show_cases(self) -> None:
+        self.state.cases = [dict(name=Path(image).name, status=self._case_status(n))
+                            for n, image in enumerate(self.images)]
+        self.state.case_index = self.case_index
+
+    def open_case(self, index) -> None:
+        """Open case number ``index`` of the worklist (the time log, if running, moves to it)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.images):
+            raise ValueError("no such case in the worklist")
+        if self.logic.busy:
+            raise ValueError("wait for the running operation (or cancel it) first")
+        logging_on = self.logic.time_log is not None
+        if logging_on:
+            self.logic.close_case()
+            self.state.log_running = False
+        self.case_index = index
+        self.load(self.images[index])
+        if logging_on:
+            self.toggle_time_log()
+        self._show_cases()
+        self._say(f"case {index + 1} of {len(self.images)}: {Path(self.images[index]).name}", action="case_opened")
+
+    def next_case(self) -> None:
+        """The next case that is not done (after the current one, then from the top)."""
+        order = [(self.case_index + step) % len(self.images) for step in range(1, len(self.images) + 1)]
+        following = next((n for n in order if self._case_status(n) != "done" and n != self.case_index), None)
+        if following is None:
+            raise ValueError("every case of the worklist is done")
+        self.open_case(following)
 
     def _apply_display_window(self, window: str) -> None:
         if self.volume is None or self.volume.GetDisplayNode() is None:
@@ -217,7 +290,7 @@ class WebApp:
 
         effects = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase,
                    "scissors": SegmentationEffectScissors}
-        if tool not in effects:
+        if not isinstance(tool, str) or tool not in effects:  # "none", or anything else a page sends
             self.editor.deactivate_effect()
             self.state.tool = "none"
             return
@@ -233,25 +306,47 @@ class WebApp:
         self.state.tool = tool
         self._say(f"{tool}: draw in a slice view")
 
-    def save(self) -> str:
-        """The segmentation as a label file (every segment, 1..n), through the checked atomic writers."""
+    def _owner_logged_in(self, reader: str) -> None:
+        with self.state:
+            self.state.reader = reader
+
+    def reader_id(self) -> str:
+        """Who is annotating: the logged-in reader (the login decides, not the page), else ``--reader``."""
+        return self.gate.owner or self.reader or "anonymous"
+
+    def save(self) -> Optional[str]:
+        """The segmentation as a label file (every segment, 1..n), through the checked atomic writers, into the
+        output folder under the file name the reader typed (``security.save_target``).  An empty segmentation is
+        not written on the first press: the reader is warned and a second press (nothing changed) writes it."""
         from MedSAMSlicerLib.volumeio.files import write_label
         from MedSAMSlicerLogic.segments import read_segment
 
         self._need_volume()
         if self.dicom_volume is not None:
             return self.store_in_pacs()
-        path = Path(self.state.save_path).expanduser()
-        if not path.name.endswith(SAVE_FORMATS + (".nii", ".nrrd")):
-            raise ValueError(f"{path.name}: save as {' or '.join(SAVE_FORMATS)}")
+        overwrite = self.state.save_overwrite is True
+        try:
+            path = save_target(self.out_folder, self.state.save_name, SAVE_FORMATS, self.images, overwrite)
+        except Exception:
+            self.state.save_overwrite = False  # one confirmation, one attempt
+            raise
         grid = self.logic.grid(self.volume)
         label = np.zeros(grid.shape_kji, dtype=np.uint8)
         segmentation = self.segmentation.GetSegmentation()
         for number in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(number)
             label[read_segment(self.segmentation, segment_id, self.volume) & (label == 0)] = number + 1
+        if not label.any() and self._empty_warned != (path.name, self.actions):
+            self.state.warning = "The segmentation is empty: nothing saved. Press Save again to save an empty mask."
+            self._say("empty segmentation: not saved", action="save_empty_warned")
+            self._empty_warned = (path.name, self.actions)  # the very next action, if it is Save, writes it
+            return None
+        self._empty_warned = None
+        self.state.update(dict(warning="", save_overwrite=False))  # one confirmation, one save
         written = write_label(path, label, _lps_reference(grid), provenance=self._provenance())
-        self._say(f"saved {written}", action="saved")
+        self._saved_cases.add(self.case_index)
+        self._show_cases()
+        self._say(f"saved {written.name} in the output folder", action="saved")
         return str(written)
 
     # -- PACS (--dicomweb): listing, opening and storing go through MedSAMSlicerLib.pacs --------------------------
@@ -282,7 +377,7 @@ class WebApp:
         name = volume.source.description or f"series {series[-12:]}"  # never the patient's name
         self.volume.SetName(name)
         self.volume.SetAttribute("DICOM.Modality", volume.modality or "")  # feeds the auto window
-        self.state.update(dict(volume_name=name, image_path=f"PACS series {series}", save_path="(the PACS)"))
+        self.state.update(dict(volume_name=name, save_name=""))  # Save stores in the PACS
         self._say(f"opened {name} from the PACS", action="pacs_opened")
 
     def store_in_pacs(self) -> str:
@@ -312,19 +407,21 @@ class WebApp:
             self._say("time log stopped", action="log_stopped")
             return
         self._need_volume()
-        folder = self.state.log_folder
+        folder = self.log_folder  # the admin's, never the page's
         if not folder:
-            raise ValueError("choose a time-log folder (--log-folder) first")
+            raise ValueError("the app was started without a time-log folder (--log-folder)")
         Path(folder).mkdir(parents=True, exist_ok=True)
-        time_log = self.logic.open_case(self.volume, folder, self.state.reader or "anonymous")
+        time_log = self.logic.open_case(self.volume, folder, self.reader_id())
         self.state.update(dict(log_running=True, log_path=str(time_log.path)))
-        self._say(f"time log: {time_log.path}", action="log_started")
+        self._say(f"time log: {time_log.path.name}", action="log_started")  # the page shows no server path
 
     def export_report(self) -> str:
         from MedSAMSlicerLogic.study_report import export_report
 
-        where = export_report(self.state.log_folder)
-        self._say(f"report: {where}", action="report")
+        if not self.log_folder:
+            raise ValueError("the app was started without a time-log folder (--log-folder)")
+        where = export_report(self.log_folder)
+        self._say(f"report: {Path(str(where)).name}", action="report")
         return where
 
     # -- polling ----------------------------------------------------------------------------------------------------
@@ -354,21 +451,41 @@ class WebApp:
                     elif progress.state == "cancelled":
                         self._say(progress.message, action="cancelled")
                     else:
-                        self.state.error = progress.message
                         self._say(progress.message, action="failed")
+                        self.state.error = progress.message  # after _say, which clears the error line
                     self._refresh()
         if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
             with self.state:
                 if not self.logic.busy:
                     self.logic.collect_manual_edits()
+                    self._show_surface()  # after paint, erase or scissors
                 seconds = int(self.logic.time_log.active_seconds())
                 self.state.active_time = f"{seconds // 60}:{seconds % 60:02d}"
 
     # -- state shown in the page ------------------------------------------------------------------------------------
     def _refresh(self) -> None:
+        self._show_surface()
         self.state.boxes = len(self.logic.boxes())
         self.state.can_undo = len(self.logic.undo_stack) > 0
         self.state.voxels = self._voxel_count()
+
+    def _show_surface(self) -> None:
+        """The segments as surfaces in the 3D view.  Writing a segment's voxels (``slicer.util``'s labelmap update)
+        drops the closed-surface representation, and Segment Editor's "show 3D" only creates it for segments that
+        exist when it is switched on, so it is made again here after every change."""
+        if self.segmentation is None or not self._segment_ids():
+            return
+        if not self.segmentation.GetSegmentation().ContainsRepresentation(_surface_name()):
+            self.segmentation.CreateClosedSurfaceRepresentation()
+            for view in self.slicer_app.view_manager.get_threed_views():
+                view.schedule_render()  # the new surface actor: the 3D view's next frame
+
+    def surface_points(self) -> int:
+        total = 0
+        for sid in self._segment_ids():
+            surface = self.segmentation.GetSegmentation().GetSegment(sid).GetRepresentation(_surface_name())
+            total += surface.GetNumberOfPoints() if surface is not None else 0
+        return total
 
     def _voxel_count(self) -> int:
         """Voxels in all segments, counted on the stored layers (copying each segment onto the scan's grid, as
@@ -397,6 +514,7 @@ class WebApp:
     def _fail(self, error: BaseException) -> None:
         from MedSAMSlicerLogic.messages import user_message
 
+        self.state.warning = ""
         self.state.error = user_message(error)
         self.state.status = ""
         self.actions += 1
@@ -417,11 +535,35 @@ class WebApp:
     # -- server side of the page --------------------------------------------------------------------------------
     def _on_ready(self, **_) -> None:
         asyncio.get_event_loop().create_task(self._poll_loop())
+        asyncio.get_event_loop().create_task(self._expiry_loop())
+
+    def _on_bind(self, wslink_server) -> None:
+        """trame's aiohttp server exists, nothing listens yet: put the login gate in front of every route, the state
+        check in front of ``trame.state.update``, and the TLS context in."""
+        self._wslink = wslink_server
+        self.gate.install(wslink_server.app)
+        self.state_gate.install(wslink_server)
+        if self.ssl_context is not None:
+            wslink_server.config["ssl"] = self.ssl_context
+
+    async def _expiry_loop(self) -> None:
+        """Close the websockets of sessions that expired (or logged out): a page open since then stops working."""
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+            for client in self.gate.expired_clients():
+                for handler in getattr(self._wslink, "_ws_handlers", []):
+                    socket = handler.connections.get(client)
+                    if socket is not None:
+                        handler.authentified_client_ids.discard(client)
+                        await socket.close()
 
     def _on_key(self, ctrl, alt, shift, code) -> None:
         from .keys import action_for
 
-        action = action_for(bool(ctrl), bool(alt), bool(shift), str(code))
+        if not all(isinstance(flag, bool) for flag in (ctrl, alt, shift)) or not isinstance(code, str) \
+                or len(code) > 32:
+            return  # not a key event the page's listener sends
+        action = action_for(ctrl, alt, shift, code)
         handlers = {"drawBox": lambda: self.draw_box(True), "addKeyBox": lambda: self.draw_box(False),
                     "segmentSlice": self.segment_slice, "propagate": self.propagate, "accept": self.accept,
                     "undo": self.undo, "cancel": self.cancel}
@@ -433,6 +575,7 @@ class WebApp:
         self.ctrl.trigger("app_state")(self.app_state)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
+        self.ctrl.trigger("open_case")(self._guard(self.open_case))
 
         @self.state.change("window")
         def _window_changed(window, **_):
@@ -465,17 +608,31 @@ class WebApp:
                     digest=digest.hexdigest(), current_segment=self.logic.current.segment_id,
                     log_path=str(self.logic.time_log.path) if self.logic.time_log else self.state.log_path,
                     status=self.state.status, error=self.state.error, last_action=self.state.last_action,
-                    actions=self.actions,
+                    actions=self.actions, surface_points=self.surface_points(), warning=self.state.warning,
                     shape=list(grid.shape_kji) if grid is not None else None)
 
     def _slice_view(self, tag: str):
         return next(v for v in self.slicer_app.view_manager.get_slice_views() if v.get_singleton_tag() == tag)
 
+    def _voxel(self, tag, ijk) -> np.ndarray:
+        """A trigger's (view, voxel) checked: a slice view's name and three finite numbers within the volume."""
+        self._need_volume()
+        if tag not in VIEW_TAGS:
+            raise ValueError(f"no slice view {str(tag)[:20]!r}")
+        if not isinstance(ijk, (list, tuple)) or len(ijk) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ijk):
+            raise ValueError("a voxel is three numbers")
+        shape_ijk = self.logic.grid(self.volume).shape_kji[::-1]
+        if not all(-1 <= v <= n for v, n in zip(ijk, shape_ijk)):
+            raise ValueError("the voxel is outside the volume")
+        return np.asarray(ijk, dtype=float)
+
     def show_slice(self, tag: str, ijk) -> None:
         """Scroll a slice view to the slice through voxel ``ijk`` (the slider in each view does the same)."""
         from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points
 
-        point = ijk_to_world_points(ijk_to_world(self.volume), np.asarray(ijk, dtype=float))[0]
+        ijk = self._voxel(tag, ijk)
+        point = ijk_to_world_points(ijk_to_world(self.volume), ijk)[0]
         self._slice_view(tag).get_view_node().JumpSliceByOffsetting(*point)
 
     def ijk_to_view(self, tag: str, ijk) -> list:
@@ -484,8 +641,9 @@ class WebApp:
 
         from .box_drag import world_to_xy
 
+        ijk = self._voxel(tag, ijk)
         node = self._slice_view(tag).get_view_node()
-        point = ijk_to_world_points(ijk_to_world(self.volume), np.asarray(ijk, dtype=float))[0]
+        point = ijk_to_world_points(ijk_to_world(self.volume), ijk)[0]
         x, y = world_to_xy(node, point)
         width, height = node.GetDimensions()[:2]
         return [float(x / width), float(1.0 - y / height)]
@@ -507,9 +665,20 @@ class WebApp:
             with ui.toolbar:
                 v3.VSpacer()
                 html.Span("{{ volume_name }}", id="volume-name", classes="mr-4")
+                if self.gate.sessions is not None:
+                    html.A("Sign out", href="/medsam-logout", id="logout", classes="mr-4")
             with ui.drawer as drawer:
                 drawer.width = 320
                 with v3.VContainer(classes="pa-2", style="font-size: 13px"):
+                    with html.Div(v_show=("cases.length > 1",), id="worklist", classes="mb-2"):
+                        html.Div("Worklist", classes="text-caption")
+                        with html.Div(v_for="(c, i) in cases", key="i", classes="case-row",
+                                      style=("i === case_index ? 'font-weight: bold' : ''",),
+                                      click="trigger('open_case', [i])"):
+                            html.Span("{{ i + 1 }}. {{ c.name }}")
+                            html.Span(" ({{ c.status }})", classes="text-caption")
+                        v3.VBtn("Next case", id="btn-next-case", click=g(self.next_case), block=True,
+                                disabled=("busy",), classes="mt-1")
                     with html.Div(v_if=("pacs",), id="pacs"):  # --dicomweb: choose a series in the PACS
                         v3.VSelect(label="PACS study", v_model=("pacs_study",), items=("pacs_studies",),
                                    id="pacs-study", density="compact", hide_details=True, classes="mb-1")
@@ -563,13 +732,15 @@ class WebApp:
                                        update_modelValue=(g(self.set_tool), "[$event]")):
                         for tool in ("none", "paint", "erase", "scissors"):
                             v3.VBtn(tool, value=tool, id=f"tool-{tool}", size="small")
-                    html.Div("Save", classes="text-caption mt-2")
-                    v3.VTextField(v_model=("save_path",), id="save-path", density="compact", hide_details=True)
+                    html.Div("Save (into the output folder)", classes="text-caption mt-2")
+                    v3.VTextField(label="File name", v_model=("save_name",), id="save-name", density="compact",
+                                  hide_details=True, hint=" or ".join(SAVE_FORMATS))
+                    v3.VCheckbox(label="Overwrite an existing file", v_model=("save_overwrite",), id="save-overwrite",
+                                 density="compact", hide_details=True)
                     v3.VBtn("Save segmentation", id="btn-save", click=g(self.save), block=True, classes="mt-1",
                             disabled=("busy",))
-                    html.Div("Time log", classes="text-caption mt-2")
-                    v3.VTextField(label="Folder", v_model=("log_folder",), density="compact", hide_details=True)
-                    v3.VTextField(label="Reader", v_model=("reader",), density="compact", hide_details=True)
+                    html.Div("{{ warning }}", id="warning", classes="text-warning", v_show=("warning",))
+                    html.Div("Time log: reader {{ reader }}", classes="text-caption mt-2", id="reader")
                     with v3.VRow(dense=True, classes="mt-1"):
                         with v3.VCol(cols=6):
                             v3.VBtn("{{ log_running ? 'Stop log' : 'Start log' }}", id="btn-log",
@@ -590,14 +761,30 @@ class WebApp:
                     self.layout_manager.initialize_layout_grid(ui)
 
     def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+        import sys
+
         from .box_drag import BoxDrag
 
         self._drag = BoxDrag(self.slicer_app.view_manager.get_slice_views(), self.slicer_app.scene, self._on_box)
-        for image in self.images:
-            self.load(image)
+        if self.images:
+            self.case_index = 0
+            self.load(self.images[0])
+            self._show_cases()
         if self.pacs is not None:
             self.pacs_list_studies()  # a PACS that is down or refuses us: one line from the CLI, before serving
-        self.server.start(host=host, port=port, open_browser=False)
+        # trame parses sys.argv itself (--host, --ssl, --authKey...): only what is given here counts.  timeout=0:
+        # a ward's app does not stop when its last page closes.
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            self.server.start(host=host, port=port, open_browser=False, timeout=0)
+        finally:
+            sys.argv = argv
+
+
+def _surface_name() -> str:
+    import slicer
+
+    return slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
 
 
 def _lps_reference(grid):

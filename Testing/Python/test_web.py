@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, shared_path
-from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
+from web_driver import (CHROMIUM, CHROMIUM_ARGS, UNVERIFIED, Page, RawClient, missing_browser_parts,
+                        self_signed_pair, start_app, start_engine, stop)
 
 # The README and Extension Index pictures (Resources/Screenshots) are refreshed only on request, so that a test run
 # never dirties the working tree: MEDSAM_SLICER_SCREENSHOTS=Resources/Screenshots pytest Testing/Python/test_web.py
@@ -48,15 +49,20 @@ def engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, case, engine):
+def playwright():
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as driver:  # one per module: a second one cannot start inside the first's loop
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, case, engine, playwright):
     folder = tmp_path_factory.mktemp("web")
     process, url = start_app(folder, case[0], *engine)
-    with sync_playwright() as playwright:
-        page = Page(playwright, url)
-        yield page, folder
-        page.close()
+    page = Page(playwright, url)
+    yield page, folder
+    page.close()
     stop(process)
 
 
@@ -134,6 +140,7 @@ def test_box_segment_propagate_undo_accept_save(app, case, engine):
 
     state = _run(page, "#btn-propagate")
     assert state["digest"] == first_propagation  # same box, same engine: the same mask again
+    assert state["surface_points"] > 0  # the 3D view shows the segment as a surface
     centre = [(i0 + i1) / 2, (j0 + j1) / 2, k]
     for view in ("Yellow", "Green"):  # as a person scrolls them to the lesion
         page.ask("show_slice", view, centre)
@@ -175,3 +182,258 @@ def test_cancel_long_propagation_writes_nothing(app, case):
     page.page.click("#stop-rule")
     kinds = _events(state["log_path"])
     assert kinds.count("propagate") == 2, kinds  # the two of the first test; none from the cancelled one
+
+
+# -- security of the page: login off loopback, websocket gate, saves, hostile state --------------------------------
+TOKENS = {"r01": "r01-token-" + "k" * 24, "r02": "r02-token-" + "q" * 24}
+
+
+@pytest.fixture(scope="module")
+def secure_app(tmp_path_factory, case, engine, playwright):
+    """The app as a ward runs it: on every address (--host 0.0.0.0), with the readers' token file."""
+    folder = tmp_path_factory.mktemp("web-secure")
+    tokens = folder / "readers.txt"
+    tokens.write_text("# reader token\n" + "".join(f"{r} {t}\n" for r, t in TOKENS.items()))
+    tokens.chmod(0o600)
+    out = folder / "out"
+    out.mkdir()
+    worklist = folder / "cases.txt"  # the second case of the worklist (the first is the image given)
+    worklist.write_text(f"# cases\n{shared_path('pyradiomics', 'breast1_image.nrrd')}\n")
+    cert, key = self_signed_pair(folder)  # https and wss, as a ward should serve it
+    process, url = start_app(folder, case[0], *engine, reader=None, scheme="https",
+                             extra=("--host", "0.0.0.0", "--reader-tokens", str(tokens), "--out-folder", str(out),
+                                    "--cases", str(worklist), "--certfile", str(cert), "--keyfile", str(key)))
+    yield playwright, url, out
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def reader_page(secure_app):
+    playwright, url, out = secure_app
+    page = Page.__new__(Page)  # log in by hand: the test looks at the login page first
+    page.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    page.page = page.browser.new_page(viewport={"width": 1400, "height": 900}, ignore_https_errors=True)
+    page.page.set_default_timeout(60_000)
+    yield page, url, out
+    page.close()
+
+
+def _cookie(page: Page) -> str:
+    from MedSAMSlicerWeb.security import COOKIE
+
+    cookie = next(c for c in page.page.context.cookies() if c["name"] == COOKIE)
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    return f"{COOKIE}={cookie['value']}"
+
+
+def _post_login(url: str, token: str) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from MedSAMSlicerWeb.security import LOGIN_PATH
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    request = urllib.request.Request(url.rstrip("/") + LOGIN_PATH, urllib.parse.urlencode({"token": token}).encode())
+    try:
+        opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=UNVERIFIED))
+        return opener.open(request, timeout=30).status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_network_app_refuses_to_start_without_login(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "MedSAMSlicer"))
+    base = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", "--server", "http://127.0.0.1:9", "--port", "9"]
+    for extra, words in ((["--host", "0.0.0.0"], "--reader-tokens"),
+                         (["--certfile", str(tmp_path / "c.pem")], "--keyfile")):
+        done = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_login_required_and_wrong_token_refused(reader_page):
+    page, url, _ = reader_page
+    assert url.startswith("https://")  # TLS from --certfile/--keyfile
+    page.page.goto(url)
+    assert page.page.locator("#token").count() == 1  # the login page, not the app
+    assert page.page.locator("#view-Red").count() == 0
+    page.page.fill("#token", TOKENS["r01"][:-1] + "x")
+    page.page.click("#login")
+    assert "Wrong token" in page.page.locator("#login-error").text_content()
+    assert not page.page.context.cookies()
+    page.page.fill("#token", TOKENS["r01"])
+    page.page.click("#login")
+    page.page.wait_for_function("() => !!document.getElementById('view-Red')")
+    assert page.page.locator("#reader").text_content().strip().endswith("r01")  # the login names the reader
+    assert _post_login(url, TOKENS["r02"]) == 409  # one scene per process: r02 never gets r01's case
+
+
+def test_raw_websocket_needs_a_session(reader_page):
+    page, url, _ = reader_page
+    import aiohttp
+
+    for cookie in (None, "medsam_web_session=forged"):
+        client = RawClient(url, cookie)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            client.connect()
+        assert refused.value.status == 401
+        client.close()
+    client = RawClient(url, _cookie(page))  # the same client with the reader's session can
+    client.connect()
+    assert "result" in client.hello()
+    state = client.call("trame.state.get")["result"]["state"]
+    assert state["reader"] == "r01"
+    client.close()
+
+
+def test_hostile_state_values_are_refused(reader_page):
+    page, url, _ = reader_page
+    client = RawClient(url, _cookie(page))
+    client.connect()
+    client.hello()
+    before = client.call("trame.state.get")["result"]["state"]
+    hostile = {
+        "window": ["../etc", 5, None, ["lung"], {"a": 1}, "lung "],
+        "range_mode": ["everything", 0, None], "tool": ["eraseall", 3, None, ["paint"]],
+        "stop_rule": ["yes", 1, None, []], "largest_component": [0, "true"], "fill_holes": [{"x": 1}],
+        "save_overwrite": [1, "on"], "save_name": [5, None, "x" * 1000, {"$ne": 1}, ["a.nii.gz"]],
+        "out_folder": ["/"], "log_folder": ["/tmp"], "reader": ["mallory"], "busy": [True], "error": ["<b>x</b>"],
+        "voxels": [-1], "evil_new_key": [1],
+    }
+    for key, values in hostile.items():
+        for value in values:
+            reply = client.call("trame.state.update", [{"key": key, "value": value}])
+            assert "error" not in reply, reply
+    after = client.call("trame.state.get")["result"]["state"]
+    for key in hostile:
+        assert after.get(key) == before.get(key), (key, after.get(key))
+    assert "evil_new_key" not in after
+    for name, args in (("show_slice", ["../x", [0, 0, 0]]), ("show_slice", ["Red", ["a", 1, 2]]),
+                       ("ijk_to_view", ["Red", [1e308, 0, 0]]), ("on_key", [1, 2, 3, {"code": 1}])):
+        client.call("trame.trigger", name, args, {})  # refused inside; the server must go on
+    client.call("trame.state.update", [{"key": "window", "value": "lung"}])  # a good value still goes through
+    assert client.call("trame.state.get")["result"]["state"]["window"] == "lung"
+    assert client.call("trame.trigger", "app_state", [], {})["result"]["busy"] is False
+    client.close()
+
+
+def test_save_only_a_file_name_in_the_output_folder(reader_page):
+    page, url, out = reader_page
+    outside = out.parent / "outside"
+    outside.mkdir()
+    victim = outside / "victim.nii.gz"
+    victim.write_bytes(b"another patient")
+    existing = out / "existing.nii.gz"
+    existing.write_bytes(b"an earlier save")
+    cwd_before = sorted(os.listdir(Path.cwd()))
+
+    def save(name: str, overwrite: bool = False) -> dict:
+        page.page.fill("#save-name", name)  # Vuetify puts the id on the <input>
+        if overwrite:
+            page.page.click("#save-overwrite")
+        page.page.wait_for_timeout(300)  # the field's value reaches the server before the click
+        return _run(page, "#btn-save")
+
+    for name in (str(victim), "../outside/victim.nii.gz", "..", "sub/x.nii.gz", "x.txt", "existing.nii.gz",
+                 ".hidden.nii.gz"):
+        state = save(name)
+        assert state["error"] and state["last_action"] != "saved", (name, state)
+    assert victim.read_bytes() == b"another patient" and existing.read_bytes() == b"an earlier save"
+    assert sorted(p.name for p in out.iterdir()) == ["existing.nii.gz"]
+    assert sorted(os.listdir(Path.cwd())) == cwd_before
+
+    state = save("r01-case.nii.gz")  # nothing segmented: a warning, nothing written
+    assert state["last_action"] == "save_empty_warned", state
+    assert not (out / "r01-case.nii.gz").exists()
+    page.screenshot(SCREENSHOTS / "web-empty-warning.png")
+    state = _run(page, "#btn-save")  # the second press saves the empty mask
+    assert state["last_action"] == "saved" and (out / "r01-case.nii.gz").stat().st_size > 0
+    state = save("existing.nii.gz", overwrite=True)  # explicit confirmation: replaced
+    assert state["last_action"] in ("saved", "save_empty_warned"), state
+    if state["last_action"] == "save_empty_warned":
+        state = _run(page, "#btn-save")
+    assert existing.read_bytes() != b"an earlier save"
+
+
+def test_worklist_next_case(reader_page):
+    page, _, _ = reader_page
+    rows = page.page.locator("#worklist .case-row")
+    assert rows.count() == 2
+    assert "(done)" in rows.nth(0).text_content()  # saved by the test above
+    assert "(not started)" in rows.nth(1).text_content()
+    state = _run(page, "#btn-next-case")
+    assert state["last_action"] == "case_opened", state
+    page.page.wait_for_function("() => document.getElementById('volume-name').textContent.includes('breast1')")
+    assert "(in progress)" in rows.nth(1).text_content()
+    assert page.page.locator("#save-name").input_value() == "breast1_image-medsam.seg.nrrd"
+
+
+def _draw_key_box(page: Page, label: np.ndarray) -> None:
+    k, (i0, j0, i1, j1) = _key_box(label)
+    page.ask("show_slice", "Red", [(i0 + i1) / 2, (j0 + j1) / 2, k])
+    page.click("#btn-box")
+    page.drag(page.view_point("Red", (i0, j0, k)), page.view_point("Red", (i1, j1, k)))
+    page.wait_state(lambda s: len(s["boxes"]) == 1, "the dragged box")
+
+
+def test_two_readers_two_cases_at_once(secure_app, reader_page, engine, case, tmp_path_factory):
+    """A ward: one app process per reader (one Slicer scene each), one engine.  r01 works on breast1 in the app of
+    the tests above while r02 works on lung2 in a second app; each sees only their own case, and neither can sign in
+    to the other's app."""
+    from MedSAMSlicerLib.volumeio.files import read_label, read_volume
+
+    playwright, url_a, out_a = secure_app
+    page_a, _, _ = reader_page
+    folder = tmp_path_factory.mktemp("web-r02")
+    cert, key = self_signed_pair(folder)
+    process, url_b = start_app(folder, case[0], *engine, reader=None, scheme="https",
+                               extra=("--host", "0.0.0.0", "--reader-tokens", str(out_a.parent / "readers.txt"),
+                                      "--certfile", str(cert), "--keyfile", str(key)))
+    try:
+        page_b = Page(playwright, url_b, token=TOKENS["r02"])
+        assert _post_login(url_b, TOKENS["r01"]) == 409 and _post_login(url_a, TOKENS["r02"]) == 409
+        breast = read_volume(shared_path("pyradiomics", "breast1_image.nrrd"))
+        breast_label = read_label(shared_path("pyradiomics", "breast1_label.nrrd"), breast) > 0
+        page_a.watch_views()
+        page_a.page.click("#window", force=True)  # an MR case: the MR window (the tests above left "lung")
+        page_a.page.get_by_role("option", name="mr", exact=True).click()
+        _draw_key_box(page_a, breast_label)
+        _draw_key_box(page_b, case[2])
+        before = (page_a.state()["actions"], page_b.state()["actions"])
+        page_a.click("#btn-slice")  # both at once, on the one engine
+        page_b.click("#btn-slice")
+        state_a = page_a.wait_state(lambda s: not s["busy"] and s["actions"] > before[0], "r01's slice")
+        state_b = page_b.wait_state(lambda s: not s["busy"] and s["actions"] > before[1], "r02's slice")
+        assert state_a["last_action"] == state_b["last_action"] == "Segment slice", (state_a["error"],
+                                                                                     state_b["error"])
+        assert state_a["shape"] == list(breast.array.shape) and state_b["shape"] == list(case[1].array.shape)
+        assert len(state_a["segments"]) == len(state_b["segments"]) == 1  # each only their own object
+        assert all(v > 0 for v in [*state_a["segments"].values(), *state_b["segments"].values()])
+        assert page_b.page.locator("#reader").text_content().strip().endswith("r02")
+        page_b.close()
+    finally:
+        stop(process)
+
+
+def test_expired_session_is_closed_and_failed_logins_are_limited(secure_app, reader_page):
+    page, url, _ = reader_page
+    client = RawClient(url, _cookie(page))
+    client.connect()
+    client.hello()
+    page.page.goto(url.rstrip("/") + "/medsam-logout")
+    assert page.page.locator("#token").count() == 1
+    deadline = 30
+    reply = {}
+    while deadline > 0 and "closed" not in reply and "error" not in reply:  # the gate closes it within seconds
+        page.page.wait_for_timeout(1000)
+        deadline -= 1
+        reply = client.call("trame.state.get")
+    assert "closed" in reply or "error" in reply, reply
+    client.close()
+    for _ in range(5):
+        assert _post_login(url, "wrong-token-" + "z" * 20) == 401
+    assert _post_login(url, TOKENS["r01"]) == 429  # limited: even the right token waits now

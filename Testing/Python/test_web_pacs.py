@@ -76,7 +76,7 @@ def test_web_app_opens_a_pacs_series_and_stores_the_seg(tmp_path, orthanc, cache
             page = Page(playwright, url)
             try:
                 _choose(page, "#pacs-study")
-                page.page.wait_for_function("() => !document.querySelector('#btn-pacs-open').disabled || true")
+                page.page.wait_for_function("() => !document.querySelector('.v-overlay--active .v-list-item')")
                 _choose(page, "#pacs-series")
                 state = _run(page, "#btn-pacs-open")
                 assert state["last_action"] == "pacs_opened" and state["shape"] == [20, 512, 512], state

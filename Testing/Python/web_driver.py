@@ -48,6 +48,26 @@ window.__watch = (tag) => {
 """
 
 
+def _unverified():
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the tests' own self-signed certificate
+    return context
+
+
+UNVERIFIED = _unverified()
+
+
+def self_signed_pair(folder: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for 127.0.0.1 (openssl), for the TLS tests."""
+    cert, key = folder / "web.pem", folder / "web.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 def missing_browser_parts() -> str:
     """Why the browser tests cannot run here ("" when they can)."""
     try:
@@ -88,20 +108,21 @@ def start_engine(folder: Path, cache_dir: str | None = None) -> tuple[subprocess
     return process, url, token
 
 
-def start_app(folder: Path, image: Path, engine_url: str, token: Path) -> tuple[subprocess.Popen, str]:
+def start_app(folder: Path, image: Path, engine_url: str, token: Path, extra: tuple = (),
+              reader: str | None = "tester", scheme: str = "http") -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", str(image), "--server", engine_url,
                "--token-file", str(token), "--port", str(port), "--log-folder", str(folder / "logs"),
-               "--out-folder", str(folder), "--reader", "tester"]
+               "--out-folder", str(folder), *(["--reader", reader] if reader else []), *extra]
     process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT, env=_env(),
                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    url = f"{scheme}://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"web app exited: {(folder / 'app.log').read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            urllib.request.urlopen(url, timeout=2, context=UNVERIFIED).read()
             return process, url
         except OSError:
             time.sleep(0.5)
@@ -122,11 +143,18 @@ def stop(process: subprocess.Popen) -> None:
 class Page:
     """One Chromium page on the app, with the few moves a person makes."""
 
-    def __init__(self, playwright, url: str) -> None:
+    def __init__(self, playwright, url: str, token: str | None = None) -> None:
         self.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        self.page = self.browser.new_page(viewport={"width": 1400, "height": 900})
+        self.page = self.browser.new_page(viewport={"width": 1400, "height": 900}, ignore_https_errors=True)
         self.page.set_default_timeout(60_000)
         self.page.goto(url)
+        if token is not None:  # the login page first
+            self.page.fill("#token", token)
+            self.page.click("#login")
+        self.watch_views()
+
+    def watch_views(self) -> None:
+        """Wait for the views, then install the page helpers (the view images and their frames)."""
         self.page.wait_for_function("() => !!document.getElementById('view-Red')")
         self.page.evaluate(INIT_JS)
         self.page.wait_for_function(f"() => {list(VIEWS)}.every(t => window.__watch(t))")
@@ -186,3 +214,87 @@ class Page:
         path.parent.mkdir(parents=True, exist_ok=True)
         image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256)
         image.save(path, optimize=True)
+
+
+class RawClient:
+    """A websocket client that speaks wslink/trame's protocol itself (msgpack, chunked), as a script on the network
+    would: no browser, no page, only what it chooses to send.  ``cookie``: a session cookie, or none."""
+
+    def __init__(self, url: str, cookie: str | None = None) -> None:
+        import asyncio
+        import threading
+
+        # Its own loop in its own thread: Playwright's sync API already runs a loop in this one.
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.ws_url = url.replace("http", "ws", 1).rstrip("/") + "/ws"
+        self.cookie = cookie
+        self.session = self.ws = None
+        self.client_id = None
+        self.counter = 0
+
+    def connect(self) -> None:
+        """Open the websocket (aiohttp.WSServerHandshakeError when the server refuses the upgrade)."""
+        import aiohttp
+
+        async def go():
+            self.session = aiohttp.ClientSession()
+            headers = {"Cookie": self.cookie} if self.cookie else {}
+            try:
+                self.ws = await self.session.ws_connect(self.ws_url, headers=headers, ssl=UNVERIFIED)
+            except Exception:
+                await self.session.close()
+                raise
+        self._run(go())
+
+    def hello(self) -> dict:
+        reply = self._call("system:c0:0", "wslink.hello", [{"secret": "wslink-secret"}])
+        if "result" in reply:
+            self.client_id = reply["result"]["clientID"]
+        return reply
+
+    def call(self, method: str, *args) -> dict:
+        """One RPC: the reply's ``result`` or ``error`` (wslink's wrapper)."""
+        self.counter += 1
+        return self._call(f"rpc:{self.client_id or 'c0'}:{self.counter}", method, list(args))
+
+    def _call(self, rpc_id: str, method: str, args: list) -> dict:
+        import asyncio
+
+        import aiohttp
+        import msgpack
+        from wslink.chunking import UnChunker, generate_chunks
+
+        async def go():
+            message = msgpack.packb({"wslink": "1.0", "id": rpc_id, "method": method, "args": args, "kwargs": {}})
+            try:
+                for chunk in generate_chunks(message, 4_000_000):
+                    await self.ws.send_bytes(chunk)
+            except aiohttp.ClientConnectionError as error:  # the server closed this websocket
+                return {"closed": str(error)}
+            unchunker = UnChunker()
+            unchunker.set_max_message_size(1 << 30)
+            while True:
+                received = await asyncio.wait_for(self.ws.receive(), 30)
+                if received.type != aiohttp.WSMsgType.BINARY:
+                    return {"closed": str(received.type)}
+                full = unchunker.process_chunk(received.data)
+                if full is not None:
+                    reply = full if isinstance(full, dict) else msgpack.unpackb(full)
+                    if reply.get("id") == rpc_id:
+                        return reply
+        return self._run(go())
+
+    def close(self) -> None:
+        async def go():
+            if self.ws is not None:
+                await self.ws.close()
+            if self.session is not None:
+                await self.session.close()
+        self._run(go())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def _run(self, coroutine):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)

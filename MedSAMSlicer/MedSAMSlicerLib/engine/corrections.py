@@ -26,7 +26,6 @@ bound.  The rule has no threshold of its own to tune.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,10 +240,3 @@ class CorrectableObject:
         return sorted((s for s, v in self.scores.items() if v < threshold and s not in self.locked),
                       key=lambda s: self.scores[s])
 
-
-def copy_object(target: CorrectableObject) -> CorrectableObject:
-    """An independent copy (same session), for comparing two corrections."""
-    twin = copy.copy(target)
-    twin.masks, twin.scores, twin.keys = dict(target.masks), dict(target.scores), dict(target.keys)
-    twin.locked, twin._history = set(target.locked), list(target._history)  # noqa: SLF001 - its own state, copied
-    return twin

@@ -7,7 +7,6 @@ engine picks the bounded or the open rule by whether a range is given) or None (
 
 from __future__ import annotations
 
-from ..errors import OptionError
 from ..protocol import PropagationSettings
 from .propagation import AUTO, PropagationOptions
 
@@ -19,12 +18,6 @@ def propagation_options(settings: PropagationSettings) -> PropagationOptions:
 
 
 def propagation_settings(options: PropagationOptions) -> PropagationSettings:
-    slice_range = None
-    if options.slice_range is not None:
-        low, high = options.slice_range
-        if low is None or high is None:  # the corrective walk's one-sided ranges stay inside the engine
-            raise OptionError("an open-ended slice range cannot be sent to an engine server; give both ends")
-        slice_range = (low, high)
-    return PropagationSettings(rule=options.rule, slice_range=slice_range, stop=options.stop is not None,
+    return PropagationSettings(rule=options.rule, slice_range=options.slice_range, stop=options.stop is not None,
                                largest_component=options.largest_component, fill_holes=options.fill_holes,
                                margin=options.margin)

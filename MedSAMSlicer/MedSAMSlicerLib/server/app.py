@@ -83,8 +83,8 @@ class PropagationSettings(Strict):
         return protocol.PropagationSettings.from_json(self.model_dump())
 
 
-def _checked_key_boxes(value: dict[str, list[float]]) -> dict[str, list[float]]:
-    """Key boxes by slice (JSON keys are strings): each key an integer, each box four numbers."""
+def checked_key_boxes(value: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Key boxes as JSON gives them: integer slice keys (JSON keys are strings), four numbers each."""
     for key, box in value.items():
         if not key.lstrip("-").isdigit():
             raise ValueError(f"key slice {key!r} is not an integer")
@@ -98,7 +98,10 @@ class PropagateRequest(Strict):
     options: PropagationSettings = PropagationSettings()
     request_id: RequestId = None
 
-    _keys = field_validator("key_boxes")(_checked_key_boxes)
+    @field_validator("key_boxes")
+    @classmethod
+    def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        return checked_key_boxes(value)
 
     def to_protocol(self) -> dict[int, Box]:
         """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
@@ -118,7 +121,10 @@ class ObjectRequest(Strict):
     options: ObjectSettings = ObjectSettings()
     request_id: RequestId = None
 
-    _keys = field_validator("key_boxes")(_checked_key_boxes)
+    @field_validator("key_boxes")
+    @classmethod
+    def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        return checked_key_boxes(value)
 
 
 class ActionRequest(Strict):
