@@ -208,6 +208,7 @@ class PrefetchWish:
     grid: Any
     indices: list
     failures: int = 0
+    last_answer: float = field(default_factory=time.monotonic)  # when a step of it last got an answer
 
 
 class BoxSegmentationLogic:
@@ -620,12 +621,13 @@ class BoxSegmentationLogic:
             remote = self._remote.get(wish.key)
             if remote is None:
                 self._open_step(wish.grid, *wish.key, budget)  # the request goes at the next poll
+                wish.failures, wish.last_answer = 0, time.monotonic()
                 return
             remote.prefetch(wish.indices, timeout=budget)
             self._prefetch = None
         except EngineUnavailable as error:  # slow or gone: retried at the next polls, then given up
             wish.failures += 1
-            if wish.failures >= UNREACHABLE_POLLS:
+            if wish.failures >= UNREACHABLE_POLLS and time.monotonic() - wish.last_answer >= UNREACHABLE_SECONDS:
                 log.info("prefetch given up: %s", first_line(error))
                 self._prefetch = None
         except Exception as error:  # noqa: BLE001 - a prefetch never reaches the user; the operation reports

@@ -68,6 +68,9 @@ ENGINE_PACKAGES = (
     Package("tqdm", "tqdm>=4.66", "progress bars of the command line"),
     Package("PIL", "pillow>=9", "images of the study report"),
     Package("matplotlib", "matplotlib>=3.7", "plots of the study report"),
+    Package("pydicom", "pydicom>=3.0", "reading DICOM tags"),
+    Package("highdicom", "highdicom>=0.23", "writing and reading DICOM SEG"),
+    Package("dicomweb_client", "dicomweb-client>=0.61", "talking to a PACS (DICOMweb)"),
 )
 
 

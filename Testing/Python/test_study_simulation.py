@@ -202,5 +202,12 @@ def test_simulate_command(lesion, tmp_path, cache):
     assert (tmp_path / "simulation.md").exists() and (tmp_path / "simulation.png").exists()
     text = study_text(summary)
     assert "estimated time saved" in text and "82.37" in text and "review_slice_s 4" in text
+    # the time model with sources: a fraction, its range over the sensitivity table, a source for every constant
+    low, high = summary["saved_range"]
+    assert low <= summary["saved_fraction"] <= high <= 1.0
+    model = summary["time_model"]
+    assert set(model["constant_sources"].values()) <= set(summary["sources"])
+    assert {row["constant"] for row in model["sensitivity"]} >= set(model["constants"])
+    assert "time model" in text
     with pytest.raises(OptionError):
         run_study(parser.parse_args(["study", "simulate", str(case.image), "--time", "coffee_s=1"]))

@@ -26,16 +26,14 @@ bound.  The rule has no threshold of its own to tune.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import BoxError
 from . import axes
 from .boxes import Box, checked_box
-from ..errors import BoxError
-from .propagation import (PropagationOptions, RegionStats, SliceObservation, _iou, model_box_from_previous,
-                          propagate)
+from .propagation import PropagationOptions, RegionStats, SliceObservation, _iou, model_box_from_previous, propagate
 from .session import VolumeSession, check_box_type, check_index_type
 
 
@@ -242,10 +240,3 @@ class CorrectableObject:
         return sorted((s for s, v in self.scores.items() if v < threshold and s not in self.locked),
                       key=lambda s: self.scores[s])
 
-
-def copy_object(target: CorrectableObject) -> CorrectableObject:
-    """An independent copy (same session), for comparing two corrections."""
-    twin = copy.copy(target)
-    twin.masks, twin.scores, twin.keys = dict(target.masks), dict(target.scores), dict(target.keys)
-    twin.locked, twin._history = set(target.locked), list(target._history)
-    return twin

@@ -142,7 +142,8 @@ class BoxBaseline:
             a = self.keys[below[-1]] if below else self.keys[above[0]]
             b = self.keys[above[0]] if above else a
             t = 0.0 if not (below and above) or above[0] == below[-1] else (index - below[-1]) / (above[0] - below[-1])
-            x0, y0, x1, y1 = (round(u + t * (v - u)) for u, v in zip((a.x0, a.y0, a.x1, a.y1), (b.x0, b.y0, b.x1, b.y1)))
+            corners = zip((a.x0, a.y0, a.x1, a.y1), (b.x0, b.y0, b.x1, b.y1))
+            x0, y0, x1, y1 = (round(u + t * (v - u)) for u, v in corners)
             plane = np.zeros(self.session.slice_shape, dtype=bool)
             plane[int(y0):int(y1) + 1, int(x0):int(x1) + 1] = True
             axes.put_slice(volume, self.session.np_axis, index, plane)

@@ -108,10 +108,15 @@ class SliceRequest:
         return cls(int(body["index"]), Box.from_json(body["box"]), bool(body.get("allow_degenerate", False)))
 
 
+def _end(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 @dataclass(frozen=True)
 class PropagationSettings:
     rule: str = "ours"  # "ours" or "official"
-    slice_range: tuple[int, int] | None = None  # inclusive; None: the whole volume
+    # inclusive; None: the whole volume; a None end is open on that side (that side keeps the stop rule)
+    slice_range: tuple[int | None, int | None] | None = None
     stop: bool = True  # ours: stop where the object ends (the engine picks the rule for a range or none)
     largest_component: bool = False
     fill_holes: bool = False
@@ -128,7 +133,7 @@ class PropagationSettings:
             return body
         body = body or {}
         found = body.get("slice_range")
-        slice_range = None if found is None else (int(found[0]), int(found[1]))
+        slice_range = None if found is None else (_end(found[0]), _end(found[1]))
         return cls(str(body.get("rule", "ours")), slice_range, bool(body.get("stop", True)),
                    bool(body.get("largest_component", False)), bool(body.get("fill_holes", False)),
                    int(body.get("margin", 3)))

@@ -83,6 +83,16 @@ class PropagationSettings(Strict):
         return protocol.PropagationSettings.from_json(self.model_dump())
 
 
+def checked_key_boxes(value: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Key boxes as JSON gives them: integer slice keys (JSON keys are strings), four numbers each."""
+    for key, box in value.items():
+        if not key.lstrip("-").isdigit():
+            raise ValueError(f"key slice {key!r} is not an integer")
+        if len(box) != 4:
+            raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
+    return value
+
+
 class PropagateRequest(Strict):
     key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
     options: PropagationSettings = PropagationSettings()
@@ -91,12 +101,7 @@ class PropagateRequest(Strict):
     @field_validator("key_boxes")
     @classmethod
     def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
-        for key, box in value.items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"key slice {key!r} is not an integer")
-            if len(box) != 4:
-                raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
-        return value
+        return checked_key_boxes(value)
 
     def to_protocol(self) -> dict[int, Box]:
         """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
@@ -116,7 +121,10 @@ class ObjectRequest(Strict):
     options: ObjectSettings = ObjectSettings()
     request_id: RequestId = None
 
-    _keys = field_validator("key_boxes")(PropagateRequest._keys.__func__)
+    @field_validator("key_boxes")
+    @classmethod
+    def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        return checked_key_boxes(value)
 
 
 class ActionRequest(Strict):

@@ -29,14 +29,13 @@ from typing import Callable, Optional, TypeVar
 import numpy as np
 
 from ..engine import EmbeddingCache, VolumeSession, propagation_options
-from ..engine.propagation import CancelToken, propagate
 from ..engine.corrections import CorrectableObject
-from ..engine.propagation import AUTO, PropagationOptions
-from ..protocol.wire import pack_mask
+from ..engine.propagation import AUTO, CancelToken, PropagationOptions, propagate
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
 from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
 from ..protocol.axes import take_slice
 from ..protocol.boxes import checked_box
+from ..protocol.wire import pack_mask
 from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_private_dir
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
@@ -372,8 +371,9 @@ class Engine:
         options = propagation_options(settings)
         if not key_boxes:
             raise BoxError("propagation needs at least one key box")
-        slice_range = settings.slice_range
-        low, high = slice_range if slice_range is not None else (0, prepared.slice_count - 1)
+        # a job's size for its progress: an open (None) end counts to the volume's edge
+        low, high = settings.slice_range or (None, None)
+        low, high = (0 if low is None else low), (prepared.slice_count - 1 if high is None else high)
         job, new = self._new_job(owner, session.id, max(0, high - low + 1), request_id)
         if not new:
             return job.describe()
