@@ -859,13 +859,15 @@ class BoxSegmentationLogic:
             self.edit_watcher.stop()
             self.edit_watcher = None
 
-    def open_case(self, volume_node, folder: str, reader: str = "anonymous", mode: str = "assisted"):
-        """Start the time log of this volume (a case); closes the previous one."""
+    def open_case(self, volume_node, folder: str, reader: str = "anonymous", mode: str = "assisted",
+                  case_id: Optional[str] = None):
+        """Start the time log of this volume (a case); closes the previous one.  ``case_id``: a study plan's id
+        for the case (default: the pseudonym of the volume's name)."""
         from .timelog_table import CaseTimeLog
 
         self.close_case()
         grid = self.grid(volume_node)
-        self.time_log = CaseTimeLog(self.scene, folder, volume_node.GetName(), reader, mode)
+        self.time_log = CaseTimeLog(self.scene, folder, volume_node.GetName(), reader, mode, case_id)
         self._log("case_opened", slices=int(grid.shape_kji[0]), axis="k")
         return self.time_log
 

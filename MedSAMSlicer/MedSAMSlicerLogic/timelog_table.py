@@ -38,9 +38,9 @@ class CaseTimeLog:
     """A :class:`timelog.SessionLog` for one case, each event also appended as a row of the table node."""
 
     def __init__(self, scene, folder: str | Path, source_name: str, reader: str = "anonymous",
-                 mode: str = "assisted") -> None:
+                 mode: str = "assisted", case_id: str | None = None) -> None:
         self.folder = Path(folder)
-        self.case_id = timelog.case_pseudonym(self.folder, source_name)
+        self.case_id = case_id or timelog.case_pseudonym(self.folder, source_name)
         self.session = timelog.SessionLog(self.folder, self.case_id, reader=reader, mode=mode)
         self.table = time_log_table(scene)
         self.table.SetAttribute("MedSAMSlicer.LogFile", str(self.session.path))

@@ -29,7 +29,7 @@ WINDOWS = {  # engine window -> display (window, level); "auto": the engine deci
 }
 RANGE_MODES = {"auto": "box thickness, else stop rule", "roi": "what the boxes cover", "stop": "whole volume"}
 SAVE_FORMATS = (".seg.nrrd", ".nii.gz")
-TOOLS = ("none", "paint", "erase", "scissors")
+TOOLS = ("none", "paint", "erase", "draw", "scissors")
 VIEW_TAGS = ("Red", "Yellow", "Green")
 EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
 # Every state value the page may set, with its check (``security.StateGate`` runs it before trame applies it).
@@ -50,7 +50,7 @@ class WebApp:
 
     def __init__(self, engine, images: list[str], log_folder: Optional[str] = None, reader: str = "anonymous",
                  out_folder: Optional[str] = None, volume_rendering: bool = False, sessions=None,
-                 ssl_context=None, owner: Optional[str] = None, pacs=None) -> None:
+                 ssl_context=None, owner: Optional[str] = None, pacs=None, study=None) -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -98,6 +98,9 @@ class WebApp:
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
         self.volume = None
         self.segmentation = None
+        self.study = study  # MedSAMSlicerLib.study.arms.StudyMode (--study): the plan's rows are the worklist
+        if study is not None:
+            images = [case.image for case in study.cases]
         self.images = list(images)  # the worklist (--cases, or the images given): the page picks by number only
         self.case_index = -1
         self._saved_cases: set[int] = set()
@@ -115,6 +118,7 @@ class WebApp:
             active_time="0:00", log_path="", save_name="", save_overwrite=False, save_formats=list(SAVE_FORMATS),
             out_folder=str(self.out_folder) if self.out_folder else "", volume_name="", last_action="",
             reader=self.reader_id(), log_folder=log_folder or "", warning="", cases=[], case_index=-1,
+            study=study is not None, arm="",
             pacs=pacs is not None, pacs_studies=[], pacs_study=None, pacs_series_items=[], pacs_series=None,
         )
         self.state.update(initial)
@@ -163,14 +167,17 @@ class WebApp:
     def _case_status(self, index: int) -> str:
         """Done: a segmentation of the case saved (this session, or ``STEM-medsam*`` already in the output folder);
         in progress: the case open now; else not started.  The output folder is the reader's own (one per app)."""
+        if self.study is not None:  # the plan's row is done when its log holds an accept
+            status = self.study.status(index, self.reader_id())
+            return "in progress" if status == "not started" and index == self.case_index else status
         stem = Path(self.images[index]).name.split(".")[0]
         saved = index in self._saved_cases or (self.out_folder is not None and any(
             (self.out_folder / f"{stem}-medsam{suffix}").exists() for suffix in SAVE_FORMATS))
         return "done" if saved else "in progress" if index == self.case_index else "not started"
 
     def _show_cases(self) -> None:
-        self.state.cases = [dict(name=Path(image).name, status=self._case_status(n))
-                            for n, image in enumerate(self.images)]
+        self.state.cases = [dict(name=Path(image).name + (f" ({self.study.cases[n].mode})" if self.study else ""),
+                                 status=self._case_status(n)) for n, image in enumerate(self.images)]
         self.state.case_index = self.case_index
 
     def open_case(self, index) -> None:
@@ -179,6 +186,9 @@ class WebApp:
             raise ValueError("no such case in the worklist")
         if self.logic.busy:
             raise ValueError("wait for the running operation (or cancel it) first")
+        if self.study is not None:
+            self._open_study_case(index)
+            return
         logging_on = self.logic.time_log is not None
         if logging_on:
             self.logic.close_case()
@@ -190,8 +200,68 @@ class WebApp:
         self._show_cases()
         self._say(f"case {index + 1} of {len(self.images)}: {Path(self.images[index]).name}", action="case_opened")
 
+    # -- study mode (--study): the rules live in MedSAMSlicerLib.study.arms; this only applies them ------------
+    def arm(self) -> str:
+        """The arm of the open study case ("" outside study mode)."""
+        if self.study is None or not 0 <= self.case_index < len(self.images):
+            return ""
+        return self.study.cases[self.case_index].mode
+
+    def _check_arm(self, action: str) -> None:
+        from MedSAMSlicerLib.study.arms import check_action
+
+        check_action(self.arm(), action)
+
+    def _open_study_case(self, index: int) -> None:
+        """Open the plan's next row (no other: the plan's order is the protocol), start its time log under the
+        plan's case id and arm; the manual arm starts with an empty segment for the Segment Editor tools."""
+        from MedSAMSlicerLogic.box_segmentation import ObjectState
+        from MedSAMSlicerLogic.edit_watch import ManualEditWatcher
+
+        expected = self.study.next_index(self.reader_id())
+        if index != expected:
+            raise ValueError("the study is done" if expected is None
+                             else f"the study's order: case {expected + 1} comes next")
+        self.logic.close_case()
+        self.case_index = index
+        case = self.study.cases[index]
+        self.load(case.image)
+        self.logic.open_case(self.volume, str(self.study.log_folder), self.reader_id(), case.mode, case.case_id)
+        if case.mode == "manual":
+            segment_id = self.segmentation.GetSegmentation().AddEmptySegment("manual")
+            self.logic.current = ObjectState(segmentation_id=self.segmentation.GetID(), segment_id=segment_id)
+            self.logic.edit_watcher = ManualEditWatcher(self.segmentation, segment_id, self.volume, 0)
+        self.state.update(dict(arm=case.mode, log_running=True, log_path=str(self.logic.time_log.path)))
+        self._show_cases()
+        self._say(f"study case {index + 1} of {len(self.images)} ({case.mode} arm)", action="case_opened")
+
+    def finish_case(self) -> None:
+        """Study mode: accept the case's object, stop its time log, open the plan's next row."""
+        if self.study is None or self.logic.time_log is None:
+            raise ValueError("no study case is open")
+        if self.logic.busy:
+            raise ValueError("wait for the running operation (or cancel it) first")
+        self.logic.collect_manual_edits()
+        self.logic.accept(self.volume)
+        self.logic.close_case()
+        self.state.update(dict(log_running=False, tool="none"))
+        self.editor.deactivate_effect()
+        following = self.study.next_index(self.reader_id())
+        if following is None:
+            self.state.arm = ""
+            self._show_cases()
+            self._say("study done: every case of the plan is finished", action="study_done")
+            return
+        self.open_case(following)
+
     def next_case(self) -> None:
         """The next case that is not done (after the current one, then from the top)."""
+        if self.study is not None:
+            following = self.study.next_index(self.reader_id())
+            if following is None:
+                raise ValueError("the study is done")
+            self.open_case(following)
+            return
         order = [(self.case_index + step) % len(self.images) for step in range(1, len(self.images) + 1)]
         following = next((n for n in order if self._case_status(n) != "done" and n != self.case_index), None)
         if following is None:
@@ -213,6 +283,7 @@ class WebApp:
     def draw_box(self, new_object: bool = True) -> None:
         """Arm the drag: the next press-drag-release in a slice view is the box."""
         self._need_volume()
+        self._check_arm("draw_box" if new_object else "key_box")
         self.editor.deactivate_effect()
         self.state.tool = "none"
         self._new_object = new_object
@@ -235,11 +306,13 @@ class WebApp:
 
     def segment_slice(self) -> None:
         self._need_volume()
+        self._check_arm("segment_slice")
         self._start(lambda: self.logic.start_segment_slice(
             self.volume, None, self.segmentation, None, self.state.window))
 
     def propagate(self) -> None:
         self._need_volume()
+        self._check_arm("propagate")
         self._start(lambda: self.logic.start_propagation(
             self.volume, None, self.segmentation, None, self.state.window, self.state.range_mode,
             stop=bool(self.state.stop_rule), largest_component=bool(self.state.largest_component),
@@ -271,6 +344,8 @@ class WebApp:
 
     def accept(self) -> None:
         try:
+            if self.arm() == "manual":
+                raise ValueError("in the manual arm, Finish case accepts what you drew")
             segment_id = self.logic.accept(self.volume)
             self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
         except Exception as error:  # noqa: BLE001
@@ -285,11 +360,11 @@ class WebApp:
 
     def set_tool(self, tool: str) -> None:
         """The Segment Editor's manual tools on the current object's segment (its undo is Segment Editor's)."""
-        from trame_slicer.segmentation import (SegmentationEffectErase, SegmentationEffectPaint,
-                                               SegmentationEffectScissors)
+        from trame_slicer.segmentation import (SegmentationEffectDraw, SegmentationEffectErase,
+                                               SegmentationEffectPaint, SegmentationEffectScissors)
 
         effects = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase,
-                   "scissors": SegmentationEffectScissors}
+                   "draw": SegmentationEffectDraw, "scissors": SegmentationEffectScissors}
         if not isinstance(tool, str) or tool not in effects:  # "none", or anything else a page sends
             self.editor.deactivate_effect()
             self.state.tool = "none"
@@ -401,6 +476,8 @@ class WebApp:
                           prompts={"boxes": self.app_state()["boxes"]}, edited_after=self.edited)
 
     def toggle_time_log(self) -> None:
+        if self.study is not None:
+            raise ValueError("in study mode the time log starts and stops with each case")
         if self.logic.time_log is not None:
             self.logic.close_case()
             self.state.log_running = False
@@ -688,6 +765,11 @@ class WebApp:
                                 disabled=("busy || !pacs_series",), classes="mb-2")
                     v3.VSelect(label="Window", v_model=("window",), items=("windows",), id="window",
                                density="compact", hide_details=True, classes="mb-2")
+                    html.Div("Study: {{ arm }} arm", v_show=("study && arm",), id="arm", classes="text-subtitle-2")
+                    v3.VBtn("Finish case", id="btn-finish-case", click=g(self.finish_case), block=True,
+                            v_show=("study && arm",), disabled=("busy",), color="primary", classes="mb-2")
+                    medsam = html.Div(v_show=("arm !== 'manual'",), id="medsam-controls")
+                    medsam.__enter__()
                     with v3.VRow(dense=True):
                         with v3.VCol(cols=6):
                             v3.VBtn("Draw box", id="btn-box", click=g(lambda: self.draw_box(True)), block=True,
@@ -727,10 +809,11 @@ class WebApp:
                         with v3.VCol(cols=12):
                             v3.VBtn("Next object", id="btn-next", click=g(self.next_object), block=True,
                                     disabled=("busy",))
+                    medsam.__exit__(None, None, None)  # the manual arm hides the model's controls (and refuses them)
                     html.Div("Refine", classes="text-caption mt-2")
                     with v3.VBtnToggle(v_model=("tool",), density="compact", mandatory=True, divided=True,
                                        update_modelValue=(g(self.set_tool), "[$event]")):
-                        for tool in ("none", "paint", "erase", "scissors"):
+                        for tool in TOOLS:
                             v3.VBtn(tool, value=tool, id=f"tool-{tool}", size="small")
                     html.Div("Save (into the output folder)", classes="text-caption mt-2")
                     v3.VTextField(label="File name", v_model=("save_name",), id="save-name", density="compact",
@@ -742,7 +825,7 @@ class WebApp:
                     html.Div("{{ warning }}", id="warning", classes="text-warning", v_show=("warning",))
                     html.Div("Time log: reader {{ reader }}", classes="text-caption mt-2", id="reader")
                     with v3.VRow(dense=True, classes="mt-1"):
-                        with v3.VCol(cols=6):
+                        with v3.VCol(cols=6, v_show=("!study",)):
                             v3.VBtn("{{ log_running ? 'Stop log' : 'Start log' }}", id="btn-log",
                                     click=g(self.toggle_time_log), block=True)
                         with v3.VCol(cols=6):
@@ -766,7 +849,14 @@ class WebApp:
         from .box_drag import BoxDrag
 
         self._drag = BoxDrag(self.slicer_app.view_manager.get_slice_views(), self.slicer_app.scene, self._on_box)
-        if self.images:
+        if self.study is not None:
+            following = self.study.next_index(self.reader_id())
+            if following is not None:
+                self.open_case(following)
+            else:
+                self._show_cases()
+                self._say("study done: every case of the plan is finished")
+        elif self.images:
             self.case_index = 0
             self.load(self.images[0])
             self._show_cases()

@@ -111,9 +111,10 @@ def start_engine(folder: Path, cache_dir: str | None = None) -> tuple[subprocess
 def start_app(folder: Path, image: Path, engine_url: str, token: Path, extra: tuple = (),
               reader: str | None = "tester", scheme: str = "http") -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", str(image), "--server", engine_url,
-               "--token-file", str(token), "--port", str(port), "--log-folder", str(folder / "logs"),
-               "--out-folder", str(folder), *(["--reader", reader] if reader else []), *extra]
+    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", *([str(image)] if image else []),  # "": --study
+               "--server", engine_url, "--token-file", str(token), "--port", str(port),
+               "--log-folder", str(folder / "logs"), "--out-folder", str(folder),
+               *(["--reader", reader] if reader else []), *extra]
     process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT, env=_env(),
                                start_new_session=True)
     url = f"{scheme}://127.0.0.1:{port}/"

@@ -22,6 +22,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     web.add_argument("--cases", metavar="FOLDER|LIST", help="a worklist: the scans in FOLDER (sorted), or the "
                      "files a text file LIST names (one a line, relative to the list); the page's 'Next case' opens "
                      "the next one not done")
+    web.add_argument("--study", metavar="PLAN", help="study mode: the case list of `medsam-slicer study plan` "
+                     "(needs --reader and --log-folder, the plan's --logs): the page opens the reader's cases in the "
+                     "plan's order and arm, hides and refuses MedSAM in the manual arm, logs each case by itself")
     web.add_argument("--server", metavar="URL", help="engine server to use (default: start a local one)")
     web.add_argument("--token-file", help="the server's token (default: the file `serve` wrote for the URL's port, "
                                           "~/.config/medsam-slicer/server-PORT.token)")
@@ -55,7 +58,10 @@ def run_web(args: argparse.Namespace) -> dict:
         import trame_slicer  # noqa: F401
     except ImportError:
         raise OptionError("the web app needs trame-slicer: pip install 'medsam-slicer[web]'") from None
+    study = _study(args) if args.study else None
     images = list(args.images) + (_worklist(args.cases) if args.cases else [])
+    if study is not None:
+        images = [case.image for case in study.cases]
     for image in images:
         if not Path(image).is_file():
             raise OptionError(f"{image}: no such file")
@@ -73,7 +79,7 @@ def run_web(args: argparse.Namespace) -> dict:
     from MedSAMSlicerWeb.app import WebApp
 
     app = WebApp(engine, images, log_folder=args.log_folder, reader=args.reader, out_folder=args.out_folder,
-                 volume_rendering=args.volume_rendering, pacs=pacs, **security)
+                 volume_rendering=args.volume_rendering, pacs=pacs, study=study, **security)
     scheme = "https" if security["ssl_context"] is not None else "http"
     print(f"{scheme}://{args.host}:{args.port}/", flush=True)
     try:
@@ -82,6 +88,22 @@ def run_web(args: argparse.Namespace) -> dict:
         if args.server is None:
             engine.stop()
     return {"stopped": True}
+
+
+def _study(args: argparse.Namespace):
+    """``--study PLAN``: checked before anything starts (every scan here, case ids from the log folder's key)."""
+    from ..study.arms import StudyMode
+    from ..study.timelog import log_path
+
+    if args.images or args.cases or args.dicomweb:
+        raise OptionError("--study takes its cases from the plan: leave out IMAGE, --cases and --dicomweb")
+    if not args.reader or not args.log_folder:
+        raise OptionError("--study needs --reader (the reader's id in the logs) and --log-folder (the plan's --logs)")
+    try:
+        log_path(".", "check", args.reader, "manual")
+    except ValueError as error:
+        raise OptionError(f"--reader: {error}") from None
+    return StudyMode.load(args.study, args.log_folder)
 
 
 SCAN_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".nhdr")
