@@ -83,29 +83,29 @@ class PropagationSettings(Strict):
         return protocol.PropagationSettings.from_json(self.model_dump())
 
 
-def checked_key_boxes(value: dict[str, list[float]]) -> dict[str, list[float]]:
-    """Key boxes as JSON gives them: integer slice keys (JSON keys are strings), four numbers each."""
-    for key, box in value.items():
-        if not key.lstrip("-").isdigit():
-            raise ValueError(f"key slice {key!r} is not an integer")
-        if len(box) != 4:
-            raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
-    return value
+class KeyBoxesRequest(Strict):
+    """Key boxes by slice, as JSON gives them: integer slice keys (JSON keys are strings), four numbers each."""
 
-
-class PropagateRequest(Strict):
     key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
-    options: PropagationSettings = PropagationSettings()
     request_id: RequestId = None
 
     @field_validator("key_boxes")
     @classmethod
     def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
-        return checked_key_boxes(value)
+        for key, box in value.items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"key slice {key!r} is not an integer")
+            if len(box) != 4:
+                raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
+        return value
 
     def to_protocol(self) -> dict[int, Box]:
         """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
         return {int(k): Box.from_json(v) for k, v in self.key_boxes.items()}
+
+
+class PropagateRequest(KeyBoxesRequest):
+    options: PropagationSettings = PropagationSettings()
 
 
 class ObjectSettings(Strict):
@@ -114,17 +114,10 @@ class ObjectSettings(Strict):
     margin: StrictInt = Field(3, ge=0, le=64)
 
 
-class ObjectRequest(Strict):
+class ObjectRequest(KeyBoxesRequest):
     """A correctable object: its first key boxes and range."""
 
-    key_boxes: dict[str, list[float]] = Field(min_length=1, max_length=1024)
     options: ObjectSettings = ObjectSettings()
-    request_id: RequestId = None
-
-    @field_validator("key_boxes")
-    @classmethod
-    def _keys(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
-        return checked_key_boxes(value)
 
 
 class ActionRequest(Strict):
@@ -262,7 +255,7 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
 
     @app.post("/sessions/{session_id}/objects")
     def start_object(session_id: str, body: ObjectRequest, request: Request) -> dict:
-        key_boxes = {int(k): Box.from_json(v) for k, v in body.key_boxes.items()}
+        key_boxes = body.to_protocol()
         options = body.options.model_dump()
         return engine.start_object(owner(request), session_id, key_boxes, options, body.request_id)
 
