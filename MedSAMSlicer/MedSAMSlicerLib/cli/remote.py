@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..client import EngineClient, read_token_file
-from ..engine import propagation_settings
 from ..errors import Cancelled, OptionError
 from ..protocol import Box, PropagationResult, SessionSpec, SliceResult
 
@@ -82,6 +81,8 @@ class RemoteSession:
         return SliceResult(index, mask, score, box)
 
     def propagate(self, key_boxes: dict, options, progress=None) -> PropagationResult:
+        from ..engine.settings import propagation_settings  # here, not at the top: `--help` must not load torch
+
         job = self.handle.propagate(key_boxes, propagation_settings(options))
         try:
             result = job.result(progress)
