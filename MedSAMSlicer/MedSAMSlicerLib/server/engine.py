@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Protocol, TypeVar
 
 import numpy as np
 
@@ -40,7 +40,15 @@ from .volumes import VolumeStore, checked_fingerprint, checked_volume, sweep_pri
 from .worker import INTERACTIVE, PREFETCH, PROPAGATION, ModelWorker, SerialSegmenter, priority
 
 log = logging.getLogger(__name__)
-Owned = TypeVar("Owned", "ClientSession", "Job")
+
+
+class _HasOwner(Protocol):
+    owner: str
+
+
+Owned = TypeVar("Owned", bound=_HasOwner)  # sessions and jobs, here and on the Ray ingress
+NO_SUCH_SESSION = "no such session (it expired, was closed, or belongs to another client)"
+NO_SUCH_JOB = "no such job (it finished long ago, or belongs to another client)"
 _MiB = 1 << 20
 _job_local = threading.local()  # the job whose thread is running, to count its encoder calls
 
@@ -301,8 +309,7 @@ class Engine:
 
     def session(self, owner: str, session_id: str) -> ClientSession:
         with self._lock:
-            session = _owned(self.sessions, session_id, owner,
-                             "no such session (it expired, was closed, or belongs to another client)")
+            session = owned_entry(self.sessions, session_id, owner, NO_SUCH_SESSION)
             session.last_used = time.monotonic()
             return session
 
@@ -520,7 +527,7 @@ class Engine:
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> Job:
         with self._lock:
-            job = _owned(self.jobs, job_id, owner, "no such job (it finished long ago, or belongs to another client)")
+            job = owned_entry(self.jobs, job_id, owner, NO_SUCH_JOB)
             job.last_seen = time.monotonic()
             session = self.sessions.get(job.session_id)
             if session is not None:
@@ -567,7 +574,7 @@ class Engine:
                 "local_dir": str(self.private_dir), "warnings": list(self.warnings)}
 
 
-def _owned(table: dict[str, Owned], key: str, owner: str, missing: str) -> Owned:
+def owned_entry(table: dict[str, Owned], key: str, owner: str, missing: str) -> Owned:
     """The entry of ``table`` under ``key`` if ``owner`` owns it; else 404, as if it did not exist."""
     item = table.get(key)
     if item is None or not secrets.compare_digest(item.owner, owner):

@@ -40,7 +40,7 @@ from ray.serve.exceptions import ReplicaUnavailableError
 
 from ..errors import ERROR_CLASSES, MedSAMError, ServiceError, first_line
 from ..protocol import Box, PropagationSettings, SessionSpec, SliceRequest, wire
-from .engine import Engine, ServerConfig
+from .engine import NO_SUCH_JOB, NO_SUCH_SESSION, Engine, ServerConfig, owned_entry
 from .volumes import checked_fingerprint
 
 log = logging.getLogger(__name__)
@@ -562,10 +562,7 @@ class FrontEngine:
 
     def session(self, owner: str, session_id: str) -> FrontSession:
         with self._lock:
-            session = self.sessions.get(session_id)
-            if session is None or not secrets.compare_digest(session.owner, owner):
-                raise ServiceError("no such session (it expired, was closed, or belongs to another client)",
-                                   "not_found", 404)
+            session = owned_entry(self.sessions, session_id, owner, NO_SUCH_SESSION)
             session.last_used = time.monotonic()
             return session
 
@@ -691,10 +688,7 @@ class FrontEngine:
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> FrontJob:
         with self._lock:
-            job = self.jobs.get(job_id)
-            if job is None or not secrets.compare_digest(job.owner, owner):
-                raise ServiceError("no such job (it finished long ago, or belongs to another client)",
-                                   "not_found", 404)
+            job = owned_entry(self.jobs, job_id, owner, NO_SUCH_JOB)
             job.last_seen = time.monotonic()
             session = self.sessions.get(job.session_id)
             if session is not None:

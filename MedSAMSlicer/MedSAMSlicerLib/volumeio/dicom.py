@@ -31,7 +31,7 @@ import numpy as np
 from ..engine.volume import Volume
 from ..errors import InputImageError, first_line
 from .checks import check_claimed_size, check_geometry, checked_array
-from .native import native_output
+from .native import call_collecting
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +270,7 @@ def _read_with_sitk(paths: list[str], spacing, origin, direction, shown) -> np.n
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(paths)
-    failure = None
-    with native_output() as native:
-        try:
-            image = reader.Execute()
-        except RuntimeError as error:
-            failure = error
+    image, failure, native = call_collecting(reader.Execute)
     if failure is not None:
         raise InputImageError(f"cannot read the pixels of {shown}: {first_line(failure)}"
                               + (f" ({'; '.join(native)[:160]})" if native else ""))

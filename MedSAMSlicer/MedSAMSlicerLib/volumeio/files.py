@@ -27,7 +27,7 @@ from ..errors import InputImageError, MedSAMError, OutputError, first_line
 from ..paths import check_output_file, regular_file
 from .checks import checked_array as _checked_array
 from .checks import check_claimed_size, check_geometry, check_nifti_size, check_nrrd_header
-from .native import native_output
+from .native import call_collecting, native_output
 
 log = logging.getLogger(__name__)
 _MODALITY_KEYS = ("modality", "Modality", "0008|0060", "MRML_Modality")
@@ -117,12 +117,7 @@ def _read_sitk(path: Path):
     check_nrrd_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    failure = None
-    with native_output() as native:
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as error:
-            failure = error
+    _, failure, native = call_collecting(reader.ReadImageInformation)
     if failure is not None:
         raise _itk_error(path, failure, native)
     dimension, components = reader.GetDimension(), reader.GetNumberOfComponents()
@@ -133,11 +128,7 @@ def _read_sitk(path: Path):
     check_geometry(tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()), path)
     check_claimed_size(reader.GetSize(), _bytes_per_voxel(sitk.GetPixelIDValueAsString(reader.GetPixelID()), 1),
                        path)
-    with native_output() as native:
-        try:
-            image = reader.Execute()
-        except RuntimeError as error:
-            failure = error
+    image, failure, native = call_collecting(reader.Execute)
     if failure is not None:
         raise _itk_error(path, failure, native)
     for line in native:  # read fine, said something anyway (kept for -v; may include other threads' lines)

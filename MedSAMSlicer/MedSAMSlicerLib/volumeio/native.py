@@ -12,7 +12,9 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -54,3 +56,15 @@ def native_output() -> Iterator[list[str]]:
             text = ""
         sink.close()
         lines.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+def call_collecting(call: Callable[[], T]) -> tuple[T | None, RuntimeError | None, list[str]]:
+    """Run an ITK call (which raises RuntimeError on failure) under :func:`native_output`: its result or None, the
+    error or None, and what the C++ code printed.  The caller raises after the block, with the printed lines."""
+    result, failure = None, None
+    with native_output() as native:
+        try:
+            result = call()
+        except RuntimeError as error:
+            failure = error
+    return result, failure, native
