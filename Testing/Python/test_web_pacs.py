@@ -7,39 +7,21 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, load_series, save, shared_label
 from orthanc_server import orthanc  # noqa: F401  (the fixture)
-from web_driver import Page, _env, free_port, missing_browser_parts, start_engine, stop
+from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
 
 pytestmark = pytest.mark.skipif(bool(missing_browser_parts()), reason=missing_browser_parts() or "ok")
 
 
 def start_pacs_app(folder, engine_url, token, dicomweb, auth) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(_env(), MEDSAM_PACS_USER=auth[0], MEDSAM_PACS_PASSWORD=auth[1])
-    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "-v", "web", "--dicomweb", dicomweb, "--server",
-               engine_url, "--token-file", str(token), "--port", str(port), "--log-folder", str(folder / "logs")]
-    process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"web app exited: {(folder / 'app.log').read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("web app did not answer in 180 s")
+    # -v: the app's log is then as talkative as it gets, and the test checks it for patient identifiers
+    return start_app(folder, "", engine_url, token, extra=("--dicomweb", dicomweb), reader=None, cli_options=("-v",),
+                     env={"MEDSAM_PACS_USER": auth[0], "MEDSAM_PACS_PASSWORD": auth[1]})
 
 
 def _run(page: Page, button: str) -> dict:

@@ -108,15 +108,19 @@ def start_engine(folder: Path, cache_dir: str | None = None) -> tuple[subprocess
     return process, url, token
 
 
-def start_app(folder: Path, image: Path, engine_url: str, token: Path, extra: tuple = (),
-              reader: str | None = "tester", scheme: str = "http") -> tuple[subprocess.Popen, str]:
+def start_app(folder: Path, image: Path | str, engine_url: str, token: Path, extra: tuple = (),
+              reader: str | None = "tester", scheme: str = "http", cli_options: tuple = (),
+              env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``medsam-slicer [cli_options] web`` on a free loopback port, once it answers: (process, url).  ``env`` adds
+    variables to the app's environment (the PACS credentials)."""
     port = free_port()
-    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "web", *([str(image)] if image else []),  # "": --study
+    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", *cli_options, "web",
+               *([str(image)] if image else []),  # "": --study, --dicomweb
                "--server", engine_url, "--token-file", str(token), "--port", str(port),
                "--log-folder", str(folder / "logs"), "--out-folder", str(folder),
                *(["--reader", reader] if reader else []), *extra]
-    process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT, env=_env(),
-                               start_new_session=True)
+    process = subprocess.Popen(command, stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT,
+                               env={**_env(), **(env or {})}, start_new_session=True)
     url = f"{scheme}://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
