@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage import transform
 
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.engine.intensity import Window, normalize_volume
 from MedSAMSlicerLib.engine.models import build_network
 from MedSAMSlicerLib.engine.pipelines import LitePipeline, MedSAMPipeline, SamPipeline, SliceGeometry
@@ -84,6 +84,33 @@ def test_sam_input_and_box_equal_segment_anything(breast_slice):
     box = Box(10, 20, 30, 99)
     np.testing.assert_allclose(SamPipeline().box_array(box, geometry),
                                resize.apply_boxes(np.array([[10, 20, 30, 99]]), (120, 45))[0], rtol=1e-6)
+
+
+def official_lite_next_box(previous, margin=3):
+    """CVPR24_LiteMedSAM_infer.py: the previous mask resized like the image, its box at the 256 scale +- 3."""
+    height, width = previous.shape
+    scale = 256 / max(height, width)
+    small = cv2.resize(previous.astype(np.uint8), (int(width * scale + 0.5), int(height * scale + 0.5)),
+                       interpolation=cv2.INTER_AREA)
+    ys, xs = np.where(small > 0)
+    return np.array([max(0, xs.min() - margin), max(0, ys.min() - margin), min(256, xs.max() + margin),
+                     min(256, ys.max() + margin)])
+
+
+def test_each_pipeline_maps_the_previous_mask_to_the_next_model_box():
+    previous = np.zeros((120, 45), dtype=bool)
+    previous[30:80, 5:44] = True
+    geometry = SliceGeometry((120, 45), (256, 96))
+    np.testing.assert_array_equal(LitePipeline().box_from_previous_mask(previous, geometry, 3),
+                                  official_lite_next_box(previous))
+    for pipeline, model_geometry in ((MedSAMPipeline(), SliceGeometry((120, 45), (1024, 1024))),
+                                     (SamPipeline(), SliceGeometry((120, 45), (1024, 384)))):
+        expected = pipeline.box_array(Box(5, 30, 43, 79), model_geometry) + np.array([-3, -3, 3, 3])
+        got = pipeline.box_from_previous_mask(previous, model_geometry, 3)
+        np.testing.assert_allclose(got, np.clip(expected, 0, 1024), rtol=1e-6)
+        assert got.dtype == np.float32
+    for pipeline in (LitePipeline(), MedSAMPipeline(), SamPipeline()):
+        assert pipeline.box_from_previous_mask(np.zeros((120, 45), dtype=bool), geometry, 3) is None
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BoxError
-from . import axes
-from .boxes import Box, checked_box
-from .propagation import PropagationOptions, RegionStats, SliceObservation, _iou, model_box_from_previous, propagate
+from ..protocol import Box, axes, checked_box
+from .propagation import PropagationOptions, RegionStats, SliceObservation, _iou, propagate
 from .session import VolumeSession, check_box_type, check_index_type
 
 
@@ -167,8 +166,7 @@ class CorrectableObject:
             if index in self.locked:
                 return f"locked slice {index}"
             embedding = session.embedding(index)
-            model_box = model_box_from_previous(segmenter.pipeline, previous, embedding.geometry,
-                                                self.options.margin)
+            model_box = segmenter.pipeline.box_from_previous_mask(previous, embedding.geometry, self.options.margin)
             if model_box is None:
                 return f"empty mask before slice {index}"
             new, score = segmenter.predict_model_box(embedding, model_box)

@@ -2,7 +2,9 @@
 
 Input to every pipeline is one 2D uint8 slice (already windowed, see :mod:`intensity`).  Each pipeline turns it
 into the encoder's input tensor, maps a box from slice pixels to model pixels, and maps the decoder's low-resolution
-logits back to a boolean mask on the slice grid.
+logits back to a boolean mask on the slice grid.  Each pipeline owns every mapping between slice and model
+coordinates (as segment-anything's ``ResizeLongestSide`` does), including the box a propagation derives from the
+previous slice's mask (:meth:`Pipeline.box_from_previous_mask`), so no caller redoes a resize.
 
 - ``lite`` (LiteMedSAM, ``CVPR24_LiteMedSAM_infer.py``): resize the longest side to 256 with OpenCV's area
   interpolation, min-max to [0, 1], zero-pad bottom/right to 256x256; box * 256/max(H, W) truncated to integers;
@@ -20,12 +22,13 @@ channel, so we resize once and repeat.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .boxes import Box
+from ..protocol import Box, box_from_mask
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,35 @@ def longest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+class Pipeline(Protocol):
+    """One model family's pre- and post-processing: the only place that maps between slice and model pixels."""
+
+    name: str  # "lite", "medsam", "sam": the manifest's ``pipeline``
+    image_size: int  # the encoder's square input side, in model pixels
+
+    def image_tensor(self, slice_u8: np.ndarray) -> tuple[torch.Tensor, SliceGeometry]:
+        """The encoder's (1, 3, S, S) input from one windowed uint8 slice, and the geometry to map back with."""
+        ...
+
+    def box_array(self, box: Box, geometry: SliceGeometry) -> np.ndarray:
+        """A box in slice pixels as the decoder's float32 [x0, y0, x1, y1] in model pixels."""
+        ...
+
+    def box_from_previous_mask(self, previous: np.ndarray, geometry: SliceGeometry,
+                               margin: int) -> np.ndarray | None:
+        """The next slice's model box from the previous slice's mask, ``margin`` model pixels around it and
+        clipped to the model's square (None when the mask is empty: the caller falls back to the key box)."""
+        ...
+
+    def mask(self, logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
+        """The decoder's low-resolution logits as a boolean mask on the slice grid."""
+        ...
+
+    def model_scale(self, geometry: SliceGeometry) -> tuple[float, float]:
+        """Model pixels per slice pixel along (x, y)."""
+        ...
+
+
 def _min_max01(image: np.ndarray) -> np.ndarray:
     image = image.astype(np.float64)
     return (image - image.min()) / np.clip(image.max() - image.min(), a_min=1e-8, a_max=None)
@@ -47,6 +79,16 @@ def _min_max01(image: np.ndarray) -> np.ndarray:
 def _to_tensor3(image2d: np.ndarray) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(image2d, dtype=np.float32))
     return tensor[None, None].expand(1, 3, *image2d.shape).contiguous()
+
+
+def _box_around_mask(pipeline: Pipeline, previous: np.ndarray, geometry: SliceGeometry,
+                     margin: int) -> np.ndarray | None:
+    """The previous mask's bounding box mapped like any box (MedSAM and SAM map masks without a resize)."""
+    box = box_from_mask(previous)
+    if box is None:
+        return None
+    model_box = pipeline.box_array(box, geometry)
+    return np.clip(model_box + np.array([-margin, -margin, margin, margin]), 0, pipeline.image_size).astype(np.float32)
 
 
 class LitePipeline:
@@ -66,6 +108,22 @@ class LitePipeline:
     def box_array(self, box: Box, geometry: SliceGeometry) -> np.ndarray:
         ratio = self.image_size / max(geometry.original_size)
         return np.array([int(v * ratio) for v in box.as_array()], dtype=np.float32)
+
+    def box_from_previous_mask(self, previous: np.ndarray, geometry: SliceGeometry,
+                               margin: int) -> np.ndarray | None:
+        # Official (CVPR24_LiteMedSAM_infer.py): resize the mask like the image (area interpolation), pad to 256,
+        # box at the 256 scale +- margin.
+        import cv2
+
+        height, width = previous.shape
+        new_h, new_w = longest_side_shape(height, width, self.image_size)
+        small = cv2.resize(previous.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_AREA)
+        rows, cols = np.nonzero(small)
+        if rows.size == 0:
+            return None
+        size = self.image_size
+        return np.array([max(0, cols.min() - margin), max(0, rows.min() - margin),
+                         min(size, cols.max() + margin), min(size, rows.max() + margin)], dtype=np.float32)
 
     def mask(self, logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
         new_h, new_w = geometry.input_size
@@ -94,6 +152,10 @@ class MedSAMPipeline:
     def box_array(self, box: Box, geometry: SliceGeometry) -> np.ndarray:
         height, width = geometry.original_size
         return (box.as_array() / np.array([width, height, width, height]) * self.image_size).astype(np.float32)
+
+    def box_from_previous_mask(self, previous: np.ndarray, geometry: SliceGeometry,
+                               margin: int) -> np.ndarray | None:
+        return _box_around_mask(self, previous, geometry, margin)
 
     def mask(self, logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
         probs = F.interpolate(torch.sigmoid(logits), size=geometry.original_size, mode="bilinear",
@@ -128,6 +190,10 @@ class SamPipeline:
         sx, sy = self.model_scale(geometry)
         return (box.as_array() * np.array([sx, sy, sx, sy])).astype(np.float32)
 
+    def box_from_previous_mask(self, previous: np.ndarray, geometry: SliceGeometry,
+                               margin: int) -> np.ndarray | None:
+        return _box_around_mask(self, previous, geometry, margin)
+
     def mask(self, logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
         new_h, new_w = geometry.input_size
         up = F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
@@ -139,8 +205,8 @@ class SamPipeline:
         return new_w / width, new_h / height
 
 
-PIPELINES = {"lite": LitePipeline, "medsam": MedSAMPipeline, "sam": SamPipeline}
+PIPELINES: dict[str, type[Pipeline]] = {"lite": LitePipeline, "medsam": MedSAMPipeline, "sam": SamPipeline}
 
 
-def pipeline_for(name: str):
+def pipeline_for(name: str) -> Pipeline:
     return PIPELINES[name]()

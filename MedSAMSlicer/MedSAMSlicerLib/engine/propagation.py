@@ -25,9 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ApiTypeError, BoxError, Cancelled, OptionError
-from . import axes
-from .boxes import Box, box_from_mask, checked_box
-from .pipelines import SliceGeometry, longest_side_shape
+from ..protocol import Box, axes, checked_box
 from .prefetch import EncodeAhead
 from .session import VolumeSession, check_box_type, check_index_type
 
@@ -130,30 +128,6 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
-
-
-def model_box_from_previous(pipeline, previous: np.ndarray, geometry: SliceGeometry,
-                            margin: int) -> np.ndarray | None:
-    """The next slice's box in model coordinates from the previous slice's mask (None when the mask is empty)."""
-    if pipeline.name == "lite":
-        import cv2
-
-        # Official: resize the mask like the image (area interpolation), pad to 256, box at 256 scale +- 3.
-        height, width = previous.shape
-        new_h, new_w = longest_side_shape(height, width, pipeline.image_size)
-        small = cv2.resize(previous.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_AREA)
-        rows, cols = np.nonzero(small)
-        if rows.size == 0:
-            return None
-        size = pipeline.image_size
-        return np.array([max(0, cols.min() - margin), max(0, rows.min() - margin),
-                         min(size, cols.max() + margin), min(size, rows.max() + margin)], dtype=np.float32)
-    box = box_from_mask(previous)
-    if box is None:
-        return None
-    model_box = pipeline.box_array(box, geometry)
-    size = pipeline.image_size
-    return np.clip(model_box + np.array([-margin, -margin, margin, margin]), 0, size).astype(np.float32)
 
 
 def plan_order(keys: list[int], low: int, high: int) -> list[tuple[int, int, int]]:
@@ -262,8 +236,8 @@ def _walk(session: VolumeSession, keys: dict[int, Box], order: list[tuple[int, i
             for direction in (+1, -1):
                 previous_mask[(key, direction)], previous_area[(key, direction)] = mask, int(mask.sum())
         else:
-            model_box = model_box_from_previous(session.segmenter.pipeline, previous_mask[(key, step)],
-                                                embedding.geometry, options.margin)
+            model_box = session.segmenter.pipeline.box_from_previous_mask(previous_mask[(key, step)],
+                                                                          embedding.geometry, options.margin)
             if model_box is None:  # previous mask empty: fall back to the key box, as the official rule does
                 mask, score = session.segmenter.predict(embedding, keys[key])
                 result.boxes[index] = f"key {keys[key]}"
