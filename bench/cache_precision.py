@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from common import engine, open_case, real_cases
-from MedSAMSlicerLib.engine.boxes import box_from_mask
+from MedSAMSlicerLib.protocol import box_from_mask
 from MedSAMSlicerLib.evaluation.evaluate import labelled_slices
 from MedSAMSlicerLib.evaluation.metrics import dice
 from MedSAMSlicerLib.engine.predictor import SliceEmbedding

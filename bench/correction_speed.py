@@ -16,8 +16,7 @@ import statistics
 import time
 
 from common import engine, open_case, real_cases
-from MedSAMSlicerLib.engine import axes
-from MedSAMSlicerLib.engine.boxes import box_from_mask
+from MedSAMSlicerLib.protocol import axes, box_from_mask
 from MedSAMSlicerLib.engine.corrections import CorrectableObject
 from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
 from MedSAMSlicerLib.evaluation.evaluate import labelled_slices

@@ -16,9 +16,8 @@ import time
 
 import torch
 
-import common  # noqa: F401 - puts the engine on sys.path
 from MedSAMSlicerLib.engine.backends import make_segmenter
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.evaluation.demo_case import demo_files
 from MedSAMSlicerLib.engine.intensity import normalize_volume, parse_window
 from MedSAMSlicerLib.volumeio.files import read_volume

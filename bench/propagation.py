@@ -17,7 +17,7 @@ import time
 
 from common import real_cases
 from MedSAMSlicerLib.engine.backends import make_segmenter
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.engine.cache import EmbeddingCache
 from MedSAMSlicerLib.evaluation.evaluate import labelled_slices, official_key, targets_from_label
 from MedSAMSlicerLib.engine.memory import PeakMemory

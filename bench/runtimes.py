@@ -43,7 +43,7 @@ import numpy as np
 
 from common import REPO, open_case, real_cases
 from MedSAMSlicerLib.engine.backends import make_segmenter
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.engine.cache import EmbeddingCache
 from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
 from MedSAMSlicerLib.evaluation.evaluate import evaluate_2d, labelled_slices, official_key

@@ -16,11 +16,10 @@ import time
 
 import numpy as np
 
-import common  # noqa: F401 - puts the engine on sys.path
+import common  # first: puts the engine on sys.path
 from MedSAMSlicerLib.client import EngineClient
-from MedSAMSlicerLib.engine.boxes import Box
 from MedSAMSlicerLib.engine.session import VolumeSession
-from MedSAMSlicerLib.engine.volume import Volume
+from MedSAMSlicerLib.protocol import Box, Volume
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
 
-from MedSAMSlicerLib.engine.boxes import Box  # noqa: E402
+from MedSAMSlicerLib.protocol import Box  # noqa: E402
 from MedSAMSlicerLogic.geometry import array_to_matrix, ijk_to_world, ijk_to_world_points  # noqa: E402
 from MedSAMSlicerLogic.roi_prompts import AXIS_LETTERS, SLICE_AXIS_ATTRIBUTE, in_plane_axes  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from MedSAMSlicerLib.engine.backends import DeferredModel, make_segmenter
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.engine.device import choose_device, is_gpu_failure
 from MedSAMSlicerLib.engine.export import cached_export, exported
 from MedSAMSlicerLib.errors import OptionError

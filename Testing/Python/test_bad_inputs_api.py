@@ -16,14 +16,13 @@ import pytest
 import torch
 
 from MedSAMSlicerLib.atomic import atomic_path
-from MedSAMSlicerLib.engine.boxes import Box, checked_box
 from MedSAMSlicerLib.engine.cache import EMBEDDING_SHAPE, EmbeddingCache
 from MedSAMSlicerLib.engine.pipelines import SliceGeometry
 from MedSAMSlicerLib.engine.predictor import SliceEmbedding
 from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
 from MedSAMSlicerLib.engine.session import VolumeSession
-from MedSAMSlicerLib.engine.volume import Volume
 from MedSAMSlicerLib.errors import ApiTypeError, BoxError, InputImageError, MedSAMError
+from MedSAMSlicerLib.protocol import Box, Volume, checked_box
 
 
 @pytest.fixture(scope="module")

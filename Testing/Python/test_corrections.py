@@ -4,8 +4,7 @@ keep their voxels; a box beyond the range extends it; no stop rule between two k
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.engine import axes
-from MedSAMSlicerLib.engine.boxes import box_from_mask
+from MedSAMSlicerLib.protocol import axes, box_from_mask
 from MedSAMSlicerLib.engine.corrections import CorrectableObject
 from MedSAMSlicerLib.engine.propagation import PropagationOptions, StopRule, propagate
 from MedSAMSlicerLib.errors import BoxError

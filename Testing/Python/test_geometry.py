@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib.engine import axes
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box, axes
 from MedSAMSlicerLib.engine.session import VolumeSession
 from MedSAMSlicerLib.volumeio.files import read_volume, write_label
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.evaluation.interactive import (BoxBaseline, auc, challenge_box, challenge_nsd, correction_slice,
                                                     edt_centre, largest_error_component)
 from MedSAMSlicerLib.engine.propagation import PropagationOptions

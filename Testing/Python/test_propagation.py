@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.engine.cache import EmbeddingCache
 from MedSAMSlicerLib.errors import BoxError, Cancelled, OptionError
 from MedSAMSlicerLib.evaluation.evaluate import evaluate_3d, official_key, targets_from_label

@@ -12,7 +12,7 @@ import pytest
 from conftest import shared_path
 
 from MedSAMSlicerLib.errors import BoxError, InputImageError
-from MedSAMSlicerLib.protocol import (Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest,
+from MedSAMSlicerLib.protocol import (Box, JobState, ObjectAction, ObjectStart, PropagationResult, PropagationSettings, SessionSpec, SliceRequest,
                                       SliceResult, Volume, axes, box_values, check_voxels, decode_result,
                                       volume_from_matrix)
 
@@ -67,6 +67,27 @@ def test_each_server_request_converts_to_its_protocol_type():
     settings = PropagationSettings(slice_range=(1, 4), stop=False, largest_component=True)
     request = PropagateRequest.model_validate({"key_boxes": {"2": [1, 2, 3, 4]}, "options": settings.to_json()})
     assert request.to_protocol() == {2: Box(1, 2, 3, 4)} and request.options.to_protocol() == settings
+
+
+def test_correctable_object_requests_convert_to_their_protocol_types():
+    """The corrective-box routes' bodies: an object's start (one-sided range) and each action, both ways."""
+    from pydantic import ValidationError
+
+    from MedSAMSlicerLib.server.app import ActionRequest, ObjectRequest
+
+    start = ObjectStart({3: Box(1, 2, 30, 40), 7: Box(2, 3, 20, 30)}, slice_range=(None, 12), stop=False, margin=4)
+    body = json.loads(json.dumps(start.to_json()))
+    assert ObjectStart.from_json(body) == start
+    assert ObjectRequest.model_validate({**body, "request_id": "a" * 8}).to_protocol() == start
+    assert ObjectRequest.model_validate({"key_boxes": {"3": [1, 2, 3, 4]}}).to_protocol() == ObjectStart(
+        {3: Box(1, 2, 3, 4)})
+    for step in (ObjectAction("box", 5, Box(1, 2, 3, 4)), ObjectAction("cut", 9), ObjectAction("accept", 2),
+                 ObjectAction("undo")):
+        body = json.loads(json.dumps(step.to_json()))
+        assert ObjectAction.from_json(body) == step
+        assert ActionRequest.model_validate({**body, "request_id": "b" * 8}).to_protocol() == step
+    with pytest.raises(ValidationError):
+        ActionRequest.model_validate({"action": "erase", "index": 1})
 
 
 def test_engine_translates_settings_both_ways():

@@ -103,7 +103,7 @@ def test_masks_equal_in_process_masks_on_real_scans(server, open_case):
 
     image, gts = lesion_crop()
     from MedSAMSlicerLib.engine.session import VolumeSession
-    from MedSAMSlicerLib.engine.volume import Volume
+    from MedSAMSlicerLib.protocol import Volume
 
     local = VolumeSession(session.segmenter, Volume(image, (0.8, 0.8, 5.0), (0, 0, 0), tuple(np.eye(3).ravel()),
                                                     already_normalized=True), "auto", "axial", session.cache)
@@ -117,7 +117,7 @@ def test_masks_equal_in_process_masks_on_real_scans(server, open_case):
 
 
 def box_of(values):
-    from MedSAMSlicerLib.engine.boxes import Box
+    from MedSAMSlicerLib.protocol import Box
 
     return Box(*values)
 
@@ -301,7 +301,7 @@ def test_bad_requests_get_one_line_4xx(server, session_of_a):
                                                           "origin": [0, 0, 0], "direction": [1] * 9}), 422)
     one_line_error(raw(server, "GET", "/no/such/route"), 404, "not_found")
 
-    from MedSAMSlicerLib.client import wire
+    from MedSAMSlicerLib.protocol import wire
 
     for array in (np.zeros((4, 5), np.int16), np.zeros((2, 3, 4), np.complex64)):  # 2D; complex voxels
         fingerprint = wire.content_fingerprint(array)
@@ -316,7 +316,7 @@ def test_bad_requests_get_one_line_4xx(server, session_of_a):
 
 
 def test_hand_over_paths_outside_the_private_folder_are_refused(server, tmp_path):
-    from MedSAMSlicerLib.client import wire
+    from MedSAMSlicerLib.protocol import wire
 
     local_dir = Path(server.info()["local_dir"])
     assert (local_dir.stat().st_mode & 0o777) == 0o700
@@ -440,7 +440,7 @@ def test_a_corrective_box_through_the_server_equals_the_engine(server, segmenter
     from MedSAMSlicerLib.engine.corrections import CorrectableObject
     from MedSAMSlicerLib.engine.propagation import PropagationOptions
     from MedSAMSlicerLib.engine.session import VolumeSession
-    from MedSAMSlicerLib.engine.volume import Volume
+    from MedSAMSlicerLib.protocol import Volume
     from MedSAMSlicerLib.errors import BoxError
 
     image, gts = lesion_crop(slice(3, 10))

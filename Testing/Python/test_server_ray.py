@@ -65,14 +65,14 @@ def synthetic(seed: int, slices: int = 4, size: int = 48) -> np.ndarray:
 
 def in_process(segmenter, cache, array: np.ndarray):
     from MedSAMSlicerLib.engine.session import VolumeSession
-    from MedSAMSlicerLib.engine.volume import Volume
+    from MedSAMSlicerLib.protocol import Volume
 
     return VolumeSession(segmenter, Volume(array, (1.0, 1.0, 1.0), (0, 0, 0), tuple(np.eye(3).ravel()),
                                            already_normalized=True), "auto", "axial", cache)
 
 
 def box_of(values):
-    from MedSAMSlicerLib.engine.boxes import Box
+    from MedSAMSlicerLib.protocol import Box
 
     return Box(*values)
 
@@ -153,7 +153,7 @@ def test_twelve_readers_on_four_volumes_each_volume_encoded_on_one_replica(ray_s
         thread.join(600)
     assert not errors, errors
     assert sum(resent) == 0  # below max_ongoing_requests nothing spills
-    from MedSAMSlicerLib.client import wire
+    from MedSAMSlicerLib.protocol import wire
 
     for number, volume in enumerate(volumes):
         calls = calls_by_replica(ray_server, wire.content_fingerprint(volume))

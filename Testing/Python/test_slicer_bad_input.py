@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import vtk
 
-from MedSAMSlicerLib.engine.boxes import Box
+from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.errors import BoxError, InputImageError, MedSAMError
 
 from conftest import shared_path
@@ -21,19 +21,6 @@ def lung(harness):
     volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
     label = label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
     return volume, label
-
-
-def user_segmentation(harness, volume, shape):
-    """A segmentation the user made: one segment we must never change."""
-    import slicer
-
-    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    mask = np.zeros(shape, dtype=np.uint8)
-    mask[30:36, 330:390, 190:250] = 1
-    segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
-    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
-    return node, segment_id, mask > 0
 
 
 def assert_untouched(node, segment_id, mask, volume, segments=1):
@@ -123,7 +110,7 @@ def test_volume_changed_while_running_writes_nothing(harness, logic, lung):
     import slicer
 
     volume, label = lung
-    node, mine, mask = user_segmentation(harness, volume, label.shape)
+    node, mine, mask = harness.add_user_segment(volume, label.shape)
     roi = roi_in_ras(harness.scene, volume, "k", LUNG_KEY, LUNG_KEY, tight_box(label[LUNG_KEY], 3))
     logic.start_segment_slice(volume, roi, node, window="lung")
     voxels = slicer.util.arrayFromVolume(volume)

@@ -17,7 +17,7 @@ from slicer_fixtures import engine, harness, logic, roi_in_ras  # noqa: F401 - f
 
 def test_dicom_modality_feeds_auto_and_the_mask_matches_nrrd_without_patient_ids_in_the_log(harness, logic,  # noqa: F811
                                                                                               tmp_path):
-    from MedSAMSlicerLib.engine.boxes import Box
+    from MedSAMSlicerLib.protocol import Box
     from MedSAMSlicerLogic.segments import read_segment
     from MedSAMSlicerLogic.volume_nodes import volume_from_node
 

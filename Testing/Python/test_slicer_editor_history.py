@@ -23,7 +23,7 @@ pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pi
 
 import slicer  # noqa: E402
 
-from MedSAMSlicerLib.engine.boxes import Box  # noqa: E402
+from MedSAMSlicerLib.protocol import Box  # noqa: E402
 from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, Outcome, SliceResult  # noqa: E402
 from MedSAMSlicerLogic.editor_writes import NotWritten, SegmentEditorWriter  # noqa: E402
 from MedSAMSlicerLogic.segments import add_segment, read_segment, write_segment  # noqa: E402

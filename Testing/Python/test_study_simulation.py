@@ -5,7 +5,7 @@ import argparse
 import numpy as np
 import pytest
 
-from MedSAMSlicerLib.engine import axes
+from MedSAMSlicerLib.protocol import axes
 from MedSAMSlicerLib.errors import OptionError
 from MedSAMSlicerLib.evaluation.evaluate import labelled_slices
 from MedSAMSlicerLib.evaluation.metrics import dice

@@ -47,7 +47,7 @@ def check_outputs(args: argparse.Namespace) -> list[Path]:
         from ..volumeio.dicomseg import check_seg_source
 
         if not looks_like_dicom(args.image):  # a NIfTI/NRRD input: refused before the model runs
-            from ..engine.volume import Volume
+            from ..protocol import Volume
 
             check_seg_source(Volume(None, (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), args.image),
                              args.out if is_dicom_output(args.out) else args.out_dicom)

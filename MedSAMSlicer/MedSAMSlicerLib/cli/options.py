@@ -87,7 +87,7 @@ def parse_range(text: str | None) -> tuple[int, int] | None:
 
 
 def parse_key_box(text: str):
-    from ..engine.boxes import parse_box
+    from ..protocol import parse_box
 
     index, sep, box = text.partition(":")
     if not sep or not _INDEX.match(index) or len(index.strip()) > 12:

@@ -34,8 +34,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run_segment(args: argparse.Namespace) -> dict:
-    from ..engine.axes import put_slice
-    from ..engine.boxes import parse_box
+    from ..protocol.axes import put_slice
+    from ..protocol import parse_box
     from ..engine.propagation import propagate
 
     key_boxes = {}

@@ -23,7 +23,18 @@ import numpy as np
 import requests
 
 from ..errors import Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError, first_line
-from ..protocol import Box, JobState, PropagationSettings, SessionSpec, SliceRequest, box_values, decode_result, wire
+from ..protocol import (
+    Box,
+    JobState,
+    ObjectAction,
+    ObjectStart,
+    PropagationSettings,
+    SessionSpec,
+    SliceRequest,
+    box_values,
+    decode_result,
+    wire,
+)
 from .opening import VolumeOpening, shares_files
 
 log = logging.getLogger(__name__)
@@ -336,19 +347,18 @@ class RemoteVolume:
                      request_id: str | None = None) -> "RemoteJob":
         """Propagate a correctable object (a job); its result has ``object_id``, ``mask``, ``scores``, ``keys``,
         ``locked``, ``range``.  ``options``: slice_range (K0, K1; either may be None), stop, margin."""
+        start = ObjectStart.from_json({"key_boxes": key_boxes, "options": options})
         body = self.client.request("POST", self._path("/objects"), timeout=timeout, json={
-            "key_boxes": {str(int(k)): box_values(b) for k, b in key_boxes.items()}, "options": dict(options or {}),
-            **({"request_id": request_id} if request_id else {})})
+            **start.to_json(), **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
 
     def correct(self, object_id: str, action: str, index: int | None = None, box=None,
                 timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
         """One undoable step on an object (a job): ``box`` (a corrective key box on slice ``index``), ``cut``,
         ``accept`` or ``undo``; the result is the whole object plus ``changed`` and ``decoder_calls``."""
+        step = ObjectAction(action, None if index is None else int(index), None if box is None else Box.from_json(box))
         body = self.client.request("POST", self._path(f"/objects/{object_id}/actions"), timeout=timeout, json={
-            "action": action, **({"index": int(index)} if index is not None else {}),
-            **({"box": box_values(box)} if box is not None else {}),
-            **({"request_id": request_id} if request_id else {})})
+            **step.to_json(), **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 
     def info(self) -> dict:

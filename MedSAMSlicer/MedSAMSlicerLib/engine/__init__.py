@@ -17,17 +17,21 @@ from ..protocol import Box, Volume, axes
 
 if TYPE_CHECKING:
     from .backends import make_segmenter
-    from .cache import EmbeddingCache, volume_fingerprint
+    from .cache import EmbeddingCache, default_disk_dir, volume_fingerprint
+    from .corrections import CorrectableObject
     from .intensity import CT_WINDOWS, Window, choose_window
-    from .predictor import Segmenter
+    from .pipelines import Pipeline, SliceGeometry, pipeline_for
+    from .predictor import Segmenter, SliceEmbedding
     from .propagation import AUTO, CancelToken, PropagationOptions, PropagationResult, propagate
     from .session import SliceResult, VolumeSession
     from .settings import propagation_options, propagation_settings
     from .weights import load_manifest
 
 _LAZY = {
-    "make_segmenter": "backends", "EmbeddingCache": "cache", "volume_fingerprint": "cache",
-    "CT_WINDOWS": "intensity", "Window": "intensity", "choose_window": "intensity", "Segmenter": "predictor",
+    "make_segmenter": "backends", "EmbeddingCache": "cache", "default_disk_dir": "cache", "volume_fingerprint": "cache",
+    "CorrectableObject": "corrections", "CT_WINDOWS": "intensity", "Window": "intensity", "choose_window": "intensity",
+    "Pipeline": "pipelines", "SliceGeometry": "pipelines", "pipeline_for": "pipelines", "Segmenter": "predictor",
+    "SliceEmbedding": "predictor",
     "AUTO": "propagation", "CancelToken": "propagation", "PropagationOptions": "propagation",
     "PropagationResult": "propagation", "propagate": "propagation", "SliceResult": "session",
     "VolumeSession": "session", "propagation_options": "settings", "propagation_settings": "settings",
@@ -42,6 +46,8 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
-__all__ = ["AUTO", "Box", "CT_WINDOWS", "CancelToken", "EmbeddingCache", "PropagationOptions", "PropagationResult",
-           "Segmenter", "SliceResult", "Volume", "VolumeSession", "Window", "axes", "choose_window", "load_manifest",
-           "make_segmenter", "propagate", "propagation_options", "propagation_settings", "volume_fingerprint"]
+__all__ = ["AUTO", "Box", "CT_WINDOWS", "CancelToken", "CorrectableObject", "EmbeddingCache", "Pipeline",
+           "PropagationOptions", "PropagationResult", "Segmenter", "SliceEmbedding", "SliceGeometry", "SliceResult",
+           "Volume", "VolumeSession", "Window", "axes", "choose_window", "default_disk_dir", "load_manifest",
+           "make_segmenter", "pipeline_for", "propagate", "propagation_options", "propagation_settings",
+           "volume_fingerprint"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import first_line
-from .boxes import Box
+from ..protocol import Box
 from .device import is_gpu_failure
 from .models import LoadedModel
 from .pipelines import SliceGeometry, pipeline_for

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from ..engine import axes
-from ..engine.boxes import Box, box_from_mask, jittered_box
+from ..protocol import Box, axes, box_from_mask, jittered_box
 from ..errors import InputImageError
 from .metrics import dice, normalized_surface_distance
 from ..engine.session import VolumeSession

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import integrate, ndimage
 
-from ..engine import axes
-from ..engine.boxes import Box, box_from_mask
+from ..protocol import Box, axes, box_from_mask
 from ..engine.corrections import CorrectableObject
 from ..engine.propagation import PropagationOptions
 from ..engine.session import VolumeSession

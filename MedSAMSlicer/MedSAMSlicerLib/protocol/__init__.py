@@ -8,7 +8,10 @@ settings, a job's state and a result mean the same thing on every side of every 
 from . import axes, wire
 from .boxes import Box, box_from_mask, box_values, checked_box, jittered_box, parse_box
 from .messages import (
+    ACTIONS,
     JobState,
+    ObjectAction,
+    ObjectStart,
     PropagationResult,
     PropagationSettings,
     SessionSpec,
@@ -18,6 +21,7 @@ from .messages import (
 )
 from .volume import FRAMES, Frame, Volume, check_voxels, other_frame, volume_from_matrix
 
-__all__ = ["FRAMES", "Box", "Frame", "JobState", "PropagationResult", "PropagationSettings", "SessionSpec",
-           "SliceRequest", "SliceResult", "Volume", "axes", "box_from_mask", "box_values", "check_voxels",
-           "checked_box", "decode_result", "jittered_box", "other_frame", "parse_box", "volume_from_matrix", "wire"]
+__all__ = ["ACTIONS", "FRAMES", "Box", "Frame", "JobState", "ObjectAction", "ObjectStart", "PropagationResult",
+           "PropagationSettings", "SessionSpec", "SliceRequest", "SliceResult", "Volume", "axes", "box_from_mask",
+           "box_values", "check_voxels", "checked_box", "decode_result", "jittered_box", "other_frame", "parse_box",
+           "volume_from_matrix", "wire"]

@@ -8,6 +8,8 @@ validate untrusted input first and convert to these; the client builds these and
 - :class:`SessionSpec`: how to open a session on an uploaded volume (geometry in LPS on the wire, window, slice axis).
 - :class:`PropagationSettings`: what a propagation job should do (the wire's form of the engine's
   ``PropagationOptions``: ``stop`` is a yes/no here; the engine picks the rule).
+- :class:`ObjectStart`, :class:`ObjectAction`: a correctable object's first key boxes and range, and one undoable
+  step on it (a corrective box, a cut, an accept, an undo).
 - :class:`JobState`: a job's state (a ``str`` enum: it compares equal to the strings older code uses).
 - :class:`SliceResult`, :class:`PropagationResult`: what the engine produced; masks travel packed
   (:func:`.wire.pack_mask`), score keys as strings (JSON object keys).
@@ -132,11 +134,63 @@ class PropagationSettings:
         if isinstance(body, PropagationSettings):
             return body
         body = body or {}
-        found = body.get("slice_range")
-        slice_range = None if found is None else (_end(found[0]), _end(found[1]))
-        return cls(str(body.get("rule", "ours")), slice_range, bool(body.get("stop", True)),
+        return cls(str(body.get("rule", "ours")), _range(body.get("slice_range")), bool(body.get("stop", True)),
                    bool(body.get("largest_component", False)), bool(body.get("fill_holes", False)),
                    int(body.get("margin", 3)))
+
+
+def _range(found: Any) -> tuple[int | None, int | None] | None:
+    return None if found is None else (_end(found[0]), _end(found[1]))
+
+
+def _key_boxes_json(key_boxes: Mapping[int, Box]) -> dict[str, list[float]]:
+    return {str(int(k)): b.to_json() for k, b in key_boxes.items()}
+
+
+@dataclass(frozen=True)
+class ObjectStart:
+    """A correctable object's first key boxes (slice -> box) and how far it may reach: ``slice_range`` (inclusive;
+    a None end is open on that side), ``stop`` (stop where the object ends) and ``margin`` as in
+    :class:`PropagationSettings` (the rule is always ``ours``)."""
+
+    key_boxes: dict[int, Box]
+    slice_range: tuple[int | None, int | None] | None = None
+    stop: bool = True
+    margin: int = 3
+
+    def to_json(self) -> Json:
+        return {"key_boxes": _key_boxes_json(self.key_boxes), "options": {
+            "slice_range": list(self.slice_range) if self.slice_range is not None else None, "stop": self.stop,
+            "margin": self.margin}}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ObjectStart:
+        options = body.get("options") or {}
+        return cls({int(k): Box.from_json(v) for k, v in body["key_boxes"].items()},
+                   _range(options.get("slice_range")), bool(options.get("stop", True)), int(options.get("margin", 3)))
+
+
+ACTIONS = ("box", "cut", "accept", "undo")
+
+
+@dataclass(frozen=True)
+class ObjectAction:
+    """One undoable step on a correctable object: ``box`` (a corrective key box on slice ``index``), ``cut`` (the
+    object ends before ``index``), ``accept`` (lock slice ``index``) or ``undo`` (no index)."""
+
+    action: str  # one of ACTIONS
+    index: int | None = None
+    box: Box | None = None
+
+    def to_json(self) -> Json:
+        return {"action": self.action, **({"index": int(self.index)} if self.index is not None else {}),
+                **({"box": self.box.to_json()} if self.box is not None else {})}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ObjectAction:
+        index, box = body.get("index"), body.get("box")
+        return cls(str(body["action"]), None if index is None else int(index),
+                   None if box is None else Box.from_json(box))
 
 
 @dataclass

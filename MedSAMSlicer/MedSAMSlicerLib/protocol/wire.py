@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import zipfile
 import zlib
 from typing import Any
 
@@ -62,7 +63,9 @@ def load_npy(raw: bytes | io.IOBase) -> NDArray[Any]:
     try:
         array: NDArray[Any] = np.load(stream, allow_pickle=False)
         return array
-    except Exception as error:  # noqa: BLE001 - not npy, object dtype (needs pickle), truncated: numpy raises many
+    # Not npy or an object dtype (needs pickle): ValueError; empty: EOFError; a zip header (np.load reads .npz):
+    # BadZipFile; a read that fails: OSError.
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise ServiceError(f"the volume is not a readable .npy array ({first_line(error)})") from None
 
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__, protocol
 from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, ServiceError, first_line
-from ..protocol import Box, JobState, SessionSpec, SliceRequest, wire
+from ..protocol import ACTIONS, Box, JobState, ObjectAction, ObjectStart, SessionSpec, SliceRequest, wire
 from .auth import Guard
 from .engine import Engine
 from .volumes import checked_fingerprint
@@ -99,13 +99,13 @@ class KeyBoxesRequest(Strict):
                 raise ValueError(f"the box of key slice {key} has {len(box)} numbers, not 4")
         return value
 
-    def to_protocol(self) -> dict[int, Box]:
-        """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
-        return {int(k): Box.from_json(v) for k, v in self.key_boxes.items()}
-
 
 class PropagateRequest(KeyBoxesRequest):
     options: PropagationSettings = PropagationSettings()
+
+    def to_protocol(self) -> dict[int, Box]:
+        """The key boxes by slice; the settings convert on their own (``options.to_protocol()``)."""
+        return {int(k): Box.from_json(v) for k, v in self.key_boxes.items()}
 
 
 class ObjectSettings(Strict):
@@ -119,12 +119,18 @@ class ObjectRequest(KeyBoxesRequest):
 
     options: ObjectSettings = ObjectSettings()
 
+    def to_protocol(self) -> ObjectStart:
+        return ObjectStart.from_json(self.model_dump(include={"key_boxes", "options"}))
+
 
 class ActionRequest(Strict):
-    action: str = Field(pattern="^(box|cut|accept|undo)$")
+    action: str = Field(pattern="^(" + "|".join(ACTIONS) + ")$")
     index: Optional[StrictInt] = None
     box: Optional[list[float]] = Field(None, min_length=4, max_length=4)
     request_id: RequestId = None
+
+    def to_protocol(self) -> ObjectAction:
+        return ObjectAction.from_json(self.model_dump(exclude={"request_id"}))
 
 
 class FileRequest(Startable):
@@ -255,14 +261,11 @@ def create_app(engine: Engine, tokens: list[str]) -> FastAPI:
 
     @app.post("/sessions/{session_id}/objects")
     def start_object(session_id: str, body: ObjectRequest, request: Request) -> dict:
-        key_boxes = body.to_protocol()
-        options = body.options.model_dump()
-        return engine.start_object(owner(request), session_id, key_boxes, options, body.request_id)
+        return engine.start_object(owner(request), session_id, body.to_protocol(), body.request_id)
 
     @app.post("/sessions/{session_id}/objects/{object_id}/actions")
     def object_action(session_id: str, object_id: str, body: ActionRequest, request: Request) -> dict:
-        box = Box.from_json(body.box) if body.box is not None else None
-        return engine.start_object_action(owner(request), session_id, object_id, body.action, body.index, box,
+        return engine.start_object_action(owner(request), session_id, object_id, body.to_protocol(),
                                           body.request_id)
 
     @app.get("/jobs/{job_id}")

@@ -22,15 +22,25 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 import numpy as np
 
-from ..engine import EmbeddingCache, VolumeSession, propagation_options
-from ..engine.corrections import CorrectableObject
-from ..engine.propagation import AUTO, CancelToken, PropagationOptions, propagate
+from .. import protocol
+from ..engine import (
+    AUTO,
+    CancelToken,
+    CorrectableObject,
+    EmbeddingCache,
+    PropagationOptions,
+    VolumeSession,
+    propagate,
+    propagation_options,
+)
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
 from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
 from ..protocol.axes import take_slice
@@ -46,7 +56,20 @@ class _HasOwner(Protocol):
     owner: str
 
 
+class _Used(Protocol):  # a session, here and on the Ray ingress
+    owner: str
+    last_used: float  # time.monotonic() of its last use: the idle sweep closes sessions unused too long
+
+
+class _Polled(Protocol):  # a job, here and on the Ray ingress
+    owner: str
+    session_id: str
+    last_seen: float  # time.monotonic() of its last poll: a job nobody polls is cancelled
+
+
 Owned = TypeVar("Owned", bound=_HasOwner)  # sessions and jobs, here and on the Ray ingress
+UsedT = TypeVar("UsedT", bound=_Used)
+PolledT = TypeVar("PolledT", bound=_Polled)
 NO_SUCH_SESSION = "no such session (it expired, was closed, or belongs to another client)"
 NO_SUCH_JOB = "no such job (it finished long ago, or belongs to another client)"
 _MiB = 1 << 20
@@ -308,10 +331,7 @@ class Engine:
             pass
 
     def session(self, owner: str, session_id: str) -> ClientSession:
-        with self._lock:
-            session = owned_entry(self.sessions, session_id, owner, NO_SUCH_SESSION)
-            session.last_used = time.monotonic()
-            return session
+        return used_session(self._lock, self.sessions, session_id, owner)
 
     def close_session(self, owner: str, session_id: str) -> None:
         with self._lock:
@@ -395,23 +415,17 @@ class Engine:
         self._launch(job, work, "propagation", level=PROPAGATION)
         return job.describe()
 
-    @staticmethod
-    def _settings(options: dict) -> PropagationOptions:
-        slice_range = options.get("slice_range")
-        if slice_range is not None:
-            slice_range = tuple(None if v is None else int(v) for v in slice_range)
-        return PropagationOptions(rule="ours", slice_range=slice_range, margin=int(options.get("margin", 3)),
-                                  stop=AUTO if options.get("stop", True) else None)
-
-    def start_object(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict,
+    def start_object(self, owner: str, session_id: str, start: protocol.ObjectStart,
                      request_id: str | None = None) -> dict:
         """Propagate a new correctable object (a job, as :meth:`start_job`); its result adds ``object_id``, after
         which :meth:`start_object_action` applies corrective boxes, range cuts, accepts and undos to it."""
         session = self.session(owner, session_id)
         self.wait_ready()
-        if not key_boxes:
+        if not start.key_boxes:
             raise BoxError("an object needs at least one key box")
-        settings = self._settings(options)
+        key_boxes = start.key_boxes
+        settings = PropagationOptions(rule="ours", slice_range=start.slice_range, margin=start.margin,
+                                      stop=AUTO if start.stop else None)
         job, new = self._new_job(owner, session.id, session.prepared.slice_count, request_id)
         if not new:
             return job.describe()
@@ -435,11 +449,12 @@ class Engine:
                 "keys": {str(k): [b.x0, b.y0, b.x1, b.y1] for k, b in target.keys.items()},
                 "range": [target.low, target.high]}
 
-    def start_object_action(self, owner: str, session_id: str, object_id: str, action: str, index: int | None,
-                            box: Box | None, request_id: str | None = None) -> dict:
+    def start_object_action(self, owner: str, session_id: str, object_id: str, step: protocol.ObjectAction,
+                            request_id: str | None = None) -> dict:
         """One undoable step on an object, as a job at the interactive priority: ``box`` (a corrective key box:
         only the stretch it improves is recomputed, from the cache), ``cut`` (the object ends before ``index``),
         ``accept`` (lock the slice), ``undo``.  The result is the whole object plus what changed."""
+        action, index, box = step.action, step.index, step.box
         session = self.session(owner, session_id)
         target = session.objects.get(object_id)
         if target is None:
@@ -526,12 +541,7 @@ class Engine:
         threading.Thread(target=run, name=f"medsam-{kind}-{job.id[:8]}", daemon=True).start()
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> Job:
-        with self._lock:
-            job = owned_entry(self.jobs, job_id, owner, NO_SUCH_JOB)
-            job.last_seen = time.monotonic()
-            session = self.sessions.get(job.session_id)
-            if session is not None:
-                session.last_used = job.last_seen
+        job = polled_job(self._lock, self.jobs, self.sessions, job_id, owner)
         if wait > 0 and job.state is JobState.RUNNING:
             seen = (job.state, job.done)
             with job.changed:
@@ -580,6 +590,27 @@ def owned_entry(table: dict[str, Owned], key: str, owner: str, missing: str) -> 
     if item is None or not secrets.compare_digest(item.owner, owner):
         raise ServiceError(missing, "not_found", 404)
     return item
+
+
+def used_session(lock: AbstractContextManager[Any], sessions: dict[str, UsedT], session_id: str,
+                 owner: str) -> UsedT:
+    """The owner's session (else 404), marked as used now."""
+    with lock:
+        session = owned_entry(sessions, session_id, owner, NO_SUCH_SESSION)
+        session.last_used = time.monotonic()
+        return session
+
+
+def polled_job(lock: AbstractContextManager[Any], jobs: dict[str, PolledT], sessions: Mapping[str, _Used],
+               job_id: str, owner: str) -> PolledT:
+    """The owner's job (else 404), marked as polled now; its session counts as used (polling keeps it open)."""
+    with lock:
+        job = owned_entry(jobs, job_id, owner, NO_SUCH_JOB)
+        job.last_seen = time.monotonic()
+        session = sessions.get(job.session_id)
+        if session is not None:
+            session.last_used = job.last_seen
+        return job
 
 
 def _rss() -> int:

@@ -39,8 +39,8 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
 from ..errors import ERROR_CLASSES, MedSAMError, ServiceError, first_line
-from ..protocol import Box, PropagationSettings, SessionSpec, SliceRequest, wire
-from .engine import NO_SUCH_JOB, NO_SUCH_SESSION, Engine, ServerConfig, owned_entry
+from ..protocol import Box, ObjectAction, ObjectStart, PropagationSettings, SessionSpec, SliceRequest, wire
+from .engine import Engine, ServerConfig, polled_job, used_session
 from .volumes import checked_fingerprint
 
 log = logging.getLogger(__name__)
@@ -232,17 +232,17 @@ class ModelReplica:
         return await self._answer(work, fingerprint)
 
     async def start_object(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec,
-                           key_boxes: dict[int, Box], options: dict) -> dict:
+                           start: ObjectStart) -> dict:
         def work() -> dict:
-            return self.engine.start_object(owner, self._session(owner, fingerprint, sid, spec), key_boxes, options)
+            return self.engine.start_object(owner, self._session(owner, fingerprint, sid, spec), start)
 
         return await self._answer(work, fingerprint)
 
     async def object_action(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, object_id: str,
-                            action: str, index: Optional[int], box: Optional[Box], model_id: str) -> dict:
+                            step: ObjectAction, model_id: str) -> dict:
         def work() -> dict:
             local = self._session(owner, fingerprint, sid, spec)
-            return self.engine.start_object_action(owner, local, object_id, action, index, box)
+            return self.engine.start_object_action(owner, local, object_id, step)
 
         return await self._answer(work, model_id)
 
@@ -561,10 +561,7 @@ class FrontEngine:
         self.requests = {k: v for k, v in self.requests.items() if v in self.jobs}
 
     def session(self, owner: str, session_id: str) -> FrontSession:
-        with self._lock:
-            session = owned_entry(self.sessions, session_id, owner, NO_SUCH_SESSION)
-            session.last_used = time.monotonic()
-            return session
+        return used_session(self._lock, self.sessions, session_id, owner)
 
     def close_session(self, owner: str, session_id: str) -> None:
         session = self.session(owner, session_id)
@@ -598,14 +595,12 @@ class FrontEngine:
         return self._remote_job(owner, s, 0, request_id, "start_job",
                                 (owner, s.fingerprint, s.id, s.spec, dict(key_boxes), settings))
 
-    def start_object(self, owner: str, session_id: str, key_boxes: dict[int, Box], options: dict,
-                     request_id: Optional[str] = None) -> dict:
+    def start_object(self, owner: str, session_id: str, start: ObjectStart, request_id: Optional[str] = None) -> dict:
         s = self.session(owner, session_id)
-        return self._remote_job(owner, s, 0, request_id, "start_object",
-                                (owner, s.fingerprint, s.id, s.spec, dict(key_boxes), dict(options)))
+        return self._remote_job(owner, s, 0, request_id, "start_object", (owner, s.fingerprint, s.id, s.spec, start))
 
-    def start_object_action(self, owner: str, session_id: str, object_id: str, action: str, index: Optional[int],
-                            box: Optional[Box], request_id: Optional[str] = None) -> dict:
+    def start_object_action(self, owner: str, session_id: str, object_id: str, step: ObjectAction,
+                            request_id: Optional[str] = None) -> dict:
         """On the replica holding the object (its corrections' state lives there, with the embeddings)."""
         s = self.session(owner, session_id)
         with self._lock:
@@ -616,7 +611,7 @@ class FrontEngine:
             raise ServiceError("the object was lost with the engine replica that held it; propagate it again",
                                "not_found", 404)
         return self._remote_job(owner, s, 1, request_id, "object_action",
-                                (owner, s.fingerprint, s.id, s.spec, object_id, action, index, box), tag=tag)
+                                (owner, s.fingerprint, s.id, s.spec, object_id, step), tag=tag)
 
     def _remote_job(self, owner: str, session: FrontSession, total: int, request_id: Optional[str], method: str,
                     args: tuple, tag: str = "") -> dict:
@@ -687,12 +682,7 @@ class FrontEngine:
         return job
 
     def job(self, owner: str, job_id: str, wait: float = 0.0) -> FrontJob:
-        with self._lock:
-            job = owned_entry(self.jobs, job_id, owner, NO_SUCH_JOB)
-            job.last_seen = time.monotonic()
-            session = self.sessions.get(job.session_id)
-            if session is not None:
-                session.last_used = job.last_seen
+        job = polled_job(self._lock, self.jobs, self.sessions, job_id, owner)
         if job.needs_volume:  # the client was told to re-send the volume; it did, and polls again
             job.needs_volume = False
             if job.tag:

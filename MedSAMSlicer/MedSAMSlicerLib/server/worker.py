@@ -18,7 +18,7 @@ from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
-from ..engine.predictor import Segmenter, SliceEmbedding
+from ..engine import Segmenter, SliceEmbedding
 
 T = TypeVar("T")
 INTERACTIVE, PROPAGATION, PREFETCH = 0, 1, 2

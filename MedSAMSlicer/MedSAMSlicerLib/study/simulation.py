@@ -34,12 +34,11 @@ from typing import Sequence
 import numpy as np
 from skimage import measure
 
-from ..engine import axes
-from ..engine.boxes import Box, box_from_mask
+from ..protocol import Box, axes, box_from_mask
 from ..errors import OptionError
 from ..evaluation.evaluate import labelled_slices
 from ..evaluation.metrics import dice
-from .protocol import CORRECTIONS, ActionTimes, Protocol  # noqa: F401  (defined there: the CLI parser reads them)
+from .protocol import ActionTimes, Protocol
 
 
 @dataclass(frozen=True)

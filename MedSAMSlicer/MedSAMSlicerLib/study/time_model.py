@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from skimage import measure
 
-from ..engine import axes
+from ..protocol import axes
 from ..evaluation.evaluate import labelled_slices
 from ..evaluation.metrics import dice
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.volume import Volume
+from ..protocol import Volume
 from ..errors import InputImageError, first_line
 from .checks import check_claimed_size, check_geometry, checked_array
 from .native import call_collecting

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..engine.volume import Volume
+from ..protocol import Volume
 from ..errors import InputImageError, MedSAMError, OutputError, first_line
 from ..paths import check_output_file, regular_file
 from .checks import checked_array as _checked_array
