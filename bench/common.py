@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "MedSAMSlicer"))
+# This checkout's engine, and the test helpers that drive real processes and pages (web_driver), for `import common`
+# followed by imports from either.
+sys.path[:0] = [str(REPO / "MedSAMSlicer"), str(REPO / "Testing" / "Python")]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-import common  # noqa: F401 - puts the engine on sys.path
+import common  # first: puts the engine on sys.path
 from MedSAMSlicerLib.client import EngineClient
 
 BASE = (207.0, 175.0, 249.0, 235.0)  # the lesion of CT_Lesion_000009 on its slices 3..9

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "MedSAMSlicer"), str(REPO / "Testing" / "Python")]
+from common import SHARED_DATA  # first: puts the engine and web_driver on sys.path
+from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
 
-from web_driver import Page, missing_browser_parts, start_app, start_engine, stop  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data" / "pyradiomics"
+DATA = SHARED_DATA / "pyradiomics"
 MORE_PIXELS = 80  # the final view differs from the view before the click in at least this many pixels
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -28,10 +29,10 @@ from typing import Callable, Iterator
 
 from .errors import MedSAMError, OutputError, first_line
 
-try:  # POSIX: advisory locks tell a write in progress from an orphan
+if sys.platform == "win32":  # no advisory locks: orphans are recognised by age instead
+    fcntl = None
+else:  # POSIX: advisory locks tell a write in progress from an orphan
     import fcntl
-except ImportError:  # Windows: orphans are recognised by age instead
-    fcntl = None  # type: ignore[assignment]
 
 _NAME_FLOOR = 40  # temporary names may use this many characters even when the target's name is shorter
 _ORPHAN_AGE_S = 3600.0  # without locks (Windows): a temporary file this old is an orphan

@@ -145,6 +145,31 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["scan.nrrd"]
 
 
+def test_ctrl_c_waits_until_a_native_package_has_imported(tmp_path):
+    """Ctrl+C inside torch's (pybind11) initialisation could abort the process (exit -6, no line): the CLI holds
+    SIGINT while such a package imports and raises the KeyboardInterrupt once it has.  A stand-in package that
+    interrupts itself half-way shows it deterministically (without the hold its second half never runs)."""
+    package = tmp_path / "slow_native"
+    package.mkdir()
+    (package / "__init__.py").write_text("import builtins, os, signal, time\n"
+                                         "os.kill(os.getpid(), signal.SIGINT)\n"
+                                         "time.sleep(0.2)\n"
+                                         "builtins.slow_native_finished = True\n")
+    code = textwrap.dedent("""
+        import builtins, sys
+        from MedSAMSlicerLib.cli.main import _QuietImports
+        _QuietImports.PACKAGES = frozenset({"slow_native"})
+        sys.meta_path.insert(0, _QuietImports())
+        try:
+            import slow_native
+        except KeyboardInterrupt:
+            print("interrupted; import finished:", getattr(builtins, "slow_native_finished", False))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": f"{REPO / 'MedSAMSlicer'}{os.pathsep}{tmp_path}"})
+    assert done.stdout.strip() == "interrupted; import finished: True", done.stdout + done.stderr
+
+
 def test_help_and_parser_load_no_torch():
     code = textwrap.dedent("""
         import contextlib, io, sys

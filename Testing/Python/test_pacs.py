@@ -5,9 +5,7 @@ password is one line; credentials never come from the command line; no patient i
 from __future__ import annotations
 
 import json
-import os
 import socket
-import threading
 
 import numpy as np
 import pytest
@@ -16,8 +14,9 @@ from MedSAMSlicerLib.cli.main import main
 from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, load_series, save, shared_label
-from orthanc_server import orthanc  # noqa: F401  (the fixture)
 
+
+pytest_plugins = ["orthanc_server"]  # the `orthanc` fixture (a real Orthanc per module)
 
 @pytest.fixture(autouse=True)
 def shared_disk_cache(cache, monkeypatch):
@@ -27,7 +26,7 @@ def shared_disk_cache(cache, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def uploaded(orthanc, tmp_path_factory):  # noqa: F811
+def uploaded(orthanc, tmp_path_factory):
     series = load_series()
     folder = save(series, tmp_path_factory.mktemp("series"))
     orthanc.upload(folder)
@@ -42,7 +41,7 @@ def one_line_error(capsys, argv, words):
     return err
 
 
-def test_cli_fetches_from_the_pacs_and_stores_the_seg_back(capsys, monkeypatch, tmp_path, orthanc,  # noqa: F811
+def test_cli_fetches_from_the_pacs_and_stores_the_seg_back(capsys, monkeypatch, tmp_path, orthanc,
                                                           uploaded):
     from MedSAMSlicerLib.pacs.dicomweb import Pacs
     from MedSAMSlicerLib.volumeio.dicomseg import read_seg_mask
@@ -75,7 +74,7 @@ def test_cli_fetches_from_the_pacs_and_stores_the_seg_back(capsys, monkeypatch, 
     assert [s["patient_id"] for s in pacs.studies()] == [PATIENT_ID]  # shown as the PACS gives it, never logged
 
 
-def test_wrong_password_down_and_slow_pacs_are_one_line(capsys, monkeypatch, tmp_path, orthanc,  # noqa: F811
+def test_wrong_password_down_and_slow_pacs_are_one_line(capsys, monkeypatch, tmp_path, orthanc,
                                                        uploaded):
     _, study, series = uploaded
     out = tmp_path / "seg.dcm"
@@ -99,7 +98,7 @@ def test_wrong_password_down_and_slow_pacs_are_one_line(capsys, monkeypatch, tmp
     assert not out.exists()
 
 
-def test_credentials_only_from_a_private_file_or_the_environment(capsys, tmp_path, orthanc, uploaded):  # noqa: F811
+def test_credentials_only_from_a_private_file_or_the_environment(capsys, tmp_path, orthanc, uploaded):
     _, study, series = uploaded
     common = ["--box", "200,200,260,260", "--slice", "10", "--out", str(tmp_path / "seg.dcm")]
     one_line_error(capsys, ["segment", f"dicomweb://u:secret@127.0.0.1:{orthanc.port}/dicom-web/studies/{study}/"

@@ -7,6 +7,7 @@ web app process on it, Chromium through Playwright.  The page is queried through
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -70,11 +71,9 @@ def self_signed_pair(folder: Path) -> tuple[Path, Path]:
 
 def missing_browser_parts() -> str:
     """Why the browser tests cannot run here ("" when they can)."""
-    try:
-        import playwright  # noqa: F401
-        import trame_slicer  # noqa: F401
-    except ImportError as error:
-        return f"the web extra is not installed ({error.name}): pip install -e '.[web]'"
+    for name in ("playwright", "trame_slicer"):
+        if importlib.util.find_spec(name) is None:
+            return f"the web extra is not installed ({name}): pip install -e '.[web]'"
     if not Path(CHROMIUM).exists():
         return "no chromium browser (apt-get install chromium; .ci/setup does it where apt works)"
     return ""

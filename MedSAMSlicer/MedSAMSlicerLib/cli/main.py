@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
 import json
 import logging
 import math
 import signal
 import sys
+from typing import NoReturn
 
 from .. import atomic
 from ..errors import Cancelled, MedSAMError, OptionError, first_line
@@ -28,9 +30,51 @@ COMMANDS = (("segment", "segment", "run_segment"), ("eval", "evaluate", "run_eva
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints its usage and the error (two lines) and exits; our rule is one line: raise instead."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         command = self.prog.partition(" ")[2]
         raise OptionError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
+class _QuietImports(importlib.abc.MetaPathFinder):
+    """Ctrl+C waits until these native packages have finished importing.  A KeyboardInterrupt raised inside a
+    Python call that torch's (pybind11) initialisation makes turns into a C++ exception it cannot pass on, and the
+    process aborts (exit -6, no line) instead of our one line.  SIGINT is blocked for the import (the calling
+    thread's mask, which threads started meanwhile inherit) and delivered, as the usual KeyboardInterrupt, the
+    moment the import returns."""
+
+    PACKAGES = frozenset({"torch", "torchvision", "openvino", "onnxruntime", "cv2", "SimpleITK"})
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.PACKAGES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _SigintBlockedLoader(spec.loader)
+                return spec
+            if spec is not None:
+                return spec
+        return None
+
+
+class _SigintBlockedLoader(importlib.abc.Loader):
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.inner.exec_module(module)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def __getattr__(self, name: str):  # get_resource_reader, is_package...: the real loader's
+        return getattr(self.inner, name)
 
 
 def _module(name: str):
@@ -96,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     (or the error's code); Ctrl+C at any moment prints one line and exits 130.  Only bugs show a traceback."""
     entry = argv is None  # the console script: the process ends when we return
     written_before = len(atomic.committed)
+    if entry and not any(isinstance(finder, _QuietImports) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImports())
     try:
         code = _run(argv)
     except KeyboardInterrupt:

@@ -9,14 +9,14 @@ rate decay, timm registration) are left out because this project never trains.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class Conv2d_BN(nn.Sequential):  # noqa: N801 - name fixed by the checkpoint layout ("c", "bn")
+class Conv2dBN(nn.Sequential):
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
                  groups: int = 1) -> None:
         super().__init__()
@@ -30,9 +30,9 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, embed_dim: int) -> None:
         super().__init__()
         self.seq = nn.Sequential(
-            Conv2d_BN(in_chans, embed_dim // 2),
+            Conv2dBN(in_chans, embed_dim // 2),
             nn.GELU(),
-            Conv2d_BN(embed_dim // 2, embed_dim),
+            Conv2dBN(embed_dim // 2, embed_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,11 +43,11 @@ class MBConv(nn.Module):
     def __init__(self, chans: int, expand_ratio: float) -> None:
         super().__init__()
         hidden = int(chans * expand_ratio)
-        self.conv1 = Conv2d_BN(chans, hidden)
+        self.conv1 = Conv2dBN(chans, hidden)
         self.act1 = nn.GELU()
-        self.conv2 = Conv2d_BN(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.conv2 = Conv2dBN(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
         self.act2 = nn.GELU()
-        self.conv3 = Conv2d_BN(hidden, chans)
+        self.conv3 = Conv2dBN(hidden, chans)
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,9 +63,9 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.resolution = resolution
         self.act = nn.GELU()
-        self.conv1 = Conv2d_BN(dim, out_dim)
-        self.conv2 = Conv2d_BN(out_dim, out_dim, kernel_size=3, stride=stride, padding=1, groups=out_dim)
-        self.conv3 = Conv2d_BN(out_dim, out_dim)
+        self.conv1 = Conv2dBN(dim, out_dim)
+        self.conv2 = Conv2dBN(out_dim, out_dim, kernel_size=3, stride=stride, padding=1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:  # tokens (B, H*W, C) from an attention stage
@@ -77,16 +77,23 @@ class PatchMerging(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-class ConvLayer(nn.Module):
-    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging | None) -> None:
+class _Stage(nn.Module):
+    """Blocks in sequence, then an optional downsampling (the checkpoint's ``blocks.N`` and ``downsample``)."""
+
+    def __init__(self, blocks: Iterable[nn.Module], downsample: PatchMerging | None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)
         return x if self.downsample is None else self.downsample(x)
+
+
+class ConvLayer(_Stage):
+    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging | None) -> None:
+        super().__init__((MBConv(dim, expand_ratio) for _ in range(depth)), downsample)
 
 
 class Mlp(nn.Module):
@@ -144,7 +151,7 @@ class TinyViTBlock(nn.Module):
         self.window = window
         self.attn = Attention(dim, num_heads, window)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.local_conv = Conv2d_BN(dim, dim, kernel_size=local_conv_size, padding=local_conv_size // 2, groups=dim)
+        self.local_conv = Conv2dBN(dim, dim, kernel_size=local_conv_size, padding=local_conv_size // 2, groups=dim)
 
     def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
         height, width = self.resolution
@@ -172,18 +179,11 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class BasicLayer(nn.Module):
+class BasicLayer(_Stage):
     def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window: int,
                  mlp_ratio: float, local_conv_size: int, downsample: PatchMerging | None) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            TinyViTBlock(dim, resolution, num_heads, window, mlp_ratio, local_conv_size) for _ in range(depth))
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x if self.downsample is None else self.downsample(x)
+        super().__init__((TinyViTBlock(dim, resolution, num_heads, window, mlp_ratio, local_conv_size)
+                          for _ in range(depth)), downsample)
 
 
 class LayerNorm2d(nn.Module):
