@@ -110,3 +110,21 @@ def open_case(segmenter, cache):
 def sphere(shape: tuple[int, int, int], center: tuple[float, float, float], radius: float) -> np.ndarray:
     grid = np.indices(shape, dtype=float)
     return sum((g - c) ** 2 for g, c in zip(grid, center)) <= radius ** 2
+
+
+@pytest.fixture
+def cli_disk_cache(cache, monkeypatch):
+    """CLI runs in this process use the session's embedding folder: no encoder time that other tests already paid."""
+    monkeypatch.setenv("MEDSAM_SLICER_CACHE", str(cache.disk_dir))
+
+
+def run_cli_json(capsys, *argv) -> dict:
+    """``medsam-slicer ARGV --json`` in this process: it must exit 0 (else its error line fails the test)."""
+    import json
+
+    from MedSAMSlicerLib.cli.main import main
+
+    code = main([str(a) for a in argv] + ["--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)

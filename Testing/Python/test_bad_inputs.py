@@ -192,6 +192,16 @@ def test_read_only_file_system(capsys, tmp_path, tmpfs, command):
 
 # ---------------------------------------------------------------------------- truncated and damaged volumes
 
+def assert_segment_refused(capsys, folder: Path, image: Path, fragment: str) -> None:
+    """``segment`` refuses ``image`` in one line naming ``fragment``; the image and an earlier output are untouched."""
+    old = folder / "out.nii.gz"
+    old.write_bytes(PREVIOUS)
+    snapshot = Snapshot(folder, [image], [old])
+    code, _, err = run_cli(capsys, *segment(image, old))
+    assert_refused(code, err, fragment)
+    snapshot.assert_untouched()
+
+
 def _truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
@@ -207,13 +217,7 @@ def _truncate(path: Path, keep: float = 0.5) -> Path:
     ("scan.npz", write_npz, "cannot read"),
 ], ids=["nii.gz", "nii", "nrrd-raw", "nrrd-gzip", "mha-raw", "npz"])
 def test_truncated_volume_is_refused(capsys, tmp_path, name, writer, fragment):
-    image = _truncate(writer(tmp_path / name))
-    old = tmp_path / "out.nii.gz"
-    old.write_bytes(PREVIOUS)
-    snapshot = Snapshot(tmp_path, [image], [old])
-    code, _, err = run_cli(capsys, *segment(image, old))
-    assert_refused(code, err, fragment)
-    snapshot.assert_untouched()
+    assert_segment_refused(capsys, tmp_path, _truncate(writer(tmp_path / name)), fragment)
 
 
 def test_simpleitk_errors_keep_their_human_part(capsys, tmp_path):
@@ -292,12 +296,7 @@ def test_bad_geometry_is_refused_naming_the_field(capsys, tmp_path, label):
     else:
         fields, field_name = NPZ_GEOMETRY[label]
         image = write_npz(tmp_path / "scan.npz", **fields)
-    old = tmp_path / "out.nii.gz"
-    old.write_bytes(PREVIOUS)
-    snapshot = Snapshot(tmp_path, [image], [old])
-    code, _, err = run_cli(capsys, *segment(image, old))
-    assert_refused(code, err, field_name)
-    snapshot.assert_untouched()
+    assert_segment_refused(capsys, tmp_path, image, field_name)
 
 
 # ------------------------------------------------------------------------------------------- key boxes

@@ -1,6 +1,5 @@
 """The command line tool on real scans: segment (2D and 3D), eval, demo, JSON output."""
 
-import json
 
 import numpy as np
 import pytest
@@ -10,20 +9,10 @@ from MedSAMSlicerLib.cli.main import main
 from MedSAMSlicerLib.evaluation.demo_case import demo_files, demo_reference
 from MedSAMSlicerLib.evaluation.metrics import dice
 
-from conftest import shared_path
+from conftest import run_cli_json, shared_path
 
 
-@pytest.fixture(autouse=True)
-def shared_disk_cache(cache, monkeypatch):
-    """CLI runs use the session's embedding folder, so they cost no encoder time the other tests paid."""
-    monkeypatch.setenv("MEDSAM_SLICER_CACHE", str(cache.disk_dir))
-
-
-def run_json(capsys, *argv) -> dict:
-    code = main([str(a) for a in argv] + ["--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
+pytestmark = pytest.mark.usefixtures("cli_disk_cache")  # CLI runs share the session's embeddings
 
 
 def test_segment_one_slice_writes_a_label_on_the_input_grid(capsys, tmp_path):
@@ -32,7 +21,7 @@ def test_segment_one_slice_writes_a_label_on_the_input_grid(capsys, tmp_path):
     rows, cols = np.nonzero(label[20])
     box = f"{cols.min()},{rows.min()},{cols.max()},{rows.max()}"
     out = tmp_path / "tumour.nii.gz"
-    summary = run_json(capsys, "segment", image, "--box", box, "--slice", 20, "--window", "lung", "--out", out)
+    summary = run_cli_json(capsys, "segment", image, "--box", box, "--slice", 20, "--window", "lung", "--out", out)
     assert summary["mode"] == "2d" and summary["backend"] == "openvino" and "lung" in summary["window"]
     written = sitk.ReadImage(str(out))
     reference = sitk.ReadImage(str(image))
@@ -53,7 +42,7 @@ def test_segment_propagate_with_key_boxes_and_range(capsys, tmp_path):
         return f"{cols.min()},{rows.min()},{cols.max()},{rows.max()}"
 
     out = tmp_path / "lesion.seg.nrrd"
-    summary = run_json(capsys, "segment", image, "--key-box", f"4:{tight(4)}", "--key-box", f"8:{tight(8)}",
+    summary = run_cli_json(capsys, "segment", image, "--key-box", f"4:{tight(4)}", "--key-box", f"8:{tight(8)}",
                        "--range", "3:9", "--largest-component", "--out", out)
     assert summary["mode"] == "3d" and set(summary["key_boxes"]) == {"4", "8"}
     import slicerio
@@ -67,7 +56,7 @@ def test_segment_propagate_with_key_boxes_and_range(capsys, tmp_path):
 
 def test_eval_3d_reports_both_ranges_and_baselines(capsys):
     image = shared_path("medsam2_recist", "CT_Lesion_000002_03_01_035-047.npz")
-    summary = run_json(capsys, "eval", image, "--mode", "3d")
+    summary = run_cli_json(capsys, "eval", image, "--mode", "3d")
     modes = [r["mode"] for r in summary["results"]]
     assert modes == ["3d-ours-label", "3d-ours-stop"]
     for result in summary["results"]:
@@ -85,7 +74,7 @@ def test_eval_human_output_is_a_table(capsys):
 
 
 def test_demo_segments_the_right_lung(capsys, tmp_path):
-    summary = run_json(capsys, "demo", "--out", tmp_path)
+    summary = run_cli_json(capsys, "demo", "--out", tmp_path)
     assert summary["segment"] == "right lung" and "lung" in summary["window"]
     assert summary["dsc"] >= DEMO_DSC_FLOOR
     written = [p for p in summary["written"]]

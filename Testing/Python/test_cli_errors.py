@@ -42,47 +42,30 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_missing_file(capsys, tmp_path):
-    code, _, err = run(capsys, "segment", tmp_path / "nope.nii.gz", "--box", "1,1,5,5", "--slice", "0",
-                       "--out", tmp_path / "o.nii.gz")
-    assert_one_line_error(code, err, "not found")
+def write_image(array: np.ndarray, vector: bool = False):
+    return lambda path: sitk.WriteImage(sitk.GetImageFromArray(array, isVector=vector), str(path))
 
 
-def test_2d_image(capsys, tmp_path):
-    path = tmp_path / "flat.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.int16)), str(path))
-    code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
-    assert_one_line_error(code, err, "2D image")
-
-
-def test_4d_image(capsys, tmp_path):
-    path = tmp_path / "series.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 16, 16), np.int16), isVector=False), str(path))
-    code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
-    assert_one_line_error(code, err, "4D image")
-
-
-def test_corrupt_file(capsys, tmp_path):
-    path = tmp_path / "broken.nii.gz"
-    path.write_bytes(b"\x1f\x8b not really gzip")
-    code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
-    assert_one_line_error(code, err, "cannot read")
-
-
-def test_vector_image(capsys, tmp_path):
-    path = tmp_path / "rgb.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 16, 16, 3), np.uint8), isVector=True), str(path))
-    code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
-    assert_one_line_error(code, err, "3 components per voxel")
-
-
-def test_nans(capsys, tmp_path):
+def with_nan() -> np.ndarray:
     array = np.zeros((4, 16, 16), np.float32)
     array[1, 2, 3] = np.nan
-    path = tmp_path / "nan.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return array
+
+
+@pytest.mark.parametrize("name, write, fragment", [
+    ("nope.nii.gz", None, "not found"),
+    ("flat.nrrd", write_image(np.zeros((32, 32), np.int16)), "2D image"),
+    ("series.nii.gz", write_image(np.zeros((2, 3, 16, 16), np.int16)), "4D image"),
+    ("broken.nii.gz", lambda path: path.write_bytes(b"\x1f\x8b not really gzip"), "cannot read"),
+    ("rgb.nrrd", write_image(np.zeros((3, 16, 16, 3), np.uint8), vector=True), "3 components per voxel"),
+    ("nan.nrrd", write_image(with_nan()), "1 NaN"),
+], ids=["missing", "2d", "4d", "corrupt", "vector", "nans"])
+def test_unusable_images(capsys, tmp_path, name, write, fragment):
+    path = tmp_path / name
+    if write is not None:
+        write(path)
     code, _, err = run(capsys, "segment", path, "--box", "1,1,5,5", "--slice", "0", "--out", tmp_path / "o.nii.gz")
-    assert_one_line_error(code, err, "1 NaN")
+    assert_one_line_error(code, err, fragment)
 
 
 @pytest.mark.parametrize("box, slice_index, fragment", [

@@ -4,7 +4,6 @@ multi-frame file, and every refusal in one line (exit 2, nothing written)."""
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -13,12 +12,11 @@ import SimpleITK as sitk
 from MedSAMSlicerLib.cli.main import main
 from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
+from conftest import run_cli_json
 from dicom_helpers import (descending, load_series, oblique, rotation, save, shared_label, shared_series)
 
 
-@pytest.fixture(autouse=True)
-def shared_disk_cache(cache, monkeypatch):
-    monkeypatch.setenv("MEDSAM_SLICER_CACHE", str(cache.disk_dir))
+pytestmark = pytest.mark.usefixtures("cli_disk_cache")  # CLI runs share the session's embeddings
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +60,6 @@ def spleen_box(volume, index: int = 10) -> str:
     return f"{cols.min()},{rows.min()},{cols.max()},{rows.max()}"
 
 
-def run(capsys, *argv) -> dict:
-    code = main([str(a) for a in argv] + ["--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
-
-
 def test_descending_and_oblique_series_give_the_same_physical_mask(capsys, tmp_path, series):
     """Slices stored top first, and the whole series rotated (an oblique acquisition): the reader sorts by position
     along the normal, so the voxels are the same and the mask lands on the same anatomy (its grid rotates along)."""
@@ -81,7 +72,7 @@ def test_descending_and_oblique_series_give_the_same_physical_mask(capsys, tmp_p
     box = spleen_box(base)
     masks = {}
     for name, folder in (("plain", plain), ("down", tmp_path / "down"), ("oblique", tilted)):
-        summary = run(capsys, "segment", folder, "--box", box, "--slice", 10, "--out", tmp_path / f"{name}.nrrd")
+        summary = run_cli_json(capsys, "segment", folder, "--box", box, "--slice", 10, "--out", tmp_path / f"{name}.nrrd")
         assert "modality CT" in summary["window_reason"]
         masks[name] = sitk.ReadImage(str(tmp_path / f"{name}.nrrd"))
     arrays = {name: sitk.GetArrayFromImage(image) for name, image in masks.items()}

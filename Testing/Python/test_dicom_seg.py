@@ -15,22 +15,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSAMSlicerLib.cli.main import main
 from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
+from conftest import run_cli_json
 from dicom_helpers import load_series, oblique, rotation, save, shared_label
 
 
-@pytest.fixture(autouse=True)
-def shared_disk_cache(cache, monkeypatch):
-    monkeypatch.setenv("MEDSAM_SLICER_CACHE", str(cache.disk_dir))
-
-
-def run(capsys, *argv) -> dict:
-    code = main([str(a) for a in argv] + ["--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
+pytestmark = pytest.mark.usefixtures("cli_disk_cache")  # CLI runs share the session's embeddings
 
 
 def spleen_box(volume, index: int = 10) -> str:
@@ -65,9 +56,9 @@ def test_cli_dicom_series_gives_the_nrrd_mask_and_a_seg_read_back_by_three_reade
     nrrd = tmp_path / "ct.nrrd"
     sitk.WriteImage(image, str(nrrd))
     box, common = spleen_box(volume), ["--range", "8:12", "--box"]
-    from_nrrd = run(capsys, "segment", nrrd, *common, spleen_box(volume), "--slice", 10, "--window", "soft_tissue",
+    from_nrrd = run_cli_json(capsys, "segment", nrrd, *common, spleen_box(volume), "--slice", 10, "--window", "soft_tissue",
                     "--out", tmp_path / "nrrd.nii.gz")
-    summary = run(capsys, "segment", folder, *common, box, "--slice", 10, "--out", tmp_path / "spleen.seg.nrrd",
+    summary = run_cli_json(capsys, "segment", folder, *common, box, "--slice", 10, "--out", tmp_path / "spleen.seg.nrrd",
                   "--out-dicom", tmp_path / "dicom", "--label", "Spleen")
     assert "modality CT" in summary["window_reason"]  # auto window from the DICOM modality tag
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nrrd.nii.gz"))) > 0
@@ -114,7 +105,7 @@ def test_seg_on_an_oblique_series_maps_back_voxel_for_voxel_in_dcmqi(capsys, tmp
     series = oblique(load_series(), rotation(20.0, -10.0), centre=(0.0, -188.0, -785.0))
     folder = save(series, tmp_path / "oblique")
     volume = read_volume(folder)
-    summary = run(capsys, "segment", folder, "--box", spleen_box(read_volume(save(load_series(), tmp_path / "p"))),
+    summary = run_cli_json(capsys, "segment", folder, "--box", spleen_box(read_volume(save(load_series(), tmp_path / "p"))),
                   "--slice", 10, "--out", tmp_path / "seg.dcm")
     from MedSAMSlicerLib.volumeio.dicomseg import read_seg_mask
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .decoder_half import DecoderHalf
 
 
 def physical_cores() -> int:
@@ -35,7 +38,7 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxRuntime:
+class OnnxRuntime(DecoderHalf[Any]):
     """Encoder and decoder sessions; ``session.run`` is thread-safe, so no lock is needed."""
 
     name = "onnxruntime"
@@ -53,10 +56,6 @@ class OnnxRuntime:
     def verification_key(self, part: str = "encoder") -> str:
         return f"onnxruntime {self.version} f32"
 
-    @property
-    def has_decoder(self) -> bool:
-        return self._decoder is not None
-
     def describe(self) -> str:
         return f"ONNX Runtime {self.version}, fp32, {self.threads} threads"
 
@@ -65,12 +64,6 @@ class OnnxRuntime:
         return embedding
 
     def decode(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
-        if self._decoder is None:
-            raise RuntimeError("this runtime has no decoder")
-        logits, iou = self._decoder.run(None, {"image_embeddings": np.ascontiguousarray(embedding, dtype=np.float32),
-                                               "boxes": np.ascontiguousarray(box, dtype=np.float32).reshape(1, 4)})
-        return logits, float(iou.reshape(-1)[0])
-
-    def drop_decoder(self) -> None:
-        self._decoder = None
+        return self._decode_with(lambda session, features, boxes: session.run(
+            None, {"image_embeddings": features, "boxes": boxes}), embedding, box)
 

@@ -25,6 +25,7 @@ import threading
 import numpy as np
 
 from ..atomic import write_bytes_atomically
+from .decoder_half import DecoderHalf
 from .export import ExportedFile
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class _Request:
             return [result[output] for output in self.request.model_outputs]
 
 
-class OpenVinoRuntime:
+class OpenVinoRuntime(DecoderHalf[_Request]):
     name = "openvino"
 
     def __init__(self, encoder: ExportedFile, decoder: ExportedFile | None, precision: str = "exact") -> None:
@@ -115,10 +116,6 @@ class OpenVinoRuntime:
     def verification_key(self, part: str = "encoder") -> str:
         return f"openvino {self.version} {self.encoder_hint if part == 'encoder' else 'f32'}"
 
-    @property
-    def has_decoder(self) -> bool:
-        return self._decoder is not None
-
     def describe(self) -> str:
         encoder = "bf16 encoder, fp32 decoder" if self.precision == "fast" else "fp32"
         return f"OpenVINO {self.version.split('-')[0]}, {encoder}"
@@ -127,13 +124,7 @@ class OpenVinoRuntime:
         return self._encoder(image)[0]
 
     def decode(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
-        if self._decoder is None:
-            raise RuntimeError("this runtime has no decoder")
-        logits, iou = self._decoder(embedding, np.asarray(box, dtype=np.float32).reshape(1, 4))
-        return logits, float(iou.reshape(-1)[0])
-
-    def drop_decoder(self) -> None:
-        self._decoder = None
+        return self._decode_with(lambda request, features, boxes: request(features, boxes), embedding, box)
 
     # -- encode-ahead -------------------------------------------------------------------------------------------
     def _pool(self) -> queue.Queue:
