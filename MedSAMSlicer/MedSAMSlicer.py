@@ -233,6 +233,7 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         self.setup = EngineSetup(self.link, lambda: self.startLocalEngine(*self.engineChoice, wait=False))
         self.installDeclined = False  # the user said no once: never ask again in this session
         self.installError = ""  # reported once
+        self.study = None  # a StudySession (MedSAMSlicerLogic.study_mode) while the panel runs a study plan
 
     @property
     def install(self):
@@ -299,6 +300,21 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
                                                  torch_elsewhere=dependencies.torch_in_slicer())
         self.setup.begin_install(EngineInstall(commands, log, slicer.util.startupEnvironment()))
 
+    def openStudy(self, plan: str, logFolder: str, reader: str):
+        """Study mode: the reader's way through ``plan`` (checked against the log folder's pseudonym key)."""
+        from MedSAMSlicerLogic.study_mode import StudySession
+
+        if self.study is not None:
+            self.study.close()
+            self.study = None
+        self.study = StudySession.load(self.core, plan, logFolder, reader)
+        return self.study
+
+    def checkArm(self, action: str) -> None:
+        """Refuse a MedSAM action in a study's manual arm (the panel and the effect both ask)."""
+        if self.study is not None:
+            self.study.check(action)
+
     def pollEngineSetup(self) -> str:
         """Advance the package install and the local start by one non-blocking step: "installing", "starting",
         "ready" or "idle"; raises (once) when a step failed.  After an install the engine starts by itself."""
@@ -323,6 +339,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.shortcuts = []
         self.afterEngine = None  # the action to run once the engine is up (the click that started it)
         self.observedBoxes = []  # ROIs whose handle drags the panel follows
+        self.studyChoice = ("", "")  # (plan, reader) of the study the panel opened
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
@@ -367,6 +384,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         self.ui.startLogButton.connect("clicked()", self.onStartLog)
         self.ui.exportReportButton.connect("clicked()", self.onExportReport)
+        self.ui.nextCaseButton.connect("clicked()", self.onNextCase)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._parameterNode = None
@@ -442,6 +460,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.afterEngine = None
         if self.logic is not None:
             self.logic.core.reset()
+            if self.logic.study is not None:
+                self.logic.study.close()  # the open case stays "in progress"; Next case opens it again
         self.showMessage(_("Scene closed; MedSAM's undo steps and running work were dropped"))
         self.updateButtons()
 
@@ -523,6 +543,9 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None and self.logic.core.time_log is not None:
             self.logic.core.close_case()
             self.ui.activeTimeLabel.text = _("Time log closed (volume changed)")
+            if self.logic.study is not None:
+                self.logic.study.close()  # the study case stays "in progress"; Next case opens it again
+        self.showStudy()
         self.updateButtons()
 
     def onSegmentationChanged(self, node) -> None:
@@ -541,10 +564,14 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self) -> None:
         busy = self.busy()
         has_volume = self.ui.volumeSelector.currentNode() is not None
+        study = self.logic.study if self.logic is not None else None
+        model = study is None or study.model_allowed  # a study's manual arm: no MedSAM
         for button in (self.ui.drawBoxButton, self.ui.addKeyBoxButton, self.ui.segmentSliceButton,
                        self.ui.propagateButton):
-            button.enabled = has_volume and not busy
-        self.ui.acceptButton.enabled = not busy
+            button.enabled = has_volume and not busy and model
+        self.ui.acceptButton.enabled = not busy and model
+        self.ui.nextCaseButton.enabled = not busy
+        self.ui.modeComboBox.enabled = self.ui.startLogButton.enabled = study is None  # the plan sets arm and log
         self.ui.undoButton.enabled = not busy and self.logic is not None and len(self.logic.core.undo_stack) > 0
         self.ui.cancelButton.visible = busy
         self.ui.progressBar.visible = busy
@@ -567,6 +594,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def draw():
+            self.logic.checkArm("draw_box" if new_object else "key_box")
             slice_node = sliceNodeOfView(self.ui.viewComboBox.currentText)
             self.logic.core.prefetch_window = self.ui.windowComboBox.currentText  # the engine encodes ahead for it
             roi, prompt, note = self.logic.core.draw_box(self.ui.volumeSelector.currentNode(), slice_node,
@@ -687,6 +715,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         window = self.ui.windowComboBox.currentText
 
         def start():
+            self.logic.checkArm("segment_slice")
             self.saveEditorUndoState()
             self.logic.core.start_segment_slice(volume, None, segmentation, segment, window)
 
@@ -700,6 +729,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        fill_holes=self.ui.fillHolesCheckBox.checked)
 
         def start():
+            self.logic.checkArm("propagate")
             self.saveEditorUndoState()
             self.logic.core.start_propagation(volume, None, segmentation, segment, window, mode, **options)
 
@@ -753,8 +783,56 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportReport(self) -> None:
         from MedSAMSlicerLogic.study_report import export_report
 
-        self.guarded(_("Export report"), lambda: self.showMessage(
-            _("Report: {where}").format(where=export_report(self.ui.logFolderPathLineEdit.currentPath))))
+        study = self.logic.study
+        self.guarded(_("Export report"), lambda: self.showMessage(_("Report: {where}").format(
+            where=study.report() if study is not None else export_report(self.ui.logFolderPathLineEdit.currentPath))))
+
+    # -- study mode (the rules, the arms and the time log: MedSAMSlicerLogic.study_mode; here: load and show) -------
+    def onNextCase(self) -> None:
+        if not self.busy():
+            self.guarded(_("Next case"), self.nextStudyCase)
+            self.showStudy()
+            self.updateButtons()
+
+    def nextStudyCase(self) -> None:
+        """Finish the open case (accept, stop its log), then load and open the reader's next case of the plan."""
+        logic = self.logic
+        plan, folder = self.ui.studyPlanPathLineEdit.currentPath, self.ui.logFolderPathLineEdit.currentPath
+        reader = self.ui.readerLineEdit.text or "anonymous"
+        study = logic.study
+        if study is None or (study.case is None and (plan, reader) != self.studyChoice):
+            if not plan or not folder:
+                raise ValueError("choose the study plan and the log folder it was made with first")
+            study = logic.openStudy(plan, folder, reader)
+            self.studyChoice = (plan, reader)
+        following = study.finish(self.ui.volumeSelector.currentNode()) if study.case is not None \
+            else study.next_index()
+        if following is None:
+            self.showMessage(_("Study done: every case of the plan is finished; Export report writes the report"))
+            return
+        volume = slicer.util.loadVolume(study.image(following))
+        self.ui.volumeSelector.setCurrentNode(volume)
+        case = study.open(following, volume)
+        segmentation = slicer.mrmlScene.GetNodeByID(logic.core.current.segmentation_id or "")
+        self.ui.segmentationSelector.setCurrentNode(segmentation)  # manual arm: the reader's empty segment
+        if segmentation is not None:
+            self.ui.segmentSelector.setCurrentSegmentID(logic.core.current.segment_id)
+        self.editTimer.start()
+        self.showMessage(_("Study case {n} of {total} ({arm} arm)").format(
+            n=following + 1, total=len(study.cases), arm=case.mode))
+
+    def showStudy(self) -> None:
+        study = self.logic.study if self.logic is not None else None
+        if study is None:
+            text = _("no study")
+        elif study.case is None:
+            text = _("study done") if study.next_index() is None else _("no case open: click Next case")
+        elif study.model_allowed:
+            text = _("{arm}: MedSAM's boxes, Segment slice and Propagate").format(arm=study.arm)
+        else:
+            text = _("{arm}: MedSAM is off; draw with Segment Editor (Draw, Paint, Erase, Scissors, Fill between "
+                     "slices), then Next case").format(arm=study.arm)
+        self.ui.studyCaseLabel.text = text
 
 
 #

@@ -219,6 +219,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         def draw():
             import MedSAMSlicer
 
+            logic.checkArm("draw_box" if newObject else "key_box")  # a study's manual arm refuses MedSAM
             sliceNode = MedSAMSlicer.sliceNodeOfView(self.viewComboBox.currentText)
             logic.core.prefetch_window = self.windowComboBox.currentText  # the engine encodes ahead for it
             _, _, note = logic.core.draw_box(self.sourceVolume(), sliceNode, newObject)
@@ -228,7 +229,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
         self.guarded(_("Draw box"), draw)
 
-    def start(self, title, startOperation):
+    def start(self, title, action, startOperation):
         logic = self.logic()
         if logic.core.busy:
             return
@@ -243,6 +244,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
 
         def begin():
+            logic.checkArm(action)  # a study's manual arm refuses MedSAM
             self.scriptedEffect.saveStateForUndo()  # Segment Editor's Undo takes back the whole operation
             startOperation(logic.core, segmentation, segmentId, self.writer())
 
@@ -255,12 +257,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onSegmentSlice(self):
         volume, window = self.sourceVolume(), self.windowComboBox.currentText
-        self.start(_("Segment slice"), lambda core, segmentation, segmentId, writer: core.start_segment_slice(
-            volume, None, segmentation, segmentId, window, writer=writer))
+        self.start(_("Segment slice"), "segment_slice", lambda core, segmentation, segmentId, writer:
+                   core.start_segment_slice(volume, None, segmentation, segmentId, window, writer=writer))
 
     def onPropagate(self):
         volume, window, mode = self.sourceVolume(), self.windowComboBox.currentText, self.rangeComboBox.currentData
-        self.start(_("Propagate 3D"), lambda core, segmentation, segmentId, writer: core.start_propagation(
+        self.start(_("Propagate 3D"), "propagate", lambda core, segmentation, segmentId, writer: core.start_propagation(
             volume, None, segmentation, segmentId, window, mode, writer=writer))
 
     def onCancel(self):

@@ -20,14 +20,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from MedSAMSlicerLib.errors import MedSAMError
-from MedSAMSlicerLib.study.arms import MANUAL_TOOLS, StudyMode, check_action
-from MedSAMSlicerLib.study.report import StudyCase
 
 from .box_segmentation import BoxSegmentationLogic, ObjectState
 from .edit_watch import ManualEditWatcher
+
+if TYPE_CHECKING:  # the study room's report pulls in scipy (its Dice): imported when a study is opened, not before
+    from MedSAMSlicerLib.study.arms import StudyMode
+    from MedSAMSlicerLib.study.report import StudyCase
 
 MANUAL, ASSISTED = "manual", "assisted"
 MANUAL_SEGMENT_NAME = "manual"
@@ -61,6 +63,8 @@ class StudySession:
     def load(cls, logic: BoxSegmentationLogic, plan: str | os.PathLike, log_folder: str | os.PathLike,
              reader: str) -> "StudySession":
         """Read the plan (checked against the log folder's pseudonym key and the scans, see ``StudyMode.load``)."""
+        from MedSAMSlicerLib.study.arms import StudyMode
+
         return cls(logic, StudyMode.load(plan, log_folder), reader)
 
     # -- what the front end shows -----------------------------------------------------------------------------------
@@ -87,10 +91,14 @@ class StudySession:
     @property
     def manual_tools(self) -> tuple[str, ...]:
         """The Segment Editor tools of both arms (the manual arm draws the whole object with them)."""
+        from MedSAMSlicerLib.study.arms import MANUAL_TOOLS
+
         return MANUAL_TOOLS
 
     def check(self, action: str) -> None:
         """Raise ``ArmRefused`` when ``action`` (draw_box, key_box, segment_slice, propagate) is not in the arm."""
+        from MedSAMSlicerLib.study.arms import check_action
+
         check_action(self.arm, action)
 
     def status(self, index: int) -> str:
