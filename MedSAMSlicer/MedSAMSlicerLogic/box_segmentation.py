@@ -426,6 +426,39 @@ class BoxSegmentationLogic:
         self._log("undo", operation=operation.description)
         return operation
 
+    # -- fill between slices (Segment Editor's tool, without Qt) -------------------------------------------------
+    def fill_between_slices(self, volume_node, segmentation_node=None, segment_id: Optional[str] = None,
+                            np_axis: Optional[int] = None, writer: Optional[Writer] = None) -> Operation:
+        """Fill the empty slices between the slices drawn in a segment (the picked one, else the current object's),
+        by morphological contour interpolation (:mod:`.fill_between`); one undo step, like a MedSAM write, and a
+        ``manual_edit`` event with ``tool=fill_between_slices`` in the time log (the reader's tool, not the model)."""
+        from .fill_between import drawn_slices, fill_between_slices, gap_axis
+
+        if self.pending is not None:
+            raise MedSAMError(f"{self.pending.title} is running; wait for it or cancel it first")
+        grid = self.grid(volume_node)
+        if segmentation_node is None and self.current.segmentation_id:
+            segmentation_node = self.scene.GetNodeByID(self.current.segmentation_id)
+        if not segment_id and segmentation_node is not None and \
+                segmentation_node.GetID() == self.current.segmentation_id:
+            segment_id = self.current.segment_id
+        if segmentation_node is None or not segment_id or not segment_exists(segmentation_node, segment_id):
+            raise InputImageError("pick the segment to fill first (draw it on two or more slices)")
+        check_segmentation_grid(segmentation_node, grid)
+        self.collect_manual_edits()  # strokes drawn before the fill are logged as the reader's own edits first
+        drawn = read_segment(segmentation_node, segment_id, volume_node)
+        np_axis = gap_axis(drawn) if np_axis is None else int(np_axis)
+        filled = fill_between_slices(drawn, np_axis)
+        added = filled & ~drawn
+        slices = drawn_slices(added, np_axis)
+        details = {"slices": slices, "voxels": int(added.sum()), "np_axis": np_axis, "tool": "fill_between_slices"}
+        target = Target(segmentation_node, segment_id, False)
+        operation = self._write(target, filled, volume_node, f"Fill between slices ({len(slices)} slices)", details,
+                                writer)
+        self.current.segmentation_id, self.current.segment_id = segmentation_node.GetID(), segment_id
+        self._log("manual_edit", slices=slices, voxels=int(added.sum()), tool="fill_between_slices")
+        return operation
+
     # -- boxes --------------------------------------------------------------------------------------------------------
     def draw_box(self, volume_node, slice_node, new_object: bool = True,
                  corners_world=None) -> tuple[object, SlicePrompt, str]:
