@@ -94,7 +94,7 @@ def runGuarded(what: str, action, showMessage) -> None:
         action()
     except MedSAMError as error:
         showMessage(f"{what}: {user_message(error)}", error=True)
-    except Exception as error:  # noqa: BLE001 - never only the console
+    except Exception as error:  # never only the console
         showMessage(f"{what}: {user_message(error)}", error=True)
         if not slicer.app.testingEnabled():
             slicer.util.errorDisplay(f"{what}: {user_message(error)}", windowTitle=_("MedSAM"),
@@ -183,7 +183,7 @@ def warnIfShadowed() -> list:
     for name in ("MedSAMSlicerLib", "MedSAMSlicerLogic"):
         try:
             origin = os.path.dirname(os.path.dirname(os.path.abspath(importlib.import_module(name).__file__)))
-        except Exception:  # noqa: BLE001 - a broken copy shows up when it is used
+        except Exception:  # a broken copy shows up when it is used
             continue
         if os.path.normcase(origin) != here:
             shadowed.append(f"{name} from {origin}")
@@ -428,7 +428,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameterNode is not None:
             try:
                 self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-            except Exception as error:  # noqa: BLE001 - the panel works without saved settings; say why
+            except Exception as error:  # the panel works without saved settings; say why
                 logging.warning("MedSAM: the panel's settings are not saved with the scene (%s)", error)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -440,7 +440,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MedSAMSlicerLib.engine.weights import load_manifest  # a light module: no torch
 
             names = list(load_manifest())
-        except Exception:  # noqa: BLE001 - the engine reads the manifest again, with a clear error, when it loads
+        except Exception:  # the engine reads the manifest again, with a clear error, when it loads
             names = ["litemedsam"]
         self.ui.modelComboBox.addItems(names)
 
@@ -633,7 +633,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
             if editor.segmentationNode() is self.ui.segmentationSelector.currentNode():
                 editor.saveStateForUndo()
-        except Exception:  # noqa: BLE001 - a Slicer without Segment Editor: MedSAM's own Undo still works
+        except Exception:  # a Slicer without Segment Editor: MedSAM's own Undo still works
             pass
 
     def startOperation(self, title: str, start) -> None:
@@ -662,7 +662,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             housekeeping = housekeeping or logic.link.check is not None
         try:
             setup = logic.pollEngineSetup()
-        except Exception as error:  # noqa: BLE001 - install or start failed: reported once, the action dropped
+        except Exception as error:  # install or start failed: reported once, the action dropped
             from MedSAMSlicerLogic.messages import user_message
 
             self.afterEngine = None
@@ -772,7 +772,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             self.logic.core.collect_manual_edits()
-        except Exception as error:  # noqa: BLE001 - the segment was deleted meanwhile: stop watching it
+        except Exception as error:  # the segment was deleted meanwhile: stop watching it
             logging.warning("MedSAM manual-edit check: %s", error)
             self.logic.core.stop_watching()
         log = self.logic.core.time_log

@@ -278,8 +278,11 @@ class BoxSegmentationLogic:
             grid = self.grid(volume_node)
             prompt = prompt_from_roi(roi_node, grid)
             key = (grid_key(volume_node), window or self.prefetch_window, prompt.axis)
-        except Exception as error:  # noqa: BLE001 - a box off the volume: the next run reports it, not the prefetch
+        except MedSAMError as error:  # a box off the volume: the next run reports it, not the prefetch
             log.info("no prefetch for this box: %s", first_line(error))
+            return []
+        except Exception:  # an unexpected failure must not break the drag either; its traceback goes to the log
+            log.warning("no prefetch for this box", exc_info=True)
             return []
         count = int(grid.shape_kji[prompt.np_axis])
         indices = [int(prompt.index)]
@@ -422,7 +425,7 @@ class BoxSegmentationLogic:
         if snapshot.copy is None and snapshot.segment_id == self.current.segment_id:
             self.current.segment_id = ""  # the object's segment was created by that operation and is gone
         if self.edit_watcher is not None and self.edit_watcher.segment_id == snapshot.segment_id:
-            self.edit_watcher.baseline = self.edit_watcher._read()  # noqa: SLF001 - undo is not a manual edit
+            self.edit_watcher.rebase()  # undo is not a manual edit
         self._log("undo", operation=operation.description)
         return operation
 
@@ -485,7 +488,11 @@ class BoxSegmentationLogic:
         """The user dragged a box's handles (the panel calls this, throttled, from the ROI's modified event)."""
         try:
             prompt = prompt_from_roi(roi_node, self.grid(volume_node))
-        except Exception:  # noqa: BLE001 - a box dragged off the volume is still a move; the next run reports it
+        except MedSAMError:  # a box dragged off the volume is still a move; the next run reports it
+            self._log("box_moved")
+            return
+        except Exception:  # the same, for an unexpected failure (its traceback goes to the log)
+            log.warning("box move not understood", exc_info=True)
             self._log("box_moved")
             return
         self._log("box_moved", slice=prompt.index, box=str(prompt.box))
@@ -566,7 +573,7 @@ class BoxSegmentationLogic:
             return
         try:
             self.time_log.event(kind, **fields)
-        except Exception as error:  # noqa: BLE001 - a full disk must not stop the segmentation; the panel warns
+        except (OSError, ValueError, TypeError) as error:  # a full disk must not stop the segmentation; panel warns
             log.warning("time log event %s not written: %s", kind, error)
 
     # -- conveniences for scripts and tests: start, then poll until done ----------------------------------------------

@@ -35,7 +35,8 @@ class VolumeOnGrid:
 
     @property
     def shape_kji(self) -> tuple[int, int, int]:
-        return tuple(self.volume.array.shape)  # type: ignore[return-value]
+        k, j, i = self.volume.array.shape
+        return (k, j, i)
 
 
 def check_volume_node(volume_node) -> None:

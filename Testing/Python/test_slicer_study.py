@@ -15,6 +15,7 @@ from MedSAMSlicerLib.protocol import Box, SliceResult
 from MedSAMSlicerLib.study.arms import ArmRefused
 from MedSAMSlicerLib.study.report import build_report, plan_cases, write_case_list
 from MedSAMSlicerLib.study.timelog import read_log
+from slicer_fixtures import roi_in_ras
 
 pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
 
@@ -43,7 +44,6 @@ def test_two_case_plan_end_to_end(tmp_path):
     from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, Outcome
     from MedSAMSlicerLogic.segments import read_segment
     from MedSAMSlicerLogic.study_mode import StudyOrder, StudySession
-    from slicer_fixtures import roi_in_ras
     from slicer_harness import SlicerHarness
 
     logs = tmp_path / "logs"
