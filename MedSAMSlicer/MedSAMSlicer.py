@@ -373,6 +373,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
         self.ui.engineModeComboBox.connect("currentIndexChanged(int)", self.onEngineModeChanged)
+        self.ui.windowComboBox.connect("currentTextChanged(QString)", self.onWindowChanged)
         self.ui.drawBoxButton.connect("clicked()", lambda: self.onDrawBox(True))
         self.ui.addKeyBoxButton.connect("clicked()", lambda: self.onDrawBox(False))
         self.ui.segmentSliceButton.connect("clicked()", self.onSegmentSlice)
@@ -547,6 +548,12 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.study.close()  # the study case stays "in progress"; Next case opens it again
         self.showStudy()
         self.updateButtons()
+
+    def onWindowChanged(self, *args) -> None:
+        """Show the volume with the display W/L of the window MedSAM will use (choices.py), as the web app does."""
+        from MedSAMSlicerLogic.volume_nodes import show_window
+
+        show_window(self.ui.volumeSelector.currentNode(), self.ui.windowComboBox.currentText)
 
     def onSegmentationChanged(self, node) -> None:
         self.ui.segmentSelector.setCurrentNode(node)

@@ -104,6 +104,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.windowComboBox.connect("editTextChanged(QString)", self.updateMRMLFromGUI)
+        self.windowComboBox.connect("currentTextChanged(QString)", self.onWindowChanged)
 
     # -- options in the segment editor node (saved with the scene), as Slicer's effect template does --------------
     def setMRMLDefaults(self):
@@ -126,6 +127,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         finally:
             for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
                 combo.blockSignals(False)
+
+    def onWindowChanged(self, *args):
+        """Show the source volume with the display W/L of the window MedSAM will use (choices.py)."""
+        from MedSAMSlicerLogic.volume_nodes import show_window
+
+        if self.scriptedEffect.parameterSetNode() is not None:
+            show_window(self.sourceVolume(), self.windowComboBox.currentText)
 
     def updateMRMLFromGUI(self, *args):
         self.scriptedEffect.setParameter("MedSAM.View", self.viewComboBox.currentText)
