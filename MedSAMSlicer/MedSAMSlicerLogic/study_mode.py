@@ -123,10 +123,7 @@ class StudySession:
         """Open row ``index`` (only the plan's next row: the plan's order is the protocol) on ``volume_node``: the
         previous time log closes, this case's starts under the plan's case id and arm.  In the manual arm the reader
         gets an empty segment (in ``segmentation_node``, else in a new segmentation) whose edits are logged."""
-        expected = self.next_index()
-        if index != expected:
-            raise StudyOrder("the study is done" if expected is None
-                             else f"the study's order: case {expected + 1} comes next")
+        self.check_order(index)
         if self.logic.busy:
             raise StudyOrder("wait for the running operation (or cancel it) first")
         case = self.study.cases[index]
@@ -138,6 +135,13 @@ class StudySession:
         if case.mode == MANUAL:
             self.manual_segment(volume_node, segmentation_node)
         return case
+
+    def check_order(self, index: int) -> None:
+        """Refuse any row but the reader's next one (before the front end loads its scan)."""
+        expected = self.next_index()
+        if index != expected:
+            raise StudyOrder("the study is done" if expected is None
+                             else f"the study's order: case {expected + 1} comes next")
 
     def manual_segment(self, volume_node, segmentation_node=None) -> tuple:
         """The manual arm's empty segment (made the current object's, watched for the time log): (node, id)."""
