@@ -824,9 +824,21 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentationSelector.setCurrentNode(segmentation)  # manual arm: the reader's empty segment
         if segmentation is not None:
             self.ui.segmentSelector.setCurrentSegmentID(logic.core.current.segment_id)
+            self.editInSegmentEditor(segmentation, volume, logic.core.current.segment_id)
+        self.onWindowChanged()
         self.editTimer.start()
         self.showMessage(_("Study case {n} of {total} ({arm} arm)").format(
             n=following + 1, total=len(study.cases), arm=case.mode))
+
+    def editInSegmentEditor(self, segmentation, volume, segmentId) -> None:
+        """The manual arm: Segment Editor edits the case's empty segment, so the reader's first stroke lands there."""
+        try:
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            editor.setSegmentationNode(segmentation)
+            editor.setSourceVolumeNode(volume)
+            editor.setCurrentSegmentID(segmentId)
+        except Exception as error:  # a Slicer without Segment Editor's panel: the reader picks the segment there
+            logging.warning("MedSAM study: Segment Editor not set to the manual segment (%s)", error)
 
     def showStudy(self) -> None:
         study = self.logic.study if self.logic is not None else None
