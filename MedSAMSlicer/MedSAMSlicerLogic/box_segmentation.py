@@ -435,7 +435,7 @@ class BoxSegmentationLogic:
         """Fill the empty slices between the slices drawn in a segment (the picked one, else the current object's),
         by morphological contour interpolation (:mod:`.fill_between`); one undo step, like a MedSAM write, and a
         ``manual_edit`` event with ``tool=fill_between_slices`` in the time log (the reader's tool, not the model)."""
-        from .fill_between import drawn_slices, fill_between_slices, gap_axis
+        from .fill_between import NothingToFill, drawn_slices, fill_between_slices, gap_axis
 
         if self.pending is not None:
             raise MedSAMError(f"{self.pending.title} is running; wait for it or cancel it first")
@@ -450,11 +450,14 @@ class BoxSegmentationLogic:
         check_segmentation_grid(segmentation_node, grid)
         self.collect_manual_edits()  # strokes drawn before the fill are logged as the reader's own edits first
         drawn = read_segment(segmentation_node, segment_id, volume_node)
-        np_axis = gap_axis(drawn) if np_axis is None else int(np_axis)
-        filled = fill_between_slices(drawn, np_axis)
+        axis = gap_axis(drawn) if np_axis is None else int(np_axis)
+        if axis is None:
+            raise NothingToFill("draw the object on at least two slices with empty slices between them; nothing to "
+                                "fill")
+        filled = fill_between_slices(drawn, axis)
         added = filled & ~drawn
-        slices = drawn_slices(added, np_axis)
-        details = {"slices": slices, "voxels": int(added.sum()), "np_axis": np_axis, "tool": "fill_between_slices"}
+        slices = drawn_slices(added, axis)
+        details = {"slices": slices, "voxels": int(added.sum()), "np_axis": axis, "tool": "fill_between_slices"}
         target = Target(segmentation_node, segment_id, False)
         operation = self._write(target, filled, volume_node, f"Fill between slices ({len(slices)} slices)", details,
                                 writer)
