@@ -30,6 +30,7 @@ from slicer.util import VTKObservationMixin
 
 from MedSAMSlicerLogic import dependencies
 from MedSAMSlicerLogic.choices import RANGE_MODES, VIEWS, WINDOW_NAMES
+from MedSAMSlicerLogic.engine_jobs import ProgressState
 from MedSAMSlicerLogic.shortcuts import BUTTONS, key_sequences, tooltip_with_key
 
 try:
@@ -690,7 +691,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             then()
             return
         progress = logic.core.poll()
-        if progress.state == "idle":
+        if progress.state == ProgressState.IDLE:
             if not logic.core.preparing and not housekeeping:  # a prefetch sending the volume needs more polls
                 self.pollTimer.stop()
             self.updateButtons()
@@ -703,14 +704,14 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = f"{progress.title}: {progress.message}"
             return
         self.pollTimer.stop()
-        if progress.state == "done":
+        if progress.state == ProgressState.DONE:
             segmentation = slicer.mrmlScene.GetNodeByID(progress.operation.snapshot.segmentation_node_id)
             if self.ui.segmentationSelector.currentNode() is None and segmentation is not None:
                 self.ui.segmentationSelector.setCurrentNode(segmentation)  # show where the result went
             self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s "
                              f"({progress.outcome.window})")
             self.editTimer.start()
-        elif progress.state == "cancelled":
+        elif progress.state == ProgressState.CANCELLED:
             self.showMessage(progress.message or _("Cancelled; nothing was written"))
         else:
             self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)

@@ -27,6 +27,7 @@ except ImportError:  # Slicer before 5.4
 
 from MedSAMSlicerLogic.choices import (DEFAULT_RANGE_MODE, DEFAULT_VIEW, DEFAULT_WINDOW, RANGE_MODES, VIEWS,
                                        WINDOW_NAMES)
+from MedSAMSlicerLogic.engine_jobs import ProgressState
 from MedSAMSlicerLogic.shortcuts import key_sequences
 
 POLL_MS = 100
@@ -302,13 +303,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if progress.message:
                 self.statusLabel.text = f"{progress.title}: {progress.message}"
             return
-        if progress.state == "idle" and self.logic().core.preparing:
+        if progress.state == ProgressState.IDLE and self.logic().core.preparing:
             return  # a prefetch is still sending the volume
         self.pollTimer.stop()
         self.progressBar.hide()
-        if progress.state == "done":
+        if progress.state == ProgressState.DONE:
             self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s")
-        elif progress.state == "cancelled":
+        elif progress.state == ProgressState.CANCELLED:
             self.showMessage(progress.message)
-        elif progress.state == "failed":
+        elif progress.state == ProgressState.FAILED:
             self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)
