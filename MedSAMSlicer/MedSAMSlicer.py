@@ -29,6 +29,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedSAMSlicerLogic import dependencies
+from MedSAMSlicerLogic.choices import RANGE_MODES, VIEWS, WINDOW_NAMES
 from MedSAMSlicerLogic.shortcuts import BUTTONS, key_sequences, tooltip_with_key
 
 try:
@@ -41,10 +42,6 @@ except ImportError:  # Slicer before 5.4
     def translate(context: str, text: str) -> str:
         return text
 
-VIEWS = ("Red", "Green", "Yellow")
-WINDOWS = ("auto", "soft_tissue", "lung", "bone", "brain", "mediastinum", "mr", "none")
-RANGE_MODES = (("auto", "From box thickness, else stop rule"), ("roi", "From box thickness"),
-               ("stop", "Stop rule (whole volume)"))
 ENGINE_MODES = (("local", "Local (this computer)"), ("remote", "Remote server"))
 POLL_MS = 100  # engine polling period; each poll makes short requests, 50 ms at most in all (POLL_TIMEOUT)
 EDIT_CHECK_MS = 1500  # manual-edit detection and running active time
@@ -341,9 +338,9 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = sharedLogic()  # cheap (no torch): slicer.util.getModuleLogic("MedSAMSlicer") works at once
 
-        self.ui.windowComboBox.addItems(list(WINDOWS))  # view and device: filled by connectGui (Choice)
-        for mode, title in RANGE_MODES:
-            self.ui.rangeComboBox.addItem(title, mode)
+        self.ui.windowComboBox.addItems(list(WINDOW_NAMES))  # view and device: filled by connectGui (Choice)
+        for choice in RANGE_MODES:
+            self.ui.rangeComboBox.addItem(choice.title, choice.mode)
         for mode, title in ENGINE_MODES:
             self.ui.engineModeComboBox.addItem(title, mode)
         self.ui.modeComboBox.addItems(["assisted", "manual"])

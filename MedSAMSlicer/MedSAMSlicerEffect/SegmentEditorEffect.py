@@ -25,12 +25,10 @@ except ImportError:  # Slicer before 5.4
     def _(text: str) -> str:
         return text
 
+from MedSAMSlicerLogic.choices import (DEFAULT_RANGE_MODE, DEFAULT_VIEW, DEFAULT_WINDOW, RANGE_MODES, VIEWS,
+                                       WINDOW_NAMES)
 from MedSAMSlicerLogic.shortcuts import key_sequences
 
-VIEWS = ("Red", "Green", "Yellow")
-WINDOWS = ("auto", "soft_tissue", "lung", "bone", "brain", "mediastinum", "mr", "none")
-RANGE_MODES = (("auto", "From box thickness, else stop rule"), ("roi", "From box thickness"),
-               ("stop", "Stop rule (whole volume)"))
 POLL_MS = 100
 
 
@@ -76,11 +74,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addLabeledOptionsWidget(_("Draw in view:"), self.viewComboBox)
         self.windowComboBox = qt.QComboBox()
         self.windowComboBox.editable = True
-        self.windowComboBox.addItems(list(WINDOWS))
+        self.windowComboBox.addItems(list(WINDOW_NAMES))
         self.scriptedEffect.addLabeledOptionsWidget(_("Window:"), self.windowComboBox)
         self.rangeComboBox = qt.QComboBox()
-        for mode, title in RANGE_MODES:
-            self.rangeComboBox.addItem(title, mode)
+        for choice in RANGE_MODES:
+            self.rangeComboBox.addItem(choice.title, choice.mode)
         self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), self.rangeComboBox)
         buttons = qt.QHBoxLayout()
         self.drawBoxButton = qt.QPushButton(_("Draw box"))
@@ -109,16 +107,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # -- options in the segment editor node (saved with the scene), as Slicer's effect template does --------------
     def setMRMLDefaults(self):
-        self.scriptedEffect.setParameterDefault("MedSAM.View", VIEWS[0])
-        self.scriptedEffect.setParameterDefault("MedSAM.Window", WINDOWS[0])
-        self.scriptedEffect.setParameterDefault("MedSAM.Range", RANGE_MODES[0][0])
+        self.scriptedEffect.setParameterDefault("MedSAM.View", DEFAULT_VIEW)
+        self.scriptedEffect.setParameterDefault("MedSAM.Window", DEFAULT_WINDOW)
+        self.scriptedEffect.setParameterDefault("MedSAM.Range", DEFAULT_RANGE_MODE)
 
     def updateGUIFromMRML(self):
         for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
             combo.blockSignals(True)
         try:
-            for combo, name, default in ((self.viewComboBox, "MedSAM.View", VIEWS[0]),
-                                         (self.windowComboBox, "MedSAM.Window", WINDOWS[0])):
+            for combo, name, default in ((self.viewComboBox, "MedSAM.View", DEFAULT_VIEW),
+                                         (self.windowComboBox, "MedSAM.Window", DEFAULT_WINDOW)):
                 wanted = self.scriptedEffect.parameter(name) or default
                 if combo.currentText != wanted:  # never rewrite a window being typed ("L,W")
                     combo.currentText = wanted
@@ -132,7 +130,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def updateMRMLFromGUI(self, *args):
         self.scriptedEffect.setParameter("MedSAM.View", self.viewComboBox.currentText)
         self.scriptedEffect.setParameter("MedSAM.Window", self.windowComboBox.currentText)
-        self.scriptedEffect.setParameter("MedSAM.Range", self.rangeComboBox.currentData or RANGE_MODES[0][0])
+        self.scriptedEffect.setParameter("MedSAM.Range", self.rangeComboBox.currentData or DEFAULT_RANGE_MODE)
 
     # -- lifetime -------------------------------------------------------------------------------------------------
     def activate(self):

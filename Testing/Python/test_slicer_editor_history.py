@@ -24,7 +24,8 @@ pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pi
 import slicer  # noqa: E402
 
 from MedSAMSlicerLib.engine.boxes import Box  # noqa: E402
-from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, Outcome, SliceResult  # noqa: E402
+from MedSAMSlicerLib.protocol import SliceResult  # noqa: E402
+from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, Outcome  # noqa: E402
 from MedSAMSlicerLogic.editor_writes import NotWritten, SegmentEditorWriter  # noqa: E402
 from MedSAMSlicerLogic.segments import add_segment, read_segment, write_segment  # noqa: E402
 from MedSAMSlicerLogic.undo import EditedSince, NothingToUndo  # noqa: E402
@@ -78,7 +79,7 @@ def engine_result(logic, volume, roi) -> tuple:
     request = logic.slice_request(volume, roi)
     square = np.zeros(SHAPE[1:], bool)
     square[8:18, 8:18] = True
-    return request, Outcome(0.1, 1, slice_result=SliceResult(SLICE, request.prompt.box, square, 0.9))
+    return request, Outcome(0.1, 1, slice_result=SliceResult(SLICE, square, 0.9, request.prompt.box))
 
 
 def voxels(segmentation, segment_id, volume) -> int:
