@@ -26,10 +26,10 @@ from typing import Any, Optional
 import numpy as np
 
 from MedSAMSlicerLib.errors import BoxError, MedSAMError
-from MedSAMSlicerLib.protocol import axes
+from MedSAMSlicerLib.protocol import PropagationResult, axes
 from MedSAMSlicerLib.protocol.boxes import Box
 
-from .box_segmentation import Outcome, PendingOperation, Progress, PropagationResult
+from .box_segmentation import Outcome, PendingOperation, Progress
 from .roi_prompts import prompt_from_roi
 from .segments import read_segment, segment_exists
 from .volume_nodes import VolumeOnGrid
