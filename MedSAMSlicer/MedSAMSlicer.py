@@ -31,6 +31,7 @@ from slicer.util import VTKObservationMixin
 from MedSAMSlicerLogic import dependencies
 from MedSAMSlicerLogic.choices import RANGE_MODES, VIEWS, WINDOW_NAMES
 from MedSAMSlicerLogic.engine_jobs import ProgressState
+from MedSAMSlicerLogic.engine_setup import SetupState
 from MedSAMSlicerLogic.shortcuts import BUTTONS, key_sequences, tooltip_with_key
 
 try:
@@ -316,11 +317,11 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         if self.study is not None:
             self.study.check(action)
 
-    def pollEngineSetup(self) -> str:
+    def pollEngineSetup(self) -> SetupState:
         """Advance the package install and the local start by one non-blocking step: "installing", "starting",
         "ready" or "idle"; raises (once) when a step failed.  After an install the engine starts by itself."""
         state = self.setup.poll()
-        if state == "ready" and self.core.engine is not self.link.client:
+        if state == SetupState.READY and self.core.engine is not self.link.client:
             self.core.set_engine(self.link.client)
         return state
 
@@ -678,15 +679,15 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(user_message(error), error=True, popup=True)
             self.updateButtons()
             return
-        if setup in ("installing", "starting"):
+        if setup in (SetupState.INSTALLING, SetupState.STARTING):
             self.ui.statusLabel.text = logic.setup.status
             self.ui.modelStatusLabel.text = logic.setup.status
             return
-        announcement = logic.setup.pop_announcement() if setup == "ready" else ""
+        announcement = logic.setup.pop_announcement() if setup == SetupState.READY else ""
         if announcement:  # also after an install that Start engine triggered (audit W4)
             self.ui.modelStatusLabel.text = announcement
             self.showMessage(announcement)
-        if setup == "ready" and self.afterEngine is not None:
+        if setup == SetupState.READY and self.afterEngine is not None:
             then, self.afterEngine = self.afterEngine, None
             then()
             return
@@ -970,7 +971,7 @@ class MedSAMSlicerTest(ScriptedLoadableModuleTest):
             logic.core.idle = slicer.app.processEvents  # the GUI stays alive while the self-test waits
             logic.engineChoice = ("cpu", "litemedsam")
             logic.setup.begin_start()
-            self.waitFor(lambda: logic.pollEngineSetup() == "ready", 180, "the engine to start")
+            self.waitFor(lambda: logic.pollEngineSetup() == SetupState.READY, 180, "the engine to start")
             self.waitFor(lambda: logic.link.client.health(timeout=5).get("ready"), 600, "the model to load")
             self.delayDisplay("Segmenting with MedSAM")
             report = run_self_test(logic.core, slicer.modules.volumes.logic(),
