@@ -853,6 +853,10 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             text = _("{arm}: MedSAM is off; draw with Segment Editor (Draw, Paint, Erase, Scissors, Fill between "
                      "slices), then Next case").format(arm=study.arm)
+        if study is not None and study.case is not None:
+            rows = study.rows()
+            text = _("case {n} of {total} ({done} done) - {text}").format(
+                n=study.index + 1, total=len(rows), done=sum(r.status == "done" for r in rows), text=text)
         self.ui.studyCaseLabel.text = text
 
 
