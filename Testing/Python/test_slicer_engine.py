@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from slicer_fixtures import harness, label_array, roi_in_ras, start_engine, tight_box  # noqa: F401 - fixtures
+from slicer_fixtures import label_array, roi_in_ras, start_engine, tight_box
 
 LUNG_KEY = 33
 

@@ -22,14 +22,14 @@ def _results(shape, np_axis: int) -> list[tuple[int, np.ndarray]]:
 
 
 def _apply(logic, volume, axis: str, index: int, plane: np.ndarray):
-    from MedSAMSlicerLib.protocol.boxes import Box
-    from MedSAMSlicerLogic.box_segmentation import Outcome, SliceResult
+    from MedSAMSlicerLib.protocol import Box, SliceResult
+    from MedSAMSlicerLogic.engine_jobs import Outcome
 
     box = Box(2.0, 2.0, float(plane.shape[1] - 3), float(plane.shape[0] - 3))
     roi = roi_in_ras(logic.scene, volume, axis, index, index, box)
     request = logic.slice_request(volume, roi, "auto")
     assert request.prompt.index == index
-    outcome = Outcome(0.1, 0, slice_result=SliceResult(index, request.prompt.box, plane, 0.9))
+    outcome = Outcome(0.1, 0, slice_result=SliceResult(index, plane, 0.9, request.prompt.box))
     operation = logic.apply_slice(volume, request, outcome)
     logic.scene.RemoveNode(roi)
     return operation
