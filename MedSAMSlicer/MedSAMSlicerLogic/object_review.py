@@ -7,7 +7,8 @@ This module is the MRML side, for every front end (the Slicer panel, the Segment
 
 - each engine action is an operation of :class:`~.box_segmentation.BoxSegmentationLogic`, started with its
   ``start_request`` and advanced by its ``poll()`` a short step at a time (no request waits longer than its
-  ``POLL_TIMEOUT`` of 50 ms; no thread): the requests below carry their own ``start_job`` and ``finish``;
+  ``POLL_TIMEOUT`` of 50 ms; no thread): the requests below carry their own ``start_job`` and ``finish``
+  (``engine_jobs.OwnJob``);
 - a correction writes only the slices the engine changed into the object's segment, as one undoable step of the
   logic's undo stack; :meth:`ObjectReview.undo` undoes the last review action in the segment and on the engine;
 - "accept this slice" and a hand edit (the manual tools; :meth:`ObjectReview.note_manual_edit` sends the edited
@@ -26,10 +27,9 @@ from typing import Any, Optional
 import numpy as np
 
 from MedSAMSlicerLib.errors import BoxError, MedSAMError
-from MedSAMSlicerLib.protocol import axes
-from MedSAMSlicerLib.protocol.boxes import Box
+from MedSAMSlicerLib.protocol import Box, PropagationResult, PropagationSettings, axes
 
-from .box_segmentation import Outcome, PendingOperation, Progress, PropagationResult
+from .engine_jobs import Outcome, PendingOperation, Progress, ProgressState
 from .roi_prompts import prompt_from_roi
 from .segments import read_segment, segment_exists
 from .volume_nodes import VolumeOnGrid
@@ -64,26 +64,30 @@ class ObjectStart:
     grid_key: tuple
     prompts: list
     window: str
-    options: dict
+    settings: PropagationSettings
 
     @property
     def axis(self) -> str:
         return self.prompts[0].axis
 
+    @property
+    def remote_key(self) -> tuple:
+        return self.grid_key, self.window, self.axis
+
     def start_job(self, remote, budget: float, request_id: str):
         keys = {int(p.index): (float(p.box.x0), float(p.box.y0), float(p.box.x1), float(p.box.y1))
                 for p in self.prompts}
-        return remote.start_object(keys, {"slice_range": self.options.get("slice_range"),
-                                          "stop": bool(self.options.get("stop", True))},
-                                   timeout=budget, request_id=request_id)
+        low_high = self.settings.slice_range
+        return remote.start_object(keys, {"slice_range": list(low_high) if low_high is not None else None,
+                                          "stop": bool(self.settings.stop)}, timeout=budget, request_id=request_id)
 
-    def finish(self, logic, pending: PendingOperation, result: dict) -> Progress:
+    def finish(self, pending: PendingOperation, result: dict) -> Progress:
         np_axis = self.prompts[0].np_axis
         changed = [int(i) for i in result.get("changed", [])]
         self.review.state = ReviewState(str(result["object_id"]), pending.volume_node_id, self.grid_key,
                                         self.window, self.axis, np_axis)
         self.review.take(result)
-        return self.review.write(logic, pending, self, result, changed, "Propagate 3D (review)", "propagate")
+        return self.review.write(pending, self, result, changed, "Propagate 3D (review)", "propagate")
 
 
 @dataclass
@@ -101,14 +105,19 @@ class ObjectAction:
     mask: Optional[np.ndarray] = None  # "edit": the slice as the reader left it
     log_kind: str = ""
 
+    @property
+    def remote_key(self) -> tuple:
+        return self.grid_key, self.window, self.axis
+
     def start_job(self, remote, budget: float, request_id: str):
         box = None if self.box is None else (float(self.box.x0), float(self.box.y0), float(self.box.x1),
                                              float(self.box.y1))
         return remote.correct(self.review.state.object_id, self.action, self.index, box, timeout=budget,
                               request_id=request_id, mask=self.mask)
 
-    def finish(self, logic, pending: PendingOperation, result: dict) -> Progress:
+    def finish(self, pending: PendingOperation, result: dict) -> Progress:
         review = self.review
+        logic = review.logic
         review.take(result)
         fields: dict[str, Any] = {"slice": self.index} if self.index is not None else {}
         if self.action in ("box", "cut"):
@@ -117,15 +126,16 @@ class ObjectAction:
                 fields["box"] = str(self.box)
             title = f"Corrective box on slice {self.index}" if self.action == "box" else \
                 f"Object ends at slice {self.index}"
-            return review.write(logic, pending, self, result, [int(i) for i in result.get("changed", [])], title,
+            return review.write(pending, self, result, [int(i) for i in result.get("changed", [])], title,
                                 self.log_kind, **fields)
         if self.action == "undo":
-            return Progress("done", "Undo", 1, 1, "undone on the engine")
+            return Progress(ProgressState.DONE, "Undo", 1, 1, "undone on the engine")
         review.state.wrong.discard(self.index)
         review.state.history.append((self.action, False))
         if self.log_kind:
             logic.log_event(self.log_kind, **fields)
-        return Progress("done", pending.title, 1, 1, f"slice {self.index} {self.action}ed; later corrections keep it")
+        return Progress(ProgressState.DONE, pending.title, 1, 1,
+                        f"slice {self.index} {self.action}ed; later corrections keep it")
 
 
 class ObjectReview:
@@ -174,7 +184,7 @@ class ObjectReview:
               range_mode: str = "auto", stop: bool = True) -> PendingOperation:
         """Propagate the current key boxes as a correctable object (replaces the object under review)."""
         request = self.logic.propagation_request(volume_node, roi_nodes, window, range_mode, stop=stop)
-        start = ObjectStart(self, request.grid, request.grid_key, request.prompts, request.window, request.options)
+        start = ObjectStart(self, request.grid, request.grid_key, request.prompts, request.window, request.settings)
         return self.logic.start_request("Propagate 3D", volume_node, start, segmentation_node, segment_id)
 
     def corrective_box(self, volume_node, roi_node) -> PendingOperation:
@@ -254,14 +264,15 @@ class ObjectReview:
         return self._action(volume_node, "edit", index, mask=np.ascontiguousarray(plane, dtype=bool),
                      log_kind="slice_edited", title="Hand edit")
 
-    def write(self, logic, pending: PendingOperation, request, result: dict, changed: list, title: str,
+    def write(self, pending: PendingOperation, request, result: dict, changed: list, title: str,
               log_kind: str, **fields) -> Progress:
         """Write the slices the engine changed into the object's segment (one undo step) and log the action."""
-        state = self._need_object()
+        state, logic = self._need_object(), self.logic
         mask = np.asarray(result["mask"], dtype=bool)
         seconds = float(result.get("seconds", time.monotonic() - pending.started))
         outcome = Outcome(seconds, int(result.get("encoder_calls", 0)),
-                          propagation=PropagationResult(mask, len(changed), dict(result.get("stopped") or {})))
+                          propagation=PropagationResult(mask, len(changed), dict(result.get("stopped") or {}),
+                                                        dict(result.get("scores") or {})))
         details = {"slices": len(changed), "changed": changed, "axis": state.axis, "np_axis": state.np_axis,
                    "decoder_calls": int(result.get("decoder_calls", 0)), "seconds": round(seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
@@ -272,7 +283,8 @@ class ObjectReview:
         if log_kind:
             logic.log_event(log_kind, slices=len(changed), seconds=round(seconds, 3),
                             encoder_calls=outcome.encoder_calls, decoder_calls=details["decoder_calls"], **fields)
-        return Progress("done", pending.title, len(changed), len(changed), operation.description, operation, outcome)
+        return Progress(ProgressState.DONE, pending.title, len(changed), len(changed), operation.description,
+                        operation, outcome)
 
 
 def view_slice_index(slice_node, volume_node, slice_count: int) -> int:
