@@ -53,6 +53,7 @@ class ReviewState:
     slice_range: list = field(default_factory=lambda: [None, None])
     wrong: set = field(default_factory=set)  # slices the reader marked wrong, not corrected yet
     history: list = field(default_factory=list)  # review actions done, for undo: (action, wrote the segment)
+    known: Optional[np.ndarray] = None  # the segment as the review last left it: a slice that differs was edited
 
 
 @dataclass
@@ -129,9 +130,12 @@ class ObjectAction:
             return review.write(pending, self, result, [int(i) for i in result.get("changed", [])], title,
                                 self.log_kind, **fields)
         if self.action == "undo":
+            review.state.known = review.segment_now(logic.scene.GetNodeByID(pending.volume_node_id))
             return Progress(ProgressState.DONE, "Undo", 1, 1, "undone on the engine")
         review.state.wrong.discard(self.index)
         review.state.history.append((self.action, False))
+        if self.action == "edit" and review.state.known is not None and self.mask is not None:
+            axes.put_slice(review.state.known, review.state.np_axis, int(self.index), self.mask)
         if self.log_kind:
             logic.log_event(self.log_kind, **fields)
         return Progress(ProgressState.DONE, pending.title, 1, 1,
@@ -236,6 +240,23 @@ class ObjectReview:
         return None
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def segment_now(self, volume_node) -> Optional[np.ndarray]:
+        node = self.logic.scene.GetNodeByID(self.logic.current.segmentation_id) \
+            if self.logic.current.segmentation_id else None
+        segment_id = self.logic.current.segment_id
+        if volume_node is None or node is None or not segment_id or not segment_exists(node, segment_id):
+            return None
+        return read_segment(node, segment_id, volume_node)
+
+    def _edited_since(self, volume_node, slices) -> list:
+        """Of ``slices``, those whose voxels in the segment differ from what the review last wrote there."""
+        state = self._need_object()
+        now = self.segment_now(volume_node)
+        if state.known is None or now is None or now.shape != state.known.shape:
+            return []
+        return [int(s) for s in slices if not np.array_equal(axes.take_slice(now, state.np_axis, int(s)),
+                                                              axes.take_slice(state.known, state.np_axis, int(s)))]
+
     def _need_object(self) -> ReviewState:
         if self.state is None or not self.state.object_id:
             raise BoxError("no object under review: draw a box and propagate first")
@@ -269,6 +290,11 @@ class ObjectReview:
         """Write the slices the engine changed into the object's segment (one undo step) and log the action."""
         state, logic = self._need_object(), self.logic
         mask = np.asarray(result["mask"], dtype=bool)
+        volume = logic.scene.GetNodeByID(pending.volume_node_id)
+        edited = self._edited_since(volume, changed)
+        if edited:  # edited by hand since the review last wrote (the engine did not hear of it): kept, and sent
+            changed = [s for s in changed if s not in edited]
+            self.queue += [(pending.volume_node_id, s) for s in edited]
         seconds = float(result.get("seconds", time.monotonic() - pending.started))
         outcome = Outcome(seconds, int(result.get("encoder_calls", 0)),
                           propagation=PropagationResult(mask, len(changed), dict(result.get("stopped") or {}),
@@ -276,9 +302,9 @@ class ObjectReview:
         details = {"slices": len(changed), "changed": changed, "axis": state.axis, "np_axis": state.np_axis,
                    "decoder_calls": int(result.get("decoder_calls", 0)), "seconds": round(seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
-        operation = logic.write_slices(logic.scene.GetNodeByID(pending.volume_node_id), request, mask, changed,
-                                       state.np_axis, f"{title} ({len(changed)} slices)", details,
-                                       *_target(logic, pending))
+        operation = logic.write_slices(volume, request, mask, changed, state.np_axis,
+                                       f"{title} ({len(changed)} slices)", details, *_target(logic, pending))
+        state.known = self.segment_now(volume)
         state.history.append((request.action if isinstance(request, ObjectAction) else "start", True))
         if log_kind:
             logic.log_event(log_kind, slices=len(changed), seconds=round(seconds, 3),

@@ -2,7 +2,7 @@
 live local engine on loopback and a real scan (lung2's lesion, 11 slices): the object starts as a correctable one,
 a slice is accepted and another edited by hand, then corrective boxes on their neighbours recompute only their
 stretch; the accepted and the hand-edited slices keep their voxels; undo brings the segment and the engine back;
-each action is a time-log event.  Every engine action is stepped by the logic's ``poll()`` as the panel does.
+each action is a time-log event; a hand edit the review was not told of is kept too.  Every engine action is stepped by the logic's ``poll()`` as the panel does.
 """
 
 import json
@@ -84,6 +84,17 @@ def test_accepted_and_hand_edited_slices_survive_corrections(harness, logic, lun
     assert not segment(logic, volume)[beyond:].any()
     done(logic, review.undo(volume))
     assert np.array_equal(segment(logic, volume), before_cut)
+    # A hand edit the review was not told of (no time log, no watcher): the next write keeps it, and sends it.
+    node = logic.scene.GetNodeByID(logic.current.segmentation_id)
+    mask = segment(logic, volume)
+    mask[beyond + 1] = False
+    mask[beyond + 1, 200:210, 300:310] = True
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype(np.uint8), node, logic.current.segment_id, volume)
+    done(logic, review.end_here(volume, beyond))
+    assert np.array_equal(segment(logic, volume)[beyond + 1], mask[beyond + 1])
+    if review.queue:
+        done(logic, review.start_queued())
+        assert beyond + 1 in review.state.locked
     review.mark_wrong(key)
     assert review.next_doubtful(key - 1) == key  # a slice marked wrong is one to go to
 
