@@ -27,6 +27,7 @@ except ImportError:  # Slicer before 5.4
 
 from MedSAMSlicerLogic.choices import (DEFAULT_RANGE_MODE, DEFAULT_VIEW, DEFAULT_WINDOW, RANGE_MODES, VIEWS,
                                        WINDOW_NAMES)
+from MedSAMSlicerLogic.engine_jobs import ProgressState
 from MedSAMSlicerLogic.shortcuts import key_sequences
 
 POLL_MS = 100
@@ -104,6 +105,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.windowComboBox.connect("editTextChanged(QString)", self.updateMRMLFromGUI)
+        self.windowComboBox.connect("currentTextChanged(QString)", self.onWindowChanged)
 
     # -- options in the segment editor node (saved with the scene), as Slicer's effect template does --------------
     def setMRMLDefaults(self):
@@ -126,6 +128,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         finally:
             for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
                 combo.blockSignals(False)
+
+    def onWindowChanged(self, *args):
+        """Show the source volume with the display W/L of the window MedSAM will use (choices.py)."""
+        from MedSAMSlicerLogic.volume_nodes import show_window
+
+        if self.scriptedEffect.parameterSetNode() is not None:
+            show_window(self.sourceVolume(), self.windowComboBox.currentText)
 
     def updateMRMLFromGUI(self, *args):
         self.scriptedEffect.setParameter("MedSAM.View", self.viewComboBox.currentText)
@@ -220,6 +229,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         def draw():
             import MedSAMSlicer
 
+            logic.checkArm("draw_box" if newObject else "key_box")  # a study's manual arm refuses MedSAM
             sliceNode = MedSAMSlicer.sliceNodeOfView(self.viewComboBox.currentText)
             logic.core.prefetch_window = self.windowComboBox.currentText  # the engine encodes ahead for it
             _, _, note = logic.core.draw_box(self.sourceVolume(), sliceNode, newObject)
@@ -229,7 +239,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
         self.guarded(_("Draw box"), draw)
 
-    def start(self, title, startOperation):
+    def start(self, title, action, startOperation):
         logic = self.logic()
         if logic.core.busy:
             return
@@ -244,6 +254,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
 
         def begin():
+            logic.checkArm(action)  # a study's manual arm refuses MedSAM
             self.scriptedEffect.saveStateForUndo()  # Segment Editor's Undo takes back the whole operation
             startOperation(logic.core, segmentation, segmentId, self.writer())
 
@@ -256,17 +267,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onSegmentSlice(self):
         volume, window = self.sourceVolume(), self.windowComboBox.currentText
-        self.start(_("Segment slice"), lambda core, segmentation, segmentId, writer: core.start_segment_slice(
-            volume, None, segmentation, segmentId, window, writer=writer))
+        self.start(_("Segment slice"), "segment_slice", lambda core, segmentation, segmentId, writer:
+                   core.start_segment_slice(volume, None, segmentation, segmentId, window, writer=writer))
 
     def onPropagate(self):
         volume, window, mode = self.sourceVolume(), self.windowComboBox.currentText, self.rangeComboBox.currentData
-        self.start(_("Propagate 3D"), lambda core, segmentation, segmentId, writer: core.start_propagation(
+        self.start(_("Propagate 3D"), "propagate", lambda core, segmentation, segmentId, writer: core.start_propagation(
             volume, None, segmentation, segmentId, window, mode, writer=writer))
 
     def startReview(self, title, begin):
         """A review action on the object the MedSAM panel propagated for review (its writes are MedSAM's)."""
-        self.start(title, lambda core, segmentation, segmentId, writer: begin())
+        self.start(title, "propagate", lambda core, segmentation, segmentId, writer: begin())
 
     def onCancel(self):
         self.logic().core.cancel()
@@ -297,15 +308,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if progress.message:
                 self.statusLabel.text = f"{progress.title}: {progress.message}"
             return
-        if progress.state == "idle" and self.logic().core.preparing:
+        if progress.state == ProgressState.IDLE and self.logic().core.preparing:
             return  # a prefetch is still sending the volume
         self.pollTimer.stop()
         self.progressBar.hide()
-        if progress.state == "done" and progress.operation is None:  # a review action that writes nothing
+        if progress.state == ProgressState.DONE and progress.operation is None:  # a review action writing nothing
             self.showMessage(progress.message)
-        elif progress.state == "done":
+        elif progress.state == ProgressState.DONE:
             self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s")
-        elif progress.state == "cancelled":
+        elif progress.state == ProgressState.CANCELLED:
             self.showMessage(progress.message)
-        elif progress.state == "failed":
+        elif progress.state == ProgressState.FAILED:
             self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)

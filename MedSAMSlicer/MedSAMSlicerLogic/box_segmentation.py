@@ -298,8 +298,11 @@ class BoxSegmentationLogic:
             grid = self.grid(volume_node)
             prompt = prompt_from_roi(roi_node, grid)
             key = (grid_key(volume_node), window or self.prefetch_window, prompt.axis)
-        except Exception as error:  # noqa: BLE001 - a box off the volume: the next run reports it, not the prefetch
+        except MedSAMError as error:  # a box off the volume: the next run reports it, not the prefetch
             log.info("no prefetch for this box: %s", first_line(error))
+            return []
+        except Exception:  # an unexpected failure must not break the drag either; its traceback goes to the log
+            log.warning("no prefetch for this box", exc_info=True)
             return []
         count = int(grid.shape_kji[prompt.np_axis])
         indices = [int(prompt.index)]
@@ -442,8 +445,44 @@ class BoxSegmentationLogic:
         if snapshot.copy is None and snapshot.segment_id == self.current.segment_id:
             self.current.segment_id = ""  # the object's segment was created by that operation and is gone
         if self.edit_watcher is not None and self.edit_watcher.segment_id == snapshot.segment_id:
-            self.edit_watcher.baseline = self.edit_watcher._read()  # noqa: SLF001 - undo is not a manual edit
+            self.edit_watcher.rebase()  # undo is not a manual edit
         self._log("undo", operation=operation.description)
+        return operation
+
+    # -- fill between slices (Segment Editor's tool, without Qt) -------------------------------------------------
+    def fill_between_slices(self, volume_node, segmentation_node=None, segment_id: Optional[str] = None,
+                            np_axis: Optional[int] = None, writer: Optional[Writer] = None) -> Operation:
+        """Fill the empty slices between the slices drawn in a segment (the picked one, else the current object's),
+        by morphological contour interpolation (:mod:`.fill_between`); one undo step, like a MedSAM write, and a
+        ``manual_edit`` event with ``tool=fill_between_slices`` in the time log (the reader's tool, not the model)."""
+        from .fill_between import NothingToFill, drawn_slices, fill_between_slices, gap_axis
+
+        if self.pending is not None:
+            raise MedSAMError(f"{self.pending.title} is running; wait for it or cancel it first")
+        grid = self.grid(volume_node)
+        if segmentation_node is None and self.current.segmentation_id:
+            segmentation_node = self.scene.GetNodeByID(self.current.segmentation_id)
+        if not segment_id and segmentation_node is not None and \
+                segmentation_node.GetID() == self.current.segmentation_id:
+            segment_id = self.current.segment_id
+        if segmentation_node is None or not segment_id or not segment_exists(segmentation_node, segment_id):
+            raise InputImageError("pick the segment to fill first (draw it on two or more slices)")
+        check_segmentation_grid(segmentation_node, grid)
+        self.collect_manual_edits()  # strokes drawn before the fill are logged as the reader's own edits first
+        drawn = read_segment(segmentation_node, segment_id, volume_node)
+        axis = gap_axis(drawn) if np_axis is None else int(np_axis)
+        if axis is None:
+            raise NothingToFill("draw the object on at least two slices with empty slices between them; nothing to "
+                                "fill")
+        filled = fill_between_slices(drawn, axis)
+        added = filled & ~drawn
+        slices = drawn_slices(added, axis)
+        details = {"slices": slices, "voxels": int(added.sum()), "np_axis": axis, "tool": "fill_between_slices"}
+        target = Target(segmentation_node, segment_id, False)
+        operation = self._write(target, filled, volume_node, f"Fill between slices ({len(slices)} slices)", details,
+                                writer)
+        self.current.segmentation_id, self.current.segment_id = segmentation_node.GetID(), segment_id
+        self._log("manual_edit", slices=slices, voxels=int(added.sum()), tool="fill_between_slices")
         return operation
 
     # -- boxes --------------------------------------------------------------------------------------------------------
@@ -472,7 +511,11 @@ class BoxSegmentationLogic:
         """The user dragged a box's handles (the panel calls this, throttled, from the ROI's modified event)."""
         try:
             prompt = prompt_from_roi(roi_node, self.grid(volume_node))
-        except Exception:  # noqa: BLE001 - a box dragged off the volume is still a move; the next run reports it
+        except MedSAMError:  # a box dragged off the volume is still a move; the next run reports it
+            self._log("box_moved")
+            return
+        except Exception:  # the same, for an unexpected failure (its traceback goes to the log)
+            log.warning("box move not understood", exc_info=True)
             self._log("box_moved")
             return
         self._log("box_moved", slice=prompt.index, box=str(prompt.box))
@@ -553,7 +596,7 @@ class BoxSegmentationLogic:
             return
         try:
             self.time_log.event(kind, **fields)
-        except Exception as error:  # noqa: BLE001 - a full disk must not stop the segmentation; the panel warns
+        except (OSError, ValueError, TypeError) as error:  # a full disk must not stop the segmentation; panel warns
             log.warning("time log event %s not written: %s", kind, error)
 
     # -- conveniences for scripts and tests: start, then poll until done ----------------------------------------------

@@ -7,6 +7,7 @@ name and the same display window.  Plain data: no slicer, no qt, no engine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,9 +68,19 @@ def window_choice(name: str) -> WindowChoice:
     raise ValueError(f"unknown window {name!r}; use one of: {', '.join(WINDOW_NAMES)}")
 
 
+_LEVEL_WIDTH = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")  # the engine's "L,W" window
+
+
 def display_window_level(name: str) -> Optional[tuple[float, float]]:
-    """(window width, level) to show the engine window ``name`` with; None: keep the display's automatic W/L."""
-    return window_choice(name).display
+    """(window width, level) to show the engine window ``name`` with (a named window, or a typed "L,W" as the
+    engine takes it); None: the display keeps its automatic W/L (auto, mr, none, or text the engine will refuse)."""
+    for choice in WINDOWS:
+        if choice.name == name:
+            return choice.display
+    match = _LEVEL_WIDTH.match(name or "")
+    if match is None or float(match.group(2)) <= 0:
+        return None
+    return float(match.group(2)), float(match.group(1))
 
 
 __all__ = ["DEFAULT_RANGE_MODE", "DEFAULT_VIEW", "DEFAULT_WINDOW", "RANGE_MODES", "RANGE_MODE_NAMES", "RangeChoice",

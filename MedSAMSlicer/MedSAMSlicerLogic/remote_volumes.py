@@ -20,7 +20,7 @@ from MedSAMSlicerLib.errors import EngineUnavailable
 
 from .volume_nodes import VolumeOnGrid
 
-RemoteKey = tuple  # (grid key, window, axis)
+RemoteKey = tuple[tuple, str, str]  # (grid key, window, axis)
 
 
 class RemoteVolumes:

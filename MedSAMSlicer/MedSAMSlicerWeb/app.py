@@ -104,6 +104,7 @@ class WebApp:
         self.volume = None
         self.segmentation = None
         self.study = study  # MedSAMSlicerLib.study.arms.StudyMode (--study): the plan's rows are the worklist
+        self._study_mode = None  # its MedSAMSlicerLogic.study_mode.StudySession (the logic the Slicer panel shares)
         if study is not None:
             images = [case.image for case in study.cases]
         self.images = list(images)  # the worklist (--cases, or the images given): the page picks by number only
@@ -163,7 +164,7 @@ class WebApp:
         """Done: a segmentation of the case saved (this session, or ``STEM-medsam*`` already in the output folder);
         in progress: the case open now; else not started.  The output folder is the reader's own (one per app)."""
         if self.study is not None:  # the plan's row is done when its log holds an accept
-            status = self.study.status(index, self.reader_id())
+            status = self._session().status(index)
             return "in progress" if status == "not started" and index == self.case_index else status
         stem = Path(self.images[index]).name.split(".")[0]
         saved = index in self._saved_cases or (self.out_folder is not None and any(
@@ -195,37 +196,33 @@ class WebApp:
         self._show_cases()
         self._say(f"case {index + 1} of {len(self.images)}: {Path(self.images[index]).name}", action="case_opened")
 
-    # -- study mode (--study): the rules live in MedSAMSlicerLib.study.arms; this only applies them ------------
+    # -- study mode (--study): MedSAMSlicerLogic.study_mode runs it (shared with the Slicer panel); this loads and shows
+    def _session(self):
+        """The reader's StudySession on this app's logic (the reader is the logged-in one once logged in)."""
+        from MedSAMSlicerLogic.study_mode import StudySession
+
+        if self._study_mode is None:
+            self._study_mode = StudySession(self.logic, self.study, self.reader_id())
+        self._study_mode.reader = self.reader_id()
+        return self._study_mode
+
     def arm(self) -> str:
         """The arm of the open study case ("" outside study mode)."""
-        if self.study is None or not 0 <= self.case_index < len(self.images):
-            return ""
-        return self.study.cases[self.case_index].mode
+        return self._session().arm if self.study is not None else ""
 
     def _check_arm(self, action: str) -> None:
-        from MedSAMSlicerLib.study.arms import check_action
-
-        check_action(self.arm(), action)
+        if self.study is not None:
+            self._session().check(action)
 
     def _open_study_case(self, index: int) -> None:
         """Open the plan's next row (no other: the plan's order is the protocol), start its time log under the
         plan's case id and arm; the manual arm starts with an empty segment for the Segment Editor tools."""
-        from MedSAMSlicerLogic.box_segmentation import ObjectState
-        from MedSAMSlicerLogic.edit_watch import ManualEditWatcher
-
-        expected = self.study.next_index(self.reader_id())
-        if index != expected:
-            raise ValueError("the study is done" if expected is None
-                             else f"the study's order: case {expected + 1} comes next")
+        session = self._session()
+        session.check_order(index)
         self.logic.close_case()
         self.case_index = index
-        case = self.study.cases[index]
-        self.load(case.image)
-        self.logic.open_case(self.volume, str(self.study.log_folder), self.reader_id(), case.mode, case.case_id)
-        if case.mode == "manual":
-            segment_id = self.segmentation.GetSegmentation().AddEmptySegment("manual")
-            self.logic.current = ObjectState(segmentation_id=self.segmentation.GetID(), segment_id=segment_id)
-            self.logic.edit_watcher = ManualEditWatcher(self.segmentation, segment_id, self.volume, 0)
+        self.load(session.image(index))
+        case = session.open(index, self.volume, self.segmentation)
         self._show(arm=case.mode, log_running=True, log_path=str(self.logic.time_log.path))
         self._show_cases()
         self._say(f"study case {index + 1} of {len(self.images)} ({case.mode} arm)", action="case_opened")
@@ -236,12 +233,9 @@ class WebApp:
             raise ValueError("no study case is open")
         if self.logic.busy:
             raise ValueError("wait for the running operation (or cancel it) first")
-        self.logic.collect_manual_edits()
-        self.logic.accept(self.volume)
-        self.logic.close_case()
+        following = self._session().finish(self.volume)  # accept (the final mask), time log stopped
         self._show(log_running=False, tool="none")
         self.editor.deactivate_effect()
-        following = self.study.next_index(self.reader_id())
         if following is None:
             self.panel.data.arm = ""
             self._show_cases()
@@ -252,7 +246,7 @@ class WebApp:
     def next_case(self) -> None:
         """The next case that is not done (after the current one, then from the top)."""
         if self.study is not None:
-            following = self.study.next_index(self.reader_id())
+            following = self._session().next_index()
             if following is None:
                 raise ValueError("the study is done")
             self.open_case(following)

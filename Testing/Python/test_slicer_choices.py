@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -40,3 +41,32 @@ def test_front_ends_keep_no_copy_of_the_tables():
         assert "MedSAMSlicerLogic.choices import" in text, path
         assert not re.search(r"^(VIEWS|WINDOWS|RANGE_MODES)\s*=", text, re.M), f"{path} defines its own table"
         assert '"soft_tissue"' not in text and '"mediastinum"' not in text, path
+
+
+def test_typed_level_width_is_shown_as_the_engine_reads_it():
+    assert choices.display_window_level("40,400") == (400.0, 40.0)
+    assert choices.display_window_level("-600, 1500") == (1500.0, -600.0)
+    assert choices.display_window_level("40,0") is None and choices.display_window_level("wide") is None
+
+
+def test_show_window_sets_the_volumes_display_on_slicer_core():
+    pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
+    import slicer
+
+    from MedSAMSlicerLogic.volume_nodes import show_window
+    from slicer_harness import SlicerHarness
+
+    harness = SlicerHarness()
+    try:
+        volume = harness.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+        slicer.util.updateVolumeFromArray(volume, np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8))
+        volume.CreateDefaultDisplayNodes()
+        display = volume.GetDisplayNode()
+        show_window(volume, "lung")
+        assert not display.GetAutoWindowLevel()
+        assert (display.GetWindow(), display.GetLevel()) == (1500.0, -160.0)
+        show_window(volume, "mr")
+        assert display.GetAutoWindowLevel()
+        show_window(None, "lung")  # no volume picked yet: nothing to show, no error
+    finally:
+        harness.close()
