@@ -13,6 +13,7 @@ engine is idle (the cached-slice figure).  Prints p50/p95/max of each (goal: p50
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
@@ -22,8 +23,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "MedSAMSlicer"), str(REPO / "Testing" / "Python")]
-
-from web_driver import Page, missing_browser_parts, start_app, start_engine, stop  # noqa: E402
+web_driver = importlib.import_module("web_driver")  # the tests' browser driver, found through the path above
+Page, missing_browser_parts, start_app, start_engine, stop = (
+    web_driver.Page, web_driver.missing_browser_parts, web_driver.start_app, web_driver.start_engine, web_driver.stop)
 
 DATA = REPO.parent / "shared" / "data" / "pyradiomics"
 MORE_PIXELS = 80  # the final view differs from the view before the click in at least this many pixels

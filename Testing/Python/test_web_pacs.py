@@ -11,9 +11,11 @@ import subprocess
 import numpy as np
 import pytest
 
+import orthanc_server
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, load_series, save, shared_label
-from orthanc_server import orthanc  # noqa: F401  (the fixture)
 from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
+
+orthanc = orthanc_server.orthanc  # the real Orthanc fixture, for this module's test
 
 pytestmark = pytest.mark.skipif(bool(missing_browser_parts()), reason=missing_browser_parts() or "ok")
 
@@ -35,7 +37,7 @@ def _choose(page: Page, select: str) -> None:
     page.page.locator(".v-overlay-container .v-list-item").first.click()
 
 
-def test_web_app_opens_a_pacs_series_and_stores_the_seg(tmp_path, orthanc, cache):  # noqa: F811
+def test_web_app_opens_a_pacs_series_and_stores_the_seg(tmp_path, orthanc, cache):
     from playwright.sync_api import sync_playwright
 
     from MedSAMSlicerLib.pacs.dicomweb import Pacs

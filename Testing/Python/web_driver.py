@@ -70,11 +70,11 @@ def self_signed_pair(folder: Path) -> tuple[Path, Path]:
 
 def missing_browser_parts() -> str:
     """Why the browser tests cannot run here ("" when they can)."""
-    try:
-        import playwright  # noqa: F401
-        import trame_slicer  # noqa: F401
-    except ImportError as error:
-        return f"the web extra is not installed ({error.name}): pip install -e '.[web]'"
+    import importlib.util
+
+    for name in ("playwright", "trame_slicer"):
+        if importlib.util.find_spec(name) is None:
+            return f"the web extra is not installed ({name}): pip install -e '.[web]'"
     if not Path(CHROMIUM).exists():
         return "no chromium browser (apt-get install chromium; .ci/setup does it where apt works)"
     return ""

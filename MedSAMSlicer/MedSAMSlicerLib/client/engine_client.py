@@ -342,12 +342,14 @@ class RemoteVolume:
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
 
     def correct(self, object_id: str, action: str, index: int | None = None, box=None,
-                timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
+                timeout: float = MODEL_TIMEOUT, request_id: str | None = None, mask=None) -> "RemoteJob":
         """One undoable step on an object (a job): ``box`` (a corrective key box on slice ``index``), ``cut``,
-        ``accept`` or ``undo``; the result is the whole object plus ``changed`` and ``decoder_calls``."""
+        ``accept``, ``edit`` (slice ``index`` takes the hand-edited bool ``mask`` and is locked) or ``undo``; the
+        result is the whole object plus ``changed``, ``decoder_calls`` and ``doubtful`` (slices to review first)."""
         body = self.client.request("POST", self._path(f"/objects/{object_id}/actions"), timeout=timeout, json={
             "action": action, **({"index": int(index)} if index is not None else {}),
             **({"box": box_values(box)} if box is not None else {}),
+            **({"mask": wire.pack_mask(np.asarray(mask, dtype=bool))} if mask is not None else {}),
             **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))
 

@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, cast
 
+import numpy as np
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
@@ -239,10 +240,11 @@ class ModelReplica:
         return await self._answer(work, fingerprint)
 
     async def object_action(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, object_id: str,
-                            action: str, index: Optional[int], box: Optional[Box], model_id: str) -> dict:
+                            action: str, index: Optional[int], box: Optional[Box], mask: Optional[np.ndarray],
+                            model_id: str) -> dict:
         def work() -> dict:
             local = self._session(owner, fingerprint, sid, spec)
-            return self.engine.start_object_action(owner, local, object_id, action, index, box)
+            return self.engine.start_object_action(owner, local, object_id, action, index, box, mask=mask)
 
         return await self._answer(work, model_id)
 
@@ -605,7 +607,8 @@ class FrontEngine:
                                 (owner, s.fingerprint, s.id, s.spec, dict(key_boxes), dict(options)))
 
     def start_object_action(self, owner: str, session_id: str, object_id: str, action: str, index: Optional[int],
-                            box: Optional[Box], request_id: Optional[str] = None) -> dict:
+                            box: Optional[Box], request_id: Optional[str] = None,
+                            mask: Optional[np.ndarray] = None) -> dict:
         """On the replica holding the object (its corrections' state lives there, with the embeddings)."""
         s = self.session(owner, session_id)
         with self._lock:
@@ -616,7 +619,7 @@ class FrontEngine:
             raise ServiceError("the object was lost with the engine replica that held it; propagate it again",
                                "not_found", 404)
         return self._remote_job(owner, s, 1, request_id, "object_action",
-                                (owner, s.fingerprint, s.id, s.spec, object_id, action, index, box), tag=tag)
+                                (owner, s.fingerprint, s.id, s.spec, object_id, action, index, box, mask), tag=tag)
 
     def _remote_job(self, owner: str, session: FrontSession, total: int, request_id: Optional[str], method: str,
                     args: tuple, tag: str = "") -> dict:
