@@ -29,6 +29,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedSAMSlicerLogic import dependencies
+from MedSAMSlicerLogic.choices import RANGE_MODES, VIEWS, WINDOW_NAMES
+from MedSAMSlicerLogic.engine_jobs import ProgressState
+from MedSAMSlicerLogic.engine_setup import SetupState
 from MedSAMSlicerLogic.shortcuts import BUTTONS, key_sequences, tooltip_with_key
 
 try:
@@ -41,10 +44,6 @@ except ImportError:  # Slicer before 5.4
     def translate(context: str, text: str) -> str:
         return text
 
-VIEWS = ("Red", "Green", "Yellow")
-WINDOWS = ("auto", "soft_tissue", "lung", "bone", "brain", "mediastinum", "mr", "none")
-RANGE_MODES = (("auto", "From box thickness, else stop rule"), ("roi", "From box thickness"),
-               ("stop", "Stop rule (whole volume)"))
 ENGINE_MODES = (("local", "Local (this computer)"), ("remote", "Remote server"))
 POLL_MS = 100  # engine polling period; each poll makes short requests, 50 ms at most in all (POLL_TIMEOUT)
 EDIT_CHECK_MS = 1500  # manual-edit detection and running active time
@@ -84,6 +83,41 @@ def makeShortcuts(parent, actions: dict) -> list:
     return shortcuts
 
 
+def reviewActions(logic, volumeOf, start, showMessage) -> dict:
+    """The review's actions of the shortcut table, for the panel and the effect (thin: ``MedSAMSlicerLogic.
+    object_review`` does the work).  "This slice" is the one the red view shows; ``start(title, begin)`` starts an
+    engine action the way the caller starts its operations (its timer polls it)."""
+    from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points
+    from MedSAMSlicerLogic.object_review import view_slice_index
+
+    def here():
+        volume = volumeOf()
+        if volume is None:
+            raise ValueError("choose a volume first")
+        return volume, view_slice_index(sliceNodeOfView("Red"), volume, logic.core.grid(volume).shape_kji[0])
+
+    def wrong():
+        index = here()[1]
+        logic.review.mark_wrong(index)
+        showMessage(_("Slice {index} marked wrong: add a key box on it or edit it").format(index=index))
+
+    def nextDoubtful():
+        volume, current = here()
+        index = logic.review.next_doubtful(current)
+        if index is None:
+            showMessage(_("No doubtful slice left"))
+            return
+        k, j, i = logic.core.grid(volume).shape_kji
+        point = ijk_to_world_points(ijk_to_world(volume), [(i - 1) / 2, (j - 1) / 2, index])[0]
+        sliceNodeOfView("Red").JumpSliceByOffsetting(*point)
+        showMessage(_("Slice {index}").format(index=index))
+
+    return {"acceptSlice": lambda: start(_("Accept slice"), lambda: logic.review.accept_slice(*here())),
+            "endHere": lambda: start(_("End the object here"), lambda: logic.review.end_here(*here())),
+            "wrongSlice": lambda: runGuarded(_("Slice wrong"), wrong, showMessage),
+            "nextDoubtful": lambda: runGuarded(_("Next doubtful slice"), nextDoubtful, showMessage)}
+
+
 def runGuarded(what: str, action, showMessage) -> None:
     """Run a quick action of a slot.  A MedSAM error (bad input, engine down, a refused undo) is a routine hint: one
     red status line, no pop-up.  Anything unexpected opens one message box with the traceback as details, as
@@ -97,7 +131,7 @@ def runGuarded(what: str, action, showMessage) -> None:
         action()
     except MedSAMError as error:
         showMessage(f"{what}: {user_message(error)}", error=True)
-    except Exception as error:  # noqa: BLE001 - never only the console
+    except Exception as error:  # never only the console
         showMessage(f"{what}: {user_message(error)}", error=True)
         if not slicer.app.testingEnabled():
             slicer.util.errorDisplay(f"{what}: {user_message(error)}", windowTitle=_("MedSAM"),
@@ -186,7 +220,7 @@ def warnIfShadowed() -> list:
     for name in ("MedSAMSlicerLib", "MedSAMSlicerLogic"):
         try:
             origin = os.path.dirname(os.path.dirname(os.path.abspath(importlib.import_module(name).__file__)))
-        except Exception:  # noqa: BLE001 - a broken copy shows up when it is used
+        except Exception:  # a broken copy shows up when it is used
             continue
         if os.path.normcase(origin) != here:
             shadowed.append(f"{name} from {origin}")
@@ -231,11 +265,15 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         from MedSAMSlicerLogic.engine_setup import EngineSetup
 
         self.core = BoxSegmentationLogic(slicer.mrmlScene)
+        from MedSAMSlicerLogic.object_review import ObjectReview
+
+        self.review = ObjectReview(self.core)  # corrective boxes and the review actions on the propagated object
         self.link = EngineLink()
         self.engineChoice = ("auto", "litemedsam")  # device and model of the next local start
         self.setup = EngineSetup(self.link, lambda: self.startLocalEngine(*self.engineChoice, wait=False))
         self.installDeclined = False  # the user said no once: never ask again in this session
         self.installError = ""  # reported once
+        self.study = None  # a StudySession (MedSAMSlicerLogic.study_mode) while the panel runs a study plan
 
     @property
     def install(self):
@@ -302,11 +340,26 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
                                                  torch_elsewhere=dependencies.torch_in_slicer())
         self.setup.begin_install(EngineInstall(commands, log, slicer.util.startupEnvironment()))
 
-    def pollEngineSetup(self) -> str:
+    def openStudy(self, plan: str, logFolder: str, reader: str):
+        """Study mode: the reader's way through ``plan`` (checked against the log folder's pseudonym key)."""
+        from MedSAMSlicerLogic.study_mode import StudySession
+
+        if self.study is not None:
+            self.study.close()
+            self.study = None
+        self.study = StudySession.load(self.core, plan, logFolder, reader)
+        return self.study
+
+    def checkArm(self, action: str) -> None:
+        """Refuse a MedSAM action in a study's manual arm (the panel and the effect both ask)."""
+        if self.study is not None:
+            self.study.check(action)
+
+    def pollEngineSetup(self) -> SetupState:
         """Advance the package install and the local start by one non-blocking step: "installing", "starting",
         "ready" or "idle"; raises (once) when a step failed.  After an install the engine starts by itself."""
         state = self.setup.poll()
-        if state == "ready" and self.core.engine is not self.link.client:
+        if state == SetupState.READY and self.core.engine is not self.link.client:
             self.core.set_engine(self.link.client)
         return state
 
@@ -326,6 +379,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.shortcuts = []
         self.afterEngine = None  # the action to run once the engine is up (the click that started it)
         self.observedBoxes = []  # ROIs whose handle drags the panel follows
+        self.studyChoice = ("", "")  # (plan, reader) of the study the panel opened
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
@@ -341,9 +395,9 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = sharedLogic()  # cheap (no torch): slicer.util.getModuleLogic("MedSAMSlicer") works at once
 
-        self.ui.windowComboBox.addItems(list(WINDOWS))  # view and device: filled by connectGui (Choice)
-        for mode, title in RANGE_MODES:
-            self.ui.rangeComboBox.addItem(title, mode)
+        self.ui.windowComboBox.addItems(list(WINDOW_NAMES))  # view and device: filled by connectGui (Choice)
+        for choice in RANGE_MODES:
+            self.ui.rangeComboBox.addItem(choice.title, choice.mode)
         for mode, title in ENGINE_MODES:
             self.ui.engineModeComboBox.addItem(title, mode)
         self.ui.modeComboBox.addItems(["assisted", "manual"])
@@ -359,6 +413,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
         self.ui.engineModeComboBox.connect("currentIndexChanged(int)", self.onEngineModeChanged)
+        self.ui.windowComboBox.connect("currentTextChanged(QString)", self.onWindowChanged)
         self.ui.drawBoxButton.connect("clicked()", lambda: self.onDrawBox(True))
         self.ui.addKeyBoxButton.connect("clicked()", lambda: self.onDrawBox(False))
         self.ui.segmentSliceButton.connect("clicked()", self.onSegmentSlice)
@@ -366,10 +421,13 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.acceptButton.connect("clicked()", self.onAccept)
         self.ui.undoButton.connect("clicked()", self.onUndo)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
+        for action, slot in self.reviewSlots().items():
+            getattr(self.ui, BUTTONS[action]).connect("clicked()", slot)
         self.ui.loadModelButton.connect("clicked()", lambda: self.ensureEngine(None))
         self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         self.ui.startLogButton.connect("clicked()", self.onStartLog)
         self.ui.exportReportButton.connect("clicked()", self.onExportReport)
+        self.ui.nextCaseButton.connect("clicked()", self.onNextCase)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._parameterNode = None
@@ -389,7 +447,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.shortcuts = makeShortcuts(mainWindowOrNone(), {
                 "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
                 "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
-                "undo": self.onUndo, "cancel": self.onCancel})
+                "undo": self.onUndo, "cancel": self.onCancel, **self.reviewSlots()})
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -413,7 +471,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameterNode is not None:
             try:
                 self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-            except Exception as error:  # noqa: BLE001 - the panel works without saved settings; say why
+            except Exception as error:  # the panel works without saved settings; say why
                 logging.warning("MedSAM: the panel's settings are not saved with the scene (%s)", error)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -425,7 +483,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MedSAMSlicerLib.engine.weights import load_manifest  # a light module: no torch
 
             names = list(load_manifest())
-        except Exception:  # noqa: BLE001 - the engine reads the manifest again, with a clear error, when it loads
+        except Exception:  # the engine reads the manifest again, with a clear error, when it loads
             names = ["litemedsam"]
         self.ui.modelComboBox.addItems(names)
 
@@ -445,6 +503,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.afterEngine = None
         if self.logic is not None:
             self.logic.core.reset()
+            if self.logic.study is not None:
+                self.logic.study.close()  # the open case stays "in progress"; Next case opens it again
         self.showMessage(_("Scene closed; MedSAM's undo steps and running work were dropped"))
         self.updateButtons()
 
@@ -526,7 +586,16 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None and self.logic.core.time_log is not None:
             self.logic.core.close_case()
             self.ui.activeTimeLabel.text = _("Time log closed (volume changed)")
+            if self.logic.study is not None:
+                self.logic.study.close()  # the study case stays "in progress"; Next case opens it again
+        self.showStudy()
         self.updateButtons()
+
+    def onWindowChanged(self, *args) -> None:
+        """Show the volume with the display W/L of the window MedSAM will use (choices.py), as the web app does."""
+        from MedSAMSlicerLogic.volume_nodes import show_window
+
+        show_window(self.ui.volumeSelector.currentNode(), self.ui.windowComboBox.currentText)
 
     def onSegmentationChanged(self, node) -> None:
         self.ui.segmentSelector.setCurrentNode(node)
@@ -544,10 +613,14 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self) -> None:
         busy = self.busy()
         has_volume = self.ui.volumeSelector.currentNode() is not None
+        study = self.logic.study if self.logic is not None else None
+        model = study is None or study.model_allowed  # a study's manual arm: no MedSAM
         for button in (self.ui.drawBoxButton, self.ui.addKeyBoxButton, self.ui.segmentSliceButton,
                        self.ui.propagateButton):
-            button.enabled = has_volume and not busy
-        self.ui.acceptButton.enabled = not busy
+            button.enabled = has_volume and not busy and model
+        self.ui.acceptButton.enabled = not busy and model
+        self.ui.nextCaseButton.enabled = not busy
+        self.ui.modeComboBox.enabled = self.ui.startLogButton.enabled = study is None  # the plan sets arm and log
         self.ui.undoButton.enabled = not busy and self.logic is not None and len(self.logic.core.undo_stack) > 0
         self.ui.cancelButton.visible = busy
         self.ui.progressBar.visible = busy
@@ -570,6 +643,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def draw():
+            self.logic.checkArm("draw_box" if new_object else "key_box")
             slice_node = sliceNodeOfView(self.ui.viewComboBox.currentText)
             self.logic.core.prefetch_window = self.ui.windowComboBox.currentText  # the engine encodes ahead for it
             roi, prompt, note = self.logic.core.draw_box(self.ui.volumeSelector.currentNode(), slice_node,
@@ -608,7 +682,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
             if editor.segmentationNode() is self.ui.segmentationSelector.currentNode():
                 editor.saveStateForUndo()
-        except Exception:  # noqa: BLE001 - a Slicer without Segment Editor: MedSAM's own Undo still works
+        except Exception:  # a Slicer without Segment Editor: MedSAM's own Undo still works
             pass
 
     def startOperation(self, title: str, start) -> None:
@@ -637,7 +711,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             housekeeping = housekeeping or logic.link.check is not None
         try:
             setup = logic.pollEngineSetup()
-        except Exception as error:  # noqa: BLE001 - install or start failed: reported once, the action dropped
+        except Exception as error:  # install or start failed: reported once, the action dropped
             from MedSAMSlicerLogic.messages import user_message
 
             self.afterEngine = None
@@ -645,20 +719,20 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(user_message(error), error=True, popup=True)
             self.updateButtons()
             return
-        if setup in ("installing", "starting"):
+        if setup in (SetupState.INSTALLING, SetupState.STARTING):
             self.ui.statusLabel.text = logic.setup.status
             self.ui.modelStatusLabel.text = logic.setup.status
             return
-        announcement = logic.setup.pop_announcement() if setup == "ready" else ""
+        announcement = logic.setup.pop_announcement() if setup == SetupState.READY else ""
         if announcement:  # also after an install that Start engine triggered (audit W4)
             self.ui.modelStatusLabel.text = announcement
             self.showMessage(announcement)
-        if setup == "ready" and self.afterEngine is not None:
+        if setup == SetupState.READY and self.afterEngine is not None:
             then, self.afterEngine = self.afterEngine, None
             then()
             return
         progress = logic.core.poll()
-        if progress.state == "idle":
+        if progress.state == ProgressState.IDLE:
             if not logic.core.preparing and not housekeeping:  # a prefetch sending the volume needs more polls
                 self.pollTimer.stop()
             self.updateButtons()
@@ -671,14 +745,16 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = f"{progress.title}: {progress.message}"
             return
         self.pollTimer.stop()
-        if progress.state == "done":
+        if progress.state == ProgressState.DONE and progress.operation is None:  # a review action writing nothing
+            self.showMessage(progress.message)
+        elif progress.state == ProgressState.DONE:
             segmentation = slicer.mrmlScene.GetNodeByID(progress.operation.snapshot.segmentation_node_id)
             if self.ui.segmentationSelector.currentNode() is None and segmentation is not None:
                 self.ui.segmentationSelector.setCurrentNode(segmentation)  # show where the result went
             self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s "
                              f"({progress.outcome.window})")
             self.editTimer.start()
-        elif progress.state == "cancelled":
+        elif progress.state == ProgressState.CANCELLED:
             self.showMessage(progress.message or _("Cancelled; nothing was written"))
         else:
             self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)
@@ -690,10 +766,14 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         window = self.ui.windowComboBox.currentText
 
         def start():
+            self.logic.checkArm("segment_slice")
             self.saveEditorUndoState()
             self.logic.core.start_segment_slice(volume, None, segmentation, segment, window)
 
         self.startOperation(_("Segment slice"), start)
+
+    def reviewSlots(self) -> dict:
+        return reviewActions(self.logic, self.ui.volumeSelector.currentNode, self.startOperation, self.showMessage)
 
     def onPropagate(self) -> None:
         volume = self.ui.volumeSelector.currentNode()
@@ -701,10 +781,17 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         window, mode = self.ui.windowComboBox.currentText, self.ui.rangeComboBox.currentData
         options = dict(largest_component=self.ui.largestComponentCheckBox.checked,
                        fill_holes=self.ui.fillHolesCheckBox.checked)
+        review = self.logic.review
 
         def start():
+            self.logic.checkArm("propagate")
             self.saveEditorUndoState()
-            self.logic.core.start_propagation(volume, None, segmentation, segment, window, mode, **options)
+            if self.ui.reviewCheckBox.checked and review.active:  # review: the newest key box corrects its stretch
+                review.corrective_box(volume, self.logic.core.boxes()[-1])
+            elif self.ui.reviewCheckBox.checked:  # review: a correctable object (its slices can be locked)
+                review.start(volume, None, segmentation, segment, window, mode)
+            else:
+                self.logic.core.start_propagation(volume, None, segmentation, segment, window, mode, **options)
 
         self.startOperation(_("Propagate 3D"), start)
 
@@ -717,12 +804,16 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(_("Cancelling after the current slice..."))
 
     def onUndo(self) -> None:
-        if not self.busy():
+        review = self.logic.review
+        if not self.busy() and review.active and review.state.history:  # the last review action, segment + engine
+            self.startOperation(_("Undo"), lambda: review.undo(self.ui.volumeSelector.currentNode()))
+        elif not self.busy():
             self.guarded(_("Undo"), lambda: self.showMessage(
                 _("Undone: {what}").format(what=self.logic.core.undo().description)))
 
     def onAccept(self) -> None:
         if not self.busy():
+            self.logic.review.state = None  # the object is done: nothing is under review any more
             self.guarded(_("Accept"), lambda: (self.logic.core.accept(self.ui.volumeSelector.currentNode()),
                                                self.showMessage(_("Accepted; the next box starts a new segment"))))
 
@@ -744,8 +835,11 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         try:
-            self.logic.core.collect_manual_edits()
-        except Exception as error:  # noqa: BLE001 - the segment was deleted meanwhile: stop watching it
+            edit = self.logic.core.collect_manual_edits()
+            if edit is not None and self.logic.review.active and not self.busy():  # under review: locked there
+                self.logic.review.note_manual_edit(self.ui.volumeSelector.currentNode(), edit.slices)
+                self.startOperation(_("Hand edit"), self.logic.review.start_queued)
+        except Exception as error:  # the segment was deleted meanwhile: stop watching it
             logging.warning("MedSAM manual-edit check: %s", error)
             self.logic.core.stop_watching()
         log = self.logic.core.time_log
@@ -756,8 +850,72 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportReport(self) -> None:
         from MedSAMSlicerLogic.study_report import export_report
 
-        self.guarded(_("Export report"), lambda: self.showMessage(
-            _("Report: {where}").format(where=export_report(self.ui.logFolderPathLineEdit.currentPath))))
+        study = self.logic.study
+        self.guarded(_("Export report"), lambda: self.showMessage(_("Report: {where}").format(
+            where=study.report() if study is not None else export_report(self.ui.logFolderPathLineEdit.currentPath))))
+
+    # -- study mode (the rules, the arms and the time log: MedSAMSlicerLogic.study_mode; here: load and show) -------
+    def onNextCase(self) -> None:
+        if not self.busy():
+            self.guarded(_("Next case"), self.nextStudyCase)
+            self.showStudy()
+            self.updateButtons()
+
+    def nextStudyCase(self) -> None:
+        """Finish the open case (accept, stop its log), then load and open the reader's next case of the plan."""
+        logic = self.logic
+        plan, folder = self.ui.studyPlanPathLineEdit.currentPath, self.ui.logFolderPathLineEdit.currentPath
+        reader = self.ui.readerLineEdit.text or "anonymous"
+        study = logic.study
+        if study is None or (study.case is None and (plan, reader) != self.studyChoice):
+            if not plan or not folder:
+                raise ValueError("choose the study plan and the log folder it was made with first")
+            study = logic.openStudy(plan, folder, reader)
+            self.studyChoice = (plan, reader)
+        following = study.finish(self.ui.volumeSelector.currentNode()) if study.case is not None \
+            else study.next_index()
+        if following is None:
+            self.showMessage(_("Study done: every case of the plan is finished; Export report writes the report"))
+            return
+        volume = slicer.util.loadVolume(study.image(following))
+        self.ui.volumeSelector.setCurrentNode(volume)
+        case = study.open(following, volume)
+        segmentation = slicer.mrmlScene.GetNodeByID(logic.core.current.segmentation_id or "")
+        self.ui.segmentationSelector.setCurrentNode(segmentation)  # manual arm: the reader's empty segment
+        if segmentation is not None:
+            self.ui.segmentSelector.setCurrentSegmentID(logic.core.current.segment_id)
+            self.editInSegmentEditor(segmentation, volume, logic.core.current.segment_id)
+        self.onWindowChanged()
+        self.editTimer.start()
+        self.showMessage(_("Study case {n} of {total} ({arm} arm)").format(
+            n=following + 1, total=len(study.cases), arm=case.mode))
+
+    def editInSegmentEditor(self, segmentation, volume, segmentId) -> None:
+        """The manual arm: Segment Editor edits the case's empty segment, so the reader's first stroke lands there."""
+        try:
+            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+            editor.setSegmentationNode(segmentation)
+            editor.setSourceVolumeNode(volume)
+            editor.setCurrentSegmentID(segmentId)
+        except Exception as error:  # a Slicer without Segment Editor's panel: the reader picks the segment there
+            logging.warning("MedSAM study: Segment Editor not set to the manual segment (%s)", error)
+
+    def showStudy(self) -> None:
+        study = self.logic.study if self.logic is not None else None
+        if study is None:
+            text = _("no study")
+        elif study.case is None:
+            text = _("study done") if study.next_index() is None else _("no case open: click Next case")
+        elif study.model_allowed:
+            text = _("{arm}: MedSAM's boxes, Segment slice and Propagate").format(arm=study.arm)
+        else:
+            text = _("{arm}: MedSAM is off; draw with Segment Editor (Draw, Paint, Erase, Scissors, Fill between "
+                     "slices), then Next case").format(arm=study.arm)
+        if study is not None and study.case is not None:
+            rows = study.rows()
+            text = _("case {n} of {total} ({done} done) - {text}").format(
+                n=study.index + 1, total=len(rows), done=sum(r.status == "done" for r in rows), text=text)
+        self.ui.studyCaseLabel.text = text
 
 
 #
@@ -875,7 +1033,7 @@ class MedSAMSlicerTest(ScriptedLoadableModuleTest):
             logic.core.idle = slicer.app.processEvents  # the GUI stays alive while the self-test waits
             logic.engineChoice = ("cpu", "litemedsam")
             logic.setup.begin_start()
-            self.waitFor(lambda: logic.pollEngineSetup() == "ready", 180, "the engine to start")
+            self.waitFor(lambda: logic.pollEngineSetup() == SetupState.READY, 180, "the engine to start")
             self.waitFor(lambda: logic.link.client.health(timeout=5).get("ready"), 600, "the model to load")
             self.delayDisplay("Segmenting with MedSAM")
             report = run_self_test(logic.core, slicer.modules.volumes.logic(),

@@ -149,18 +149,18 @@ class WebAppDriver:
     def press(self, button: str) -> None:
         getattr(self.app, button)()  # segment_slice or propagate: starts the engine job
         self._check()
-        while self.app.state.busy:  # the page's poll loop, ticked by hand
+        while self.app.panel.data.busy:  # the page's poll loop, ticked by hand
             self.app._tick()
             time.sleep(0.05)
         self._check()
 
     def save(self, name: str) -> Path:
-        self.app.state.save_name = name
+        self.app.controls.data.save_name = name
         return Path(self.app.save())
 
     def _check(self) -> None:
-        if self.app.state.error:
-            raise RuntimeError(f"web app: {self.app.state.error}")
+        if self.app.panel.data.error:
+            raise RuntimeError(f"web app: {self.app.panel.data.error}")
 
 
 def world_corners(image: Path, index: int, box: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:

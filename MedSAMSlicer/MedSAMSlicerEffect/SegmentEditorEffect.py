@@ -25,12 +25,11 @@ except ImportError:  # Slicer before 5.4
     def _(text: str) -> str:
         return text
 
+from MedSAMSlicerLogic.choices import (DEFAULT_RANGE_MODE, DEFAULT_VIEW, DEFAULT_WINDOW, RANGE_MODES, VIEWS,
+                                       WINDOW_NAMES)
+from MedSAMSlicerLogic.engine_jobs import ProgressState
 from MedSAMSlicerLogic.shortcuts import key_sequences
 
-VIEWS = ("Red", "Green", "Yellow")
-WINDOWS = ("auto", "soft_tissue", "lung", "bone", "brain", "mediastinum", "mr", "none")
-RANGE_MODES = (("auto", "From box thickness, else stop rule"), ("roi", "From box thickness"),
-               ("stop", "Stop rule (whole volume)"))
 POLL_MS = 100
 
 
@@ -76,11 +75,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addLabeledOptionsWidget(_("Draw in view:"), self.viewComboBox)
         self.windowComboBox = qt.QComboBox()
         self.windowComboBox.editable = True
-        self.windowComboBox.addItems(list(WINDOWS))
+        self.windowComboBox.addItems(list(WINDOW_NAMES))
         self.scriptedEffect.addLabeledOptionsWidget(_("Window:"), self.windowComboBox)
         self.rangeComboBox = qt.QComboBox()
-        for mode, title in RANGE_MODES:
-            self.rangeComboBox.addItem(title, mode)
+        for choice in RANGE_MODES:
+            self.rangeComboBox.addItem(choice.title, choice.mode)
         self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), self.rangeComboBox)
         buttons = qt.QHBoxLayout()
         self.drawBoxButton = qt.QPushButton(_("Draw box"))
@@ -106,19 +105,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.windowComboBox.connect("editTextChanged(QString)", self.updateMRMLFromGUI)
+        self.windowComboBox.connect("currentTextChanged(QString)", self.onWindowChanged)
 
     # -- options in the segment editor node (saved with the scene), as Slicer's effect template does --------------
     def setMRMLDefaults(self):
-        self.scriptedEffect.setParameterDefault("MedSAM.View", VIEWS[0])
-        self.scriptedEffect.setParameterDefault("MedSAM.Window", WINDOWS[0])
-        self.scriptedEffect.setParameterDefault("MedSAM.Range", RANGE_MODES[0][0])
+        self.scriptedEffect.setParameterDefault("MedSAM.View", DEFAULT_VIEW)
+        self.scriptedEffect.setParameterDefault("MedSAM.Window", DEFAULT_WINDOW)
+        self.scriptedEffect.setParameterDefault("MedSAM.Range", DEFAULT_RANGE_MODE)
 
     def updateGUIFromMRML(self):
         for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
             combo.blockSignals(True)
         try:
-            for combo, name, default in ((self.viewComboBox, "MedSAM.View", VIEWS[0]),
-                                         (self.windowComboBox, "MedSAM.Window", WINDOWS[0])):
+            for combo, name, default in ((self.viewComboBox, "MedSAM.View", DEFAULT_VIEW),
+                                         (self.windowComboBox, "MedSAM.Window", DEFAULT_WINDOW)):
                 wanted = self.scriptedEffect.parameter(name) or default
                 if combo.currentText != wanted:  # never rewrite a window being typed ("L,W")
                     combo.currentText = wanted
@@ -129,10 +129,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             for combo in (self.viewComboBox, self.windowComboBox, self.rangeComboBox):
                 combo.blockSignals(False)
 
+    def onWindowChanged(self, *args):
+        """Show the source volume with the display W/L of the window MedSAM will use (choices.py)."""
+        from MedSAMSlicerLogic.volume_nodes import show_window
+
+        if self.scriptedEffect.parameterSetNode() is not None:
+            show_window(self.sourceVolume(), self.windowComboBox.currentText)
+
     def updateMRMLFromGUI(self, *args):
         self.scriptedEffect.setParameter("MedSAM.View", self.viewComboBox.currentText)
         self.scriptedEffect.setParameter("MedSAM.Window", self.windowComboBox.currentText)
-        self.scriptedEffect.setParameter("MedSAM.Range", self.rangeComboBox.currentData or RANGE_MODES[0][0])
+        self.scriptedEffect.setParameter("MedSAM.Range", self.rangeComboBox.currentData or DEFAULT_RANGE_MODE)
 
     # -- lifetime -------------------------------------------------------------------------------------------------
     def activate(self):
@@ -142,7 +149,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.shortcuts = MedSAMSlicer.makeShortcuts(MedSAMSlicer.mainWindowOrNone(), {
                 "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
                 "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
-                "undo": self.onUndo, "cancel": self.onCancel})
+                "undo": self.onUndo, "cancel": self.onCancel,
+                **MedSAMSlicer.reviewActions(self.logic(), self.sourceVolume, self.startReview, self.showMessage)})
         if self.logic().link.client is None:
             self.showMessage(_("The engine is not running: open the MedSAM module and click 'Start engine' (Model "
                                "section), or set a remote server there"))
@@ -221,6 +229,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         def draw():
             import MedSAMSlicer
 
+            logic.checkArm("draw_box" if newObject else "key_box")  # a study's manual arm refuses MedSAM
             sliceNode = MedSAMSlicer.sliceNodeOfView(self.viewComboBox.currentText)
             logic.core.prefetch_window = self.windowComboBox.currentText  # the engine encodes ahead for it
             _, _, note = logic.core.draw_box(self.sourceVolume(), sliceNode, newObject)
@@ -230,7 +239,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
         self.guarded(_("Draw box"), draw)
 
-    def start(self, title, startOperation):
+    def start(self, title, action, startOperation):
         logic = self.logic()
         if logic.core.busy:
             return
@@ -245,6 +254,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
 
         def begin():
+            logic.checkArm(action)  # a study's manual arm refuses MedSAM
             self.scriptedEffect.saveStateForUndo()  # Segment Editor's Undo takes back the whole operation
             startOperation(logic.core, segmentation, segmentId, self.writer())
 
@@ -257,13 +267,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onSegmentSlice(self):
         volume, window = self.sourceVolume(), self.windowComboBox.currentText
-        self.start(_("Segment slice"), lambda core, segmentation, segmentId, writer: core.start_segment_slice(
-            volume, None, segmentation, segmentId, window, writer=writer))
+        self.start(_("Segment slice"), "segment_slice", lambda core, segmentation, segmentId, writer:
+                   core.start_segment_slice(volume, None, segmentation, segmentId, window, writer=writer))
 
     def onPropagate(self):
         volume, window, mode = self.sourceVolume(), self.windowComboBox.currentText, self.rangeComboBox.currentData
-        self.start(_("Propagate 3D"), lambda core, segmentation, segmentId, writer: core.start_propagation(
+        self.start(_("Propagate 3D"), "propagate", lambda core, segmentation, segmentId, writer: core.start_propagation(
             volume, None, segmentation, segmentId, window, mode, writer=writer))
+
+    def startReview(self, title, begin):
+        """A review action on the object the MedSAM panel propagated for review (its writes are MedSAM's)."""
+        self.start(title, "propagate", lambda core, segmentation, segmentId, writer: begin())
 
     def onCancel(self):
         self.logic().core.cancel()
@@ -294,13 +308,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if progress.message:
                 self.statusLabel.text = f"{progress.title}: {progress.message}"
             return
-        if progress.state == "idle" and self.logic().core.preparing:
+        if progress.state == ProgressState.IDLE and self.logic().core.preparing:
             return  # a prefetch is still sending the volume
         self.pollTimer.stop()
         self.progressBar.hide()
-        if progress.state == "done":
-            self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s")
-        elif progress.state == "cancelled":
+        if progress.state == ProgressState.DONE and progress.operation is None:  # a review action writing nothing
             self.showMessage(progress.message)
-        elif progress.state == "failed":
+        elif progress.state == ProgressState.DONE:
+            self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s")
+        elif progress.state == ProgressState.CANCELLED:
+            self.showMessage(progress.message)
+        elif progress.state == ProgressState.FAILED:
             self.showMessage(f"{progress.title}: {progress.message}", error=True, popup=True)

@@ -9,7 +9,11 @@
 - :mod:`.messages`: any error as one line for the user
 - :mod:`.timelog_table`, :mod:`.edit_watch`: the annotation-time log and manual-edit detection
 - :mod:`.dependencies`: where packages go (Slicer's Python: client only; the engine: a private folder)
-- :mod:`.box_segmentation`: the logic the panel and the self-test drive
+- :mod:`.box_segmentation`: the logic the panel and the self-test drive (MRML writes, undo, boxes, the time log)
+- :mod:`.engine_jobs`: a pending operation and the prefetch, stepped against the engine from the front end's timer
+- :mod:`.remote_volumes`: the engine's sessions for the volume in use (sent once per content)
+- :mod:`.study_mode`: a reader working through a study plan (arms, order, time log per case, report), any front end
+- :mod:`.choices`: the windows, range modes and views every front end offers (one table)
 - :mod:`.editor_writes`: the effect's writes through Segment Editor (its history holds their undo)
 - :mod:`.engine_setup`: install the engine's packages, then start it, polled from the front end's timer
 

@@ -7,16 +7,11 @@ comes back.  Every operation has three steps:
 1. ``start_segment_slice`` / ``start_propagation`` (caller's thread, fast): check the inputs, copy what the engine
    needs out of MRML (voxels, geometry, boxes) and fix the target segment *now*, when the user clicks;
 2. ``poll()`` (called by the front end from its own timer, every 100 ms or so) advances the operation by as many
-   short steps as fit in ``POLL_TIMEOUT`` (50 ms) and returns a :class:`Progress`.  Every request it makes carries a
-   timeout of at most ``POLL_TIMEOUT``: the engine's health while it starts or loads its model ("waiting"); sending
-   the volume (:class:`MedSAMSlicerLib.client.VolumeOpening`: hashing and, for a local engine, writing the hand-over
-   file a slab at a time, then the engine reads and windows it as a job); starting the work as a job on the engine
-   (a slice too: ``RemoteVolume.start_segment_slice``, so no poll ever waits for an encoder); polling the job; and
-   fetching its result.  A request that times out is retried at the next poll (start requests carry a request id,
-   so a retry never starts a second job); ``UNREACHABLE_POLLS`` failures in a row, over at least
-   ``UNREACHABLE_SECONDS``, end the operation;
-3. when the engine has the result, the same ``poll()`` writes it into the target segment, recording one undo step
-   and a time-log event.
+   short steps as fit in ``POLL_TIMEOUT`` (50 ms) and returns a :class:`.engine_jobs.Progress`: the stepping (engine
+   health, sending the volume, the job, its result, retries) is :mod:`.engine_jobs`'s, the engine's sessions for the
+   volume are :mod:`.remote_volumes`'s;
+3. when the engine has the result, the same ``poll()`` writes it into the target segment (:meth:`_finish`, here),
+   recording one undo step and a time-log event.
 
 What may keep the GUI longer than 50 ms, and why:
 
@@ -43,8 +38,8 @@ first while no operation is pending: front ends keep polling while ``preparing``
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -52,87 +47,30 @@ from typing import Any, Callable, Optional
 import numpy as np
 import slicer
 
-from MedSAMSlicerLib.protocol import axes
-from MedSAMSlicerLib.protocol.boxes import Box
-from MedSAMSlicerLib.errors import (BoxError, Cancelled, EngineUnavailable, InputImageError, MedSAMError, ServiceError,
-                                    first_line)
+from MedSAMSlicerLib.errors import BoxError, InputImageError, MedSAMError, first_line
+from MedSAMSlicerLib.protocol import PropagationSettings, axes
 
 from .edit_watch import ManualEdit, ManualEditWatcher
-from .messages import user_message
+from .editor_writes import labelmap_mtime
+from .engine_jobs import (POLL_TIMEOUT, EngineJobs, Outcome, PendingOperation, Progress, ProgressState,
+                          PropagationInput, SliceInput)
+from .remote_volumes import RemoteVolumes
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
                           propagation_range)
-from .editor_writes import labelmap_mtime
 from .segments import (add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists,
-                       write_segment)
+                       write_segment, write_segment_slice)
 from .undo import EditedSince, NothingToUndo, Operation, SegmentSnapshot, UndoStack
 from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT = 0.05  # seconds: the longest a poll may keep the GUI waiting (its requests' timeouts, its local work)
-MIN_STEP = 0.02  # seconds: a poll starts another step only with this much of its POLL_TIMEOUT left
-CANCEL_TIMEOUT = POLL_TIMEOUT  # telling the engine to stop (a click); not delivered = the engine drops unpolled jobs
-UNREACHABLE_POLLS = 50  # consecutive failed polls (about 5 s at the panel's 100 ms) before a job is given up...
-UNREACHABLE_SECONDS = 5.0  # ...and at least this long without an answer (a busy computer answers late, not never)
 PREFETCH_NEIGHBOURS = 3  # slices on each side of a drawn box that the engine encodes ahead
-STARTUP_TIMEOUT = 600.0  # seconds an operation waits for the engine to load its model (first use: ONNX export)
 
 # A writer puts a (k, j, i) bool mask into a target segment: the default is segments.write_segment; the Segment
 # Editor effect passes an editor_writes.SegmentEditorWriter (editable area, masking, overwrite).  A writer whose
 # ``records_history`` is true keeps its own undo history (Segment Editor's): no MedSAM undo step is pushed for it,
 # because a snapshot of the target segment cannot restore what an overwrite took from other segments (audit W1).
 Writer = Callable[["Target", np.ndarray, Any], None]
-
-
-@dataclass
-class SliceRequest:
-    grid: VolumeOnGrid
-    grid_key: tuple
-    prompt: SlicePrompt
-    window: str
-
-
-@dataclass
-class PropagationRequest:
-    grid: VolumeOnGrid
-    grid_key: tuple
-    prompts: list
-    window: str
-    options: dict  # the engine's propagation options: rule, slice_range, stop, largest_component, fill_holes
-
-    @property
-    def axis(self) -> str:
-        return self.prompts[0].axis
-
-    @property
-    def slice_range(self):
-        return self.options.get("slice_range")
-
-
-@dataclass
-class SliceResult:
-    index: int
-    box: Box
-    mask: np.ndarray  # bool, the slice's shape
-    score: float
-
-
-@dataclass
-class PropagationResult:
-    mask: np.ndarray  # bool (k, j, i)
-    segmented_slices: int
-    stopped: dict = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    """What the engine produced, with what it cost."""
-
-    seconds: float
-    encoder_calls: int
-    slice_result: Optional[SliceResult] = None
-    propagation: Optional[PropagationResult] = None
-    window: str = ""  # the window actually used, for the user
 
 
 @dataclass
@@ -153,62 +91,8 @@ class ObjectState:
     segment_id: str = ""
 
 
-@dataclass
-class Progress:
-    """What ``poll()`` says.  ``state``: "idle" (nothing pending), "waiting" (engine starting or loading its
-    model), "running", then once: "done" (``operation`` and ``outcome`` set), "failed" or "cancelled"
-    (``message`` says why; nothing was written)."""
-
-    state: str
-    title: str = ""
-    done: int = 0
-    total: int = 0
-    message: str = ""
-    operation: Optional[Operation] = None
-    outcome: Optional[Outcome] = None
-    error: Optional[BaseException] = None  # what failed (scripts re-raise it; front ends show ``message``)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    @property
-    def busy(self) -> bool:
-        return self.state in ("waiting", "running")
-
-
-@dataclass
-class PendingOperation:
-    """An operation between its click and its write."""
-
-    title: str
-    volume_node_id: str
-    request: Any  # SliceRequest or PropagationRequest
-    segmentation_id: str  # target fixed at click time ("" = a new segmentation)
-    segment_id: str  # "" = a new segment
-    writer: Optional[Writer]
-    started: float = field(default_factory=time.monotonic)
-    job: Any = None  # RemoteJob once started
-    remote: Any = None  # RemoteVolume
-    encoder_calls_before: int = 0
-    failed_polls: int = 0
-    last_answer: float = field(default_factory=time.monotonic)  # when the engine last answered a request
-    cancel_requested: bool = False
-    engine_ready: bool = False  # the engine said it has its model (no more health checks)
-    request_id: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # a retried start is the same job
-    message: str = ""  # what the operation is doing now (the last step's words)
-    reopened: bool = False  # the engine had lost the volume session once already
-
-
-@dataclass
-class PrefetchWish:
-    """Slices to encode ahead on the engine, for the volume session ``key`` = (grid key, window, axis)."""
-
-    key: tuple
-    grid: Any
-    indices: list
-    failures: int = 0
-    last_answer: float = field(default_factory=time.monotonic)  # when a step of it last got an answer
+# Operation.written_digest while a slice write's digest is not taken yet (settle), or could not be taken.
+DIGEST_PENDING, DIGEST_UNKNOWN = "pending", "unknown: the segment changed before its digest was taken"
 
 
 class BoxSegmentationLogic:
@@ -218,22 +102,22 @@ class BoxSegmentationLogic:
     ``open_volume``), usually an :class:`.engine_link.EngineLink`'s client; ``set_engine`` changes it later.
     """
 
+    # True: "Segment slice" writes its slice alone and the undo check's digest is taken later (``settle``); the
+    # browser app turns it on and settles after each result's frame.  False: the whole segment, digested at once.
+    slice_writes = False
+
     def __init__(self, scene=None, engine=None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
-        self.engine = engine
         self.undo_stack = UndoStack()
         self.current = ObjectState()
         self.time_log = None  # a CaseTimeLog when the user turned logging on
         self.edit_watcher: Optional[ManualEditWatcher] = None
-        self.pending: Optional[PendingOperation] = None
         self.prefetch_window = "auto"  # the window boxes are prefetched for: the last one used, or the front end's
         self.prefetch_neighbours = PREFETCH_NEIGHBOURS
         self.idle: Optional[Callable[[], None]] = None  # called between the polls of the blocking ``wait``
         self._grids: dict = {}
-        self._remote: dict = {}  # (grid key, window, axis) -> RemoteVolume
-        self._openings: dict = {}  # (grid key, window, axis) -> VolumeOpening on its way (shared by ops and prefetch)
-        self._fingerprints: dict = {}  # grid key -> content fingerprint (hashed once per volume)
-        self._prefetch: Optional[PrefetchWish] = None
+        self.volumes = RemoteVolumes(engine)  # the engine's sessions for the volume in use
+        self.jobs = EngineJobs(self.volumes, self._finish)  # the pending operation and the prefetch, stepped
         # Scene close (File > Close Scene, or a test's Clear): node IDs are reused by the next scene, so the undo
         # stack, the current object and a pending job must go, whichever front end is open.
         self._close_observer = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_close)
@@ -248,57 +132,27 @@ class BoxSegmentationLogic:
             self._close_observer = None
 
     # -- engine ---------------------------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        return self.volumes.engine
+
+    @engine.setter
+    def engine(self, engine) -> None:
+        self.volumes.engine = engine
+
+    @property
+    def pending(self) -> Optional[PendingOperation]:
+        return self.jobs.pending
+
     def set_engine(self, engine) -> None:
         """Use another engine (the user switched between local and remote): volumes are sent again."""
         self.cancel()
-        self.engine = engine
-        self._remote = {}
-        self._drop_openings()
-        self._prefetch = None
-
-    def _require_engine(self):
-        if self.engine is None:
-            raise EngineUnavailable("no engine: choose 'Local' or enter a server URL under Model, then try again")
-        return self.engine
+        self.volumes.set_engine(engine)
+        self.jobs.prefetch_wish = None
 
     def remote_volume(self, grid: VolumeOnGrid, key: tuple, window: str, axis: str):
         """The engine's session for this volume, window and slice axis (the voxels are sent once per content)."""
-        remote_key = (key, window, axis)
-        if remote_key not in self._remote:
-            volume = grid.volume
-            remote = self._require_engine().open_volume(
-                np.asarray(volume.array), volume.spacing, volume.origin, volume.direction, window=window, axis=axis,
-                modality=volume.modality)
-            self._remote = {k: v for k, v in self._remote.items() if k[0] == key}  # one volume at a time
-            self._remote[remote_key] = remote
-        return self._remote[remote_key]
-
-    def _open_step(self, grid: VolumeOnGrid, key: tuple, window: str, axis: str, budget: float):
-        """:meth:`remote_volume` a step at a time (at most ``budget`` s): the RemoteVolume once open, else None."""
-        remote_key = (key, window, axis)
-        if remote_key in self._remote:
-            return self._remote[remote_key]
-        opening = self._openings.get(remote_key)
-        if opening is None:
-            volume = grid.volume
-            opening = self._require_engine().start_opening(
-                np.asarray(volume.array), volume.spacing, volume.origin, volume.direction, window=window, axis=axis,
-                modality=volume.modality, fingerprint=self._fingerprints.get(key))
-            self._drop_openings(keep=key)  # one volume at a time
-            self._openings[remote_key] = opening
-        remote = opening.step(budget)
-        if opening.fingerprint:
-            self._fingerprints = {key: opening.fingerprint}
-        if remote is None:
-            return None
-        del self._openings[remote_key]
-        self._remote = {k: v for k, v in self._remote.items() if k[0] == key}
-        self._remote[remote_key] = remote
-        return remote
-
-    def _drop_openings(self, keep: Optional[tuple] = None) -> None:
-        for remote_key in [k for k in self._openings if k[0] != keep]:
-            self._openings.pop(remote_key).close()  # a half-written hand-over file goes
+        return self.volumes.open(grid, key, window, axis)
 
     # -- inputs (at click time) -------------------------------------------------------------------------------------
     def grid(self, volume_node) -> VolumeOnGrid:
@@ -314,7 +168,7 @@ class BoxSegmentationLogic:
         self.current.box_ids = [n.GetID() for n in nodes if n is not None]
         return [n for n in nodes if n is not None]
 
-    def slice_request(self, volume_node, roi_node=None, window: str = "auto") -> SliceRequest:
+    def slice_request(self, volume_node, roi_node=None, window: str = "auto") -> SliceInput:
         """Segment the slice of ``roi_node`` (default: the box drawn last)."""
         grid = self.grid(volume_node)
         if roi_node is None:
@@ -322,17 +176,16 @@ class BoxSegmentationLogic:
             if not boxes:
                 raise BoxError("no box: click 'Draw box' and drag the box's handles around the object")
             roi_node = boxes[-1]
-        return SliceRequest(grid, grid_key(volume_node), prompt_from_roi(roi_node, grid), window)
+        return SliceInput(grid, grid_key(volume_node), prompt_from_roi(roi_node, grid), window)
 
     def propagation_request(self, volume_node, roi_nodes=None, window: str = "auto", range_mode: str = "auto",
                             stop: bool = True, largest_component: bool = False,
-                            fill_holes: bool = False) -> PropagationRequest:
+                            fill_holes: bool = False) -> PropagationInput:
         grid = self.grid(volume_node)
         prompts = prompts_from_rois(roi_nodes if roi_nodes is not None else self.boxes(), grid)
         slice_range = propagation_range(prompts, range_mode)
-        options = {"rule": "ours", "slice_range": list(slice_range) if slice_range is not None else None,
-                   "stop": bool(stop), "largest_component": bool(largest_component), "fill_holes": bool(fill_holes)}
-        return PropagationRequest(grid, grid_key(volume_node), prompts, window, options)
+        settings = PropagationSettings("ours", slice_range, bool(stop), bool(largest_component), bool(fill_holes))
+        return PropagationInput(grid, grid_key(volume_node), prompts, window, settings)
 
     def _fix_target(self, segmentation_node, segment_id) -> tuple:
         """The target as the user sees it when clicking: the picked segment, else the object's own segment."""
@@ -360,13 +213,34 @@ class BoxSegmentationLogic:
     def _start(self, title, volume_node, request, segmentation_node, segment_id, writer) -> PendingOperation:
         if self.pending is not None:
             raise MedSAMError(f"{self.pending.title} is still running; wait for it or cancel it first")
-        self._require_engine()
+        self.volumes.require_engine()
         if segmentation_node is not None:
             check_segmentation_grid(segmentation_node, request.grid)  # say it now, before the engine works
         segmentation_id, segment_id = self._fix_target(segmentation_node, segment_id)
-        self.pending = PendingOperation(title, volume_node.GetID(), request, segmentation_id, segment_id, writer)
+        pending = self.jobs.start(PendingOperation(title, volume_node.GetID(), request, segmentation_id, segment_id,
+                                                   writer))
         self.prefetch_window = request.window  # the next boxes are prefetched for the window the user works with
-        return self.pending
+        return pending
+
+    def start_request(self, title, volume_node, request, segmentation_node=None, segment_id=None) -> PendingOperation:
+        """Start an operation whose request starts and finishes its own engine job (``engine_jobs.OwnJob``: the
+        review actions of :mod:`.object_review`); polled like the others."""
+        return self._start(title, volume_node, request, segmentation_node, segment_id, None)
+
+    def write_slices(self, volume_node, request, mask: np.ndarray, slices, np_axis: int, description: str,
+                     details: dict, segmentation_node=None, segment_id: Optional[str] = None) -> Operation:
+        """Only ``slices`` of the target segment take ``mask``'s voxels (one undo step); the others keep theirs."""
+        self._check_unchanged(volume_node, request)
+        target = self.target(volume_node, request.grid, segmentation_node, segment_id)
+        current = np.zeros(request.grid.shape_kji, dtype=bool) if target.created_segment else \
+            read_segment(target.segmentation_node, target.segment_id, volume_node)
+        for index in slices:
+            axes.put_slice(current, np_axis, int(index), axes.take_slice(mask, np_axis, int(index)))
+        return self._write(target, current, volume_node, description, details)
+
+    def log_event(self, kind: str, **fields) -> None:
+        """A time-log event (when the log is on); a failed write is a warning, never a stop."""
+        self._log(kind, **fields)
 
     @property
     def busy(self) -> bool:
@@ -375,171 +249,21 @@ class BoxSegmentationLogic:
     @property
     def preparing(self) -> bool:
         """A prefetch is on its way (the volume is being sent first): keep calling ``poll()`` while this is true."""
-        return self._prefetch is not None
+        return self.jobs.prefetch_wish is not None
 
     def poll(self) -> Progress:
         """Advance the pending operation by short steps (``POLL_TIMEOUT`` in all); call it from the front end's
         timer.  With no operation pending it advances a prefetch (``preparing``) and says "idle"."""
-        pending = self.pending
-        if pending is None:
-            if self._prefetch is not None:
-                self._advance_prefetch(POLL_TIMEOUT)
-            return Progress("idle")
-        try:
-            progress = self._advance(pending)
-        except Cancelled as error:
-            progress = Progress("cancelled", pending.title, message=str(error) or f"{pending.title} cancelled; "
-                                "nothing was written", error=error)
-        except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line; nothing written
-            progress = Progress("failed", pending.title, message=user_message(error), error=error)
-        if progress.finished:
-            self.pending = None
-        return progress
+        return self.jobs.poll()
 
-    def _advance(self, pending: PendingOperation) -> Progress:
-        """Steps while time is left in this poll: each request's timeout is what is left (``POLL_TIMEOUT`` at most).
-        A request that times out ends the poll; the next poll retries it."""
-        engine = self._require_engine()
-        if pending.cancel_requested:
-            self._deliver_cancel(pending)
-            raise Cancelled(f"{pending.title} cancelled; nothing was written")
-        deadline = time.monotonic() + POLL_TIMEOUT
-        first = True
-        if not pending.engine_ready:
-            waiting = self._engine_waiting(engine, pending)  # one health request; raises when the engine is gone
-            if waiting is not None:
-                return waiting
-            pending.engine_ready, pending.failed_polls, first = True, 0, False
-            pending.last_answer = time.monotonic()
-        while True:
-            budget = min(POLL_TIMEOUT, deadline - time.monotonic())
-            if not first and budget < MIN_STEP:
-                return self._running(pending)
-            try:
-                progress = self._step(pending, budget)
-            except EngineUnavailable:
-                if not first:  # a later step ran out of this poll's time: the next poll retries it in full
-                    return self._running(pending)
-                pending.failed_polls += 1
-                if self._unreachable(pending) or self._local_engine_exited(engine):
-                    raise EngineUnavailable(f"the engine stopped answering during '{pending.title}'; nothing was "
-                                            "written. Check the engine (Model section) and run it again") from None
-                return Progress("running", pending.title, message="waiting for the engine")
-            pending.failed_polls, pending.last_answer = 0, time.monotonic()
-            if progress is not None:
-                return progress
-            first = False
-
-    def _step(self, pending: PendingOperation, budget: float) -> Optional[Progress]:
-        """One short step (local work or one request of at most ``budget`` s); a Progress when the poll should
-        report now, None when the next step can follow at once."""
-        request = pending.request
-        if pending.remote is None:  # 1. the volume on the engine (sent once per content, opened once per window)
-            remote = self._open_step(request.grid, *_remote_key(request), budget)
-            if remote is None:
-                opening = self._openings.get(_remote_key(request))
-                pending.message = opening.message if opening is not None else "sending the volume to the engine"
-                return None
-            pending.remote = remote
-            return None
-        if pending.job is None:  # 2. the work starts as a job on the engine (the same request id if repeated)
-            if isinstance(request, SliceRequest):
-                prompt = request.prompt
-                pending.job = self._start_slice_job(pending, prompt, budget)
-            else:
-                keys = {int(p.index): _box_tuple(p.box) for p in request.prompts}
-                pending.job = pending.remote.propagate(keys, request.options, timeout=budget,
-                                                       request_id=pending.request_id)
-            pending.message = "segmenting" if isinstance(request, SliceRequest) else "propagating"
-            return None
-        status = pending.job.status
-        if not status.finished:  # 3. progress (a long poll for half the time left: a quick job answers now)
-            status = pending.job.poll(timeout=budget / 2, request_timeout=budget)
-            if status.state == "running":
-                return Progress("running", pending.title, status.done, status.total, status.message or
-                                pending.message)
-            if status.state != "done":
-                pending.job.raise_failure()
-            return None  # the result at the next step, with the time left
-        if isinstance(request, SliceRequest):  # 4. the result, then the write
-            return self._finish_slice(pending, pending.job.result(timeout=budget))
-        return self._finish_propagation(pending, pending.job.result(timeout=budget))  # a timeout: retried (R10)
-
-    def _start_slice_job(self, pending: PendingOperation, prompt: SlicePrompt, budget: float):
-        try:
-            return pending.remote.start_segment_slice(int(prompt.index), _box_tuple(prompt.box), timeout=budget,
-                                                      request_id=pending.request_id)
-        except ServiceError as error:
-            if error.code != "not_found" or pending.reopened:
-                raise
-        # The engine no longer knows the session (it expired while idle, or the engine restarted): open it again.
-        self._remote.pop(_remote_key(pending.request), None)
-        pending.remote, pending.reopened = None, True
-        return None
-
-    def _running(self, pending: PendingOperation) -> Progress:
-        if pending.job is not None:
-            status = pending.job.status
-            return Progress("running", pending.title, status.done, status.total, pending.message)
-        opening = self._openings.get(_remote_key(pending.request)) if pending.remote is None else None
-        if opening is not None:
-            return Progress("running", pending.title, opening.done * 100 // max(opening.total, 1), 100,
-                            opening.message)
-        return Progress("running", pending.title, message=pending.message)
-
-    @staticmethod
-    def _unreachable(pending: PendingOperation) -> bool:
-        return pending.failed_polls >= UNREACHABLE_POLLS and \
-            time.monotonic() - pending.last_answer >= UNREACHABLE_SECONDS
-
-    def _engine_waiting(self, engine, pending: PendingOperation) -> Optional[Progress]:
-        """None when the engine is ready; else a "waiting" progress (model loading), or an error when it is gone."""
-        try:
-            health = engine.health(timeout=POLL_TIMEOUT)
-        except EngineUnavailable:
-            if self._local_engine_exited(engine) or time.monotonic() - pending.started > STARTUP_TIMEOUT:
-                raise
-            pending.failed_polls += 1
-            if self._unreachable(pending) and getattr(engine, "process", None) is None:
-                raise  # a remote server that does not answer: say so instead of waiting
-            return Progress("waiting", pending.title, message="waiting for the engine to answer")
-        pending.failed_polls, pending.last_answer = 0, time.monotonic()
-        if health.get("ready", True):
-            return None
-        if time.monotonic() - pending.started > STARTUP_TIMEOUT:
-            raise EngineUnavailable("the engine did not finish loading its model in time; see its log (Model "
-                                    "section) and try again")
-        return Progress("waiting", pending.title, message=f"engine: {health.get('loading') or 'loading the model'}")
-
-    @staticmethod
-    def _local_engine_exited(engine) -> bool:
-        process = getattr(engine, "process", None)
-        return process is not None and process.poll() is not None
-
-    def _finish_slice(self, pending: PendingOperation, result: dict) -> Progress:
-        request: SliceRequest = pending.request
-        prompt = request.prompt
-        outcome = Outcome(float(result.get("seconds", time.monotonic() - pending.started)),
-                          int(result.get("encoder_calls", 0)),
-                          slice_result=SliceResult(int(prompt.index), prompt.box,
-                                                   np.asarray(result["mask"], dtype=bool),
-                                                   float(result.get("score", 0.0))),
-                          window=_window_text(pending.remote))
-        operation = self.apply_slice(self._volume_of(pending), request, outcome, *self._target_of(pending),
-                                     writer=pending.writer)
-        return Progress("done", pending.title, 1, 1, operation.description, operation, outcome)
-
-    def _finish_propagation(self, pending: PendingOperation, result: dict) -> Progress:
-        outcome = Outcome(float(result.get("seconds", time.monotonic() - pending.started)),
-                          int(result.get("encoder_calls", 0)),
-                          propagation=PropagationResult(np.asarray(result["mask"], dtype=bool),
-                                                        int(result.get("segmented_slices", 0)),
-                                                        dict(result.get("stopped") or {})),
-                          window=_window_text(pending.remote))
-        operation = self.apply_propagation(self._volume_of(pending), pending.request, outcome,
-                                           *self._target_of(pending), writer=pending.writer)
-        total = outcome.propagation.segmented_slices
-        return Progress("done", pending.title, total, total, operation.description, operation, outcome)
+    def _finish(self, pending: PendingOperation, outcome: Outcome) -> Operation:
+        """The engine's result is in: write it (called by ``self.jobs`` inside a poll)."""
+        volume_node = self._volume_of(pending)
+        if isinstance(pending.request, SliceInput):
+            return self.apply_slice(volume_node, pending.request, outcome, *self._target_of(pending),
+                                    writer=pending.writer)
+        return self.apply_propagation(volume_node, pending.request, outcome, *self._target_of(pending),
+                                      writer=pending.writer)
 
     def _volume_of(self, pending: PendingOperation):
         node = self.scene.GetNodeByID(pending.volume_node_id)
@@ -556,36 +280,16 @@ class BoxSegmentationLogic:
     def cancel(self) -> None:
         """Stop the pending operation: the next ``poll`` reports "cancelled" (nothing is written) and the engine is
         told to stop (between two slices; one short request, retried once by that poll)."""
-        pending = self.pending
-        if pending is None:
-            return
-        pending.cancel_requested = True
-        self._deliver_cancel(pending)
-
-    @staticmethod
-    def _deliver_cancel(pending: PendingOperation) -> None:
-        job, pending.job = pending.job, None  # at most once per job
-        if job is None or job.status.finished:
-            return
-        try:
-            job.cancel(timeout=CANCEL_TIMEOUT)
-        except MedSAMError as error:  # the engine is gone or slow: it stops jobs nobody polls by itself
-            pending.job = job
-            log.info("cancel not delivered: %s", error)
+        self.jobs.cancel()
 
     def reset(self) -> None:
         """The scene is closing (node IDs will be reused by the next scene): forget everything tied to it."""
-        pending, self.pending = self.pending, None
-        if pending is not None and pending.job is not None:
-            self._deliver_cancel(pending)
+        self.jobs.reset()
         self.close_case()
         self.undo_stack.clear()
         self.current = ObjectState()
         self._grids = {}
-        self._remote = {}
-        self._drop_openings()
-        self._fingerprints = {}
-        self._prefetch = None
+        self.volumes.clear()
 
     # -- prefetch -------------------------------------------------------------------------------------------------
     def box_changed(self, volume_node, roi_node, window: Optional[str] = None) -> list:
@@ -602,40 +306,18 @@ class BoxSegmentationLogic:
             grid = self.grid(volume_node)
             prompt = prompt_from_roi(roi_node, grid)
             key = (grid_key(volume_node), window or self.prefetch_window, prompt.axis)
-        except Exception as error:  # noqa: BLE001 - a box off the volume: the next run reports it, not the prefetch
+        except MedSAMError as error:  # a box off the volume: the next run reports it, not the prefetch
             log.info("no prefetch for this box: %s", first_line(error))
+            return []
+        except Exception:  # an unexpected failure must not break the drag either; its traceback goes to the log
+            log.warning("no prefetch for this box", exc_info=True)
             return []
         count = int(grid.shape_kji[prompt.np_axis])
         indices = [int(prompt.index)]
         for step in range(1, max(0, int(self.prefetch_neighbours)) + 1):
             indices += [i for i in (prompt.index + step, prompt.index - step) if 0 <= i < count]
-        self._prefetch = PrefetchWish(key, grid, indices)  # the latest box wins
-        if self.pending is None:
-            self._advance_prefetch(POLL_TIMEOUT)
+        self.jobs.wish_prefetch(key, grid, indices)  # the latest box wins
         return indices
-
-    def _advance_prefetch(self, budget: float) -> None:
-        """One step of the wished prefetch: send the volume (a step of it), or, once it is there, the request."""
-        wish = self._prefetch
-        try:
-            remote = self._remote.get(wish.key)
-            if remote is None:
-                self._open_step(wish.grid, *wish.key, budget)  # the request goes at the next poll
-                wish.failures, wish.last_answer = 0, time.monotonic()
-                return
-            remote.prefetch(wish.indices, timeout=budget)
-            self._prefetch = None
-        except EngineUnavailable as error:  # slow or gone: retried at the next polls, then given up
-            wish.failures += 1
-            if wish.failures >= UNREACHABLE_POLLS and time.monotonic() - wish.last_answer >= UNREACHABLE_SECONDS:
-                log.info("prefetch given up: %s", first_line(error))
-                self._prefetch = None
-        except Exception as error:  # noqa: BLE001 - a prefetch never reaches the user; the operation reports
-            if isinstance(error, ServiceError) and error.code == "not_found":
-                self._remote.pop(wish.key, None)  # the session expired: opened again at the next poll
-                return
-            log.info("prefetch not sent: %s", first_line(error))
-            self._prefetch = None
 
     def wait(self, pending: Optional[PendingOperation] = None, interval: float = 0.05,
              timeout: float = 3600.0) -> Progress:
@@ -643,7 +325,7 @@ class BoxSegmentationLogic:
         deadline = time.monotonic() + timeout
         while True:
             progress = self.poll()
-            if progress.finished or progress.state == "idle":
+            if progress.finished or progress.state == ProgressState.IDLE:
                 return progress
             if time.monotonic() > deadline:
                 self.cancel()
@@ -679,8 +361,11 @@ class BoxSegmentationLogic:
         if grid_key(volume_node) != request.grid_key:
             raise InputImageError(f"{volume_node.GetName()} changed while segmenting; nothing was written, run again")
 
-    def _write(self, target: Target, mask: np.ndarray, volume_node, description: str, details: dict,
+    def _write(self, target: Target, mask: Optional[np.ndarray], volume_node, description: str, details: dict,
                writer: Optional[Writer] = None) -> Operation:
+        """``mask`` None: ``writer`` writes a part of the segment (a slice); the undo check's digest of the whole
+        segment is taken later (``settle``)."""
+        self.settle()  # the previous step's digest, while its segment is still as it wrote it
         snapshot = SegmentSnapshot.take(target.segmentation_node, target.segment_id, target.created_segment)
         watcher = self._watch(target, volume_node, details.get("np_axis", 0))
         write = writer or (lambda t, m, v: write_segment(t.segmentation_node, t.segment_id, m, v))
@@ -699,13 +384,32 @@ class BoxSegmentationLogic:
             return operation  # Segment Editor's history has it; MedSAM's Undo must not half-undo it
         operation.details["volume_node_id"] = volume_node.GetID()
         operation.written_mtime = labelmap_mtime(target.segmentation_node, target.segment_id)
-        operation.written_digest = _mask_digest(mask)
+        operation.written_digest = _mask_digest(mask) if mask is not None else DIGEST_PENDING
         self.undo_stack.push(operation)
         return operation
+
+    def settle(self) -> None:
+        """Take what a slice write left for later: the digest of the segment as written, which Undo compares with
+        when the labelmap's MTime moved.  Taken only while the MTime still equals the written one; otherwise the
+        segment changed before it could be taken, and Undo refuses (the safe side).  One whole read of the
+        segment: the browser app calls this after the result's frame went out, not before it (issue 21)."""
+        operation = self.undo_stack.last
+        if operation is None or operation.written_digest != DIGEST_PENDING:
+            return
+        node = self.scene.GetNodeByID(operation.snapshot.segmentation_node_id)
+        volume = self.scene.GetNodeByID(operation.details.get("volume_node_id", ""))
+        segment_id = operation.snapshot.segment_id
+        if node is None or volume is None or not segment_exists(node, segment_id) or \
+                labelmap_mtime(node, segment_id) != operation.written_mtime:
+            operation.written_digest = DIGEST_UNKNOWN
+            return
+        operation.written_digest = _mask_digest(read_segment(node, segment_id, volume))
 
     def _check_not_edited_since(self, operation: Operation) -> None:
         """Refuse an Undo that would throw away an edit made after ``operation`` (paint, erase, Segment Editor's own
         undo): first the labelmap's MTime (free), then, when it moved, the voxels themselves."""
+        if operation is self.undo_stack.last:
+            self.settle()
         snapshot = operation.snapshot
         node = self.scene.GetNodeByID(snapshot.segmentation_node_id)
         if node is None or not segment_exists(node, snapshot.segment_id) or not operation.written_digest:
@@ -722,27 +426,34 @@ class BoxSegmentationLogic:
         raise EditedSince(f"the segment was edited after '{operation.description}'; MedSAM's Undo would discard that "
                           "edit, so nothing was undone; use Segment Editor's Undo (Ctrl+Z) instead")
 
-    def apply_slice(self, volume_node, request: SliceRequest, outcome: Outcome, segmentation_node=None,
+    def apply_slice(self, volume_node, request: SliceInput, outcome: Outcome, segmentation_node=None,
                     segment_id: Optional[str] = None, writer: Optional[Writer] = None) -> Operation:
         """Replace the prompted slice of the target segment with the result; other slices keep their voxels."""
         self._check_unchanged(volume_node, request)
         target = self.target(volume_node, request.grid, segmentation_node, segment_id)
         result = outcome.slice_result
         np_axis = request.prompt.np_axis
-        if target.created_segment:
-            mask = np.zeros(request.grid.shape_kji, dtype=bool)
-        else:
-            mask = read_segment(target.segmentation_node, target.segment_id, volume_node)
-        axes.put_slice(mask, np_axis, result.index, result.mask)
         details = {"slice": result.index, "axis": request.prompt.axis, "np_axis": np_axis, "box": str(result.box),
                    "score": round(result.score, 3), "seconds": round(outcome.seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
-        operation = self._write(target, mask, volume_node, f"Segment slice {result.index}", details, writer)
+        if self.slice_writes and writer is None:  # the slice alone; the undo digest later (settle)
+            def write_slice(t, _mask, v) -> None:
+                write_segment_slice(t.segmentation_node, t.segment_id, np_axis, result.index, result.mask, v)
+
+            operation = self._write(target, None, volume_node, f"Segment slice {result.index}", details,
+                                    write_slice)
+        else:
+            if target.created_segment:
+                mask = np.zeros(request.grid.shape_kji, dtype=bool)
+            else:
+                mask = read_segment(target.segmentation_node, target.segment_id, volume_node)
+            axes.put_slice(mask, np_axis, result.index, result.mask)
+            operation = self._write(target, mask, volume_node, f"Segment slice {result.index}", details, writer)
         self._log("segment_slice", slice=result.index, box=str(result.box), seconds=round(outcome.seconds, 3),
                   encoder_calls=outcome.encoder_calls)
         return operation
 
-    def apply_propagation(self, volume_node, request: PropagationRequest, outcome: Outcome, segmentation_node=None,
+    def apply_propagation(self, volume_node, request: PropagationInput, outcome: Outcome, segmentation_node=None,
                           segment_id: Optional[str] = None, writer: Optional[Writer] = None) -> Operation:
         """The target segment becomes the propagated mask (Undo brings back what it was)."""
         self._check_unchanged(volume_node, request)
@@ -771,8 +482,44 @@ class BoxSegmentationLogic:
         if snapshot.copy is None and snapshot.segment_id == self.current.segment_id:
             self.current.segment_id = ""  # the object's segment was created by that operation and is gone
         if self.edit_watcher is not None and self.edit_watcher.segment_id == snapshot.segment_id:
-            self.edit_watcher.baseline = self.edit_watcher._read()  # noqa: SLF001 - undo is not a manual edit
+            self.edit_watcher.rebase()  # undo is not a manual edit
         self._log("undo", operation=operation.description)
+        return operation
+
+    # -- fill between slices (Segment Editor's tool, without Qt) -------------------------------------------------
+    def fill_between_slices(self, volume_node, segmentation_node=None, segment_id: Optional[str] = None,
+                            np_axis: Optional[int] = None, writer: Optional[Writer] = None) -> Operation:
+        """Fill the empty slices between the slices drawn in a segment (the picked one, else the current object's),
+        by morphological contour interpolation (:mod:`.fill_between`); one undo step, like a MedSAM write, and a
+        ``manual_edit`` event with ``tool=fill_between_slices`` in the time log (the reader's tool, not the model)."""
+        from .fill_between import NothingToFill, drawn_slices, fill_between_slices, gap_axis
+
+        if self.pending is not None:
+            raise MedSAMError(f"{self.pending.title} is running; wait for it or cancel it first")
+        grid = self.grid(volume_node)
+        if segmentation_node is None and self.current.segmentation_id:
+            segmentation_node = self.scene.GetNodeByID(self.current.segmentation_id)
+        if not segment_id and segmentation_node is not None and \
+                segmentation_node.GetID() == self.current.segmentation_id:
+            segment_id = self.current.segment_id
+        if segmentation_node is None or not segment_id or not segment_exists(segmentation_node, segment_id):
+            raise InputImageError("pick the segment to fill first (draw it on two or more slices)")
+        check_segmentation_grid(segmentation_node, grid)
+        self.collect_manual_edits()  # strokes drawn before the fill are logged as the reader's own edits first
+        drawn = read_segment(segmentation_node, segment_id, volume_node)
+        axis = gap_axis(drawn) if np_axis is None else int(np_axis)
+        if axis is None:
+            raise NothingToFill("draw the object on at least two slices with empty slices between them; nothing to "
+                                "fill")
+        filled = fill_between_slices(drawn, axis)
+        added = filled & ~drawn
+        slices = drawn_slices(added, axis)
+        details = {"slices": slices, "voxels": int(added.sum()), "np_axis": axis, "tool": "fill_between_slices"}
+        target = Target(segmentation_node, segment_id, False)
+        operation = self._write(target, filled, volume_node, f"Fill between slices ({len(slices)} slices)", details,
+                                writer)
+        self.current.segmentation_id, self.current.segment_id = segmentation_node.GetID(), segment_id
+        self._log("manual_edit", slices=slices, voxels=int(added.sum()), tool="fill_between_slices")
         return operation
 
     # -- boxes --------------------------------------------------------------------------------------------------------
@@ -801,7 +548,11 @@ class BoxSegmentationLogic:
         """The user dragged a box's handles (the panel calls this, throttled, from the ROI's modified event)."""
         try:
             prompt = prompt_from_roi(roi_node, self.grid(volume_node))
-        except Exception:  # noqa: BLE001 - a box dragged off the volume is still a move; the next run reports it
+        except MedSAMError:  # a box dragged off the volume is still a move; the next run reports it
+            self._log("box_moved")
+            return
+        except Exception:  # the same, for an unexpected failure (its traceback goes to the log)
+            log.warning("box move not understood", exc_info=True)
             self._log("box_moved")
             return
         self._log("box_moved", slice=prompt.index, box=str(prompt.box))
@@ -882,7 +633,7 @@ class BoxSegmentationLogic:
             return
         try:
             self.time_log.event(kind, **fields)
-        except Exception as error:  # noqa: BLE001 - a full disk must not stop the segmentation; the panel warns
+        except (OSError, ValueError, TypeError) as error:  # a full disk must not stop the segmentation; panel warns
             log.warning("time log event %s not written: %s", kind, error)
 
     # -- conveniences for scripts and tests: start, then poll until done ----------------------------------------------
@@ -898,7 +649,7 @@ class BoxSegmentationLogic:
 
 
 def _outcome_of(progress: Progress) -> tuple:
-    if progress.state == "done":
+    if progress.state == ProgressState.DONE:
         return progress.operation, progress.outcome
     if progress.error is not None:
         raise progress.error
@@ -906,31 +657,13 @@ def _outcome_of(progress: Progress) -> tuple:
 
 
 def _mask_digest(mask: np.ndarray) -> str:
-    import hashlib
-
     array = np.ascontiguousarray(mask, dtype=bool)
     return hashlib.blake2b(np.packbits(array).tobytes() + str(array.shape).encode(), digest_size=16).hexdigest()
-
-
-def _remote_key(request) -> tuple:
-    """(grid key, window, axis): the engine session an operation needs."""
-    axis = request.prompt.axis if isinstance(request, SliceRequest) else request.axis
-    return request.grid_key, request.window, axis
-
-
-def _box_tuple(box: Box) -> tuple:
-    return (float(box.x0), float(box.y0), float(box.x1), float(box.y1))
-
-
-def _window_text(remote) -> str:
-    window = getattr(remote, "window", "") or ""
-    reason = getattr(remote, "window_reason", "") or ""
-    return f"{window} ({reason})" if reason else str(window)
 
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "-" for c in text)[:60] or "segment"
 
 
-__all__ = ["BoxSegmentationLogic", "NothingToUndo", "Outcome", "PendingOperation", "Progress", "PropagationRequest",
-           "SliceRequest", "Target"]
+__all__ = ["POLL_TIMEOUT", "BoxSegmentationLogic", "NothingToUndo", "ObjectState", "Outcome", "PendingOperation",
+           "Progress", "ProgressState", "PropagationInput", "SliceInput", "Target"]

@@ -54,6 +54,10 @@ class ManualEditWatcher:
             self._suspended -= 1
             self.baseline = self._read()
 
+    def rebase(self) -> None:
+        """The segment as it is now is the baseline (an undo or a write that is not the reader's own edit)."""
+        self.baseline = self._read()
+
     def collect(self) -> ManualEdit | None:
         """What changed since the last known state, or None if nothing did."""
         if not self._dirty:

@@ -18,6 +18,7 @@ Two modes:
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from MedSAMSlicerLib.errors import EngineUnavailable, MedSAMError
+
+log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding MedSAMSlicerLib/ and this package
 START_TIMEOUT = 120.0  # seconds for the child to print its URL (imports only; the model loads after)
@@ -102,16 +105,14 @@ class EngineLink:
         paths = [*extra_paths, PACKAGE_ROOT, environment.get("PYTHONPATH", "")]
         environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         environment["PYTHONUNBUFFERED"] = "1"
-        log_file = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - the child owns it from here
-        try:
-            kwargs = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else \
-                {"start_new_session": True}
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                            stderr=subprocess.STDOUT, env=environment, **kwargs)
-        except OSError as error:
-            raise EngineUnavailable(f"cannot start the engine with {command[0]}: {error}") from None
-        finally:
-            log_file.close()
+        kwargs = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else \
+            {"start_new_session": True}
+        with open(self.log_path, "w", encoding="utf-8") as log_file:  # the child has its own copy once started
+            try:
+                self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                                stderr=subprocess.STDOUT, env=environment, **kwargs)
+            except OSError as error:
+                raise EngineUnavailable(f"cannot start the engine with {command[0]}: {error}") from None
         self.mode, self._started = "local", time.monotonic()
         atexit.register(self.stop)
 
@@ -209,8 +210,8 @@ class EngineLink:
         if client is not None:
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection must not stop the shutdown
-                pass
+            except Exception:  # closing a dead connection must not stop the shutdown
+                log.debug("engine connection not closed cleanly", exc_info=True)
         process, self.process = self.process, None
         self.check = None
         if process is not None and process.poll() is None and not wait:

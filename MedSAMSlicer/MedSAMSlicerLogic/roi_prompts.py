@@ -19,6 +19,7 @@ import numpy as np
 from MedSAMSlicerLib.protocol.boxes import Box, checked_box
 from MedSAMSlicerLib.errors import BoxError
 
+from .choices import RANGE_MODE_NAMES
 from .geometry import (ALIGNED_COS, array_to_matrix, ijk_to_world_points, matrix_to_array, node_to_world,
                        spacing_and_directions, world_to_ijk_points)
 from .volume_nodes import VolumeOnGrid
@@ -135,8 +136,8 @@ def prompts_from_rois(roi_nodes, grid: VolumeOnGrid) -> list[SlicePrompt]:
 def propagation_range(prompts: list[SlicePrompt], mode: str) -> tuple[int, int] | None:
     """Slices to propagate over: ``"roi"`` = what the boxes cover, ``"stop"`` = the whole volume with the stop rule,
     ``"auto"`` = the boxes' range when a box is thicker than one slice, else the stop rule."""
-    if mode not in ("auto", "roi", "stop"):
-        raise BoxError(f"unknown range mode {mode!r}")
+    if mode not in RANGE_MODE_NAMES:
+        raise BoxError(f"unknown range mode {mode!r}; use one of: {', '.join(RANGE_MODE_NAMES)}")
     if mode == "stop" or (mode == "auto" and not any(p.covers_range for p in prompts)):
         return None
     return min(p.first for p in prompts), max(p.last for p in prompts)

@@ -11,6 +11,7 @@ was drawn first and its ``ModuleNotFoundError`` left a CSV without a summary and
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 from MedSAMSlicerLib.errors import MedSAMError
@@ -30,14 +31,15 @@ def can_plot() -> bool:
         return False
 
 
-def export_report(log_folder: str | Path) -> str:
-    """Write the report; returns the path of its markdown summary."""
+def export_report(log_folder: str | Path, cases: Sequence = ()) -> str:
+    """Write the report; returns the path of its markdown summary.  ``cases``: a study plan's rows (its reference
+    labels, and the rows nobody has a log for)."""
     from MedSAMSlicerLib.study import report as study
 
     if not log_folder or not Path(log_folder).is_dir():
         raise ReportUnavailable(f"no time-log folder at {log_folder!r}; choose the folder and start a time log first")
     folder = Path(log_folder)
-    report = study.build_report(folder)
+    report = study.build_report(folder, cases=cases)
     if can_plot():
         return str(study.write_report(report, folder)["markdown"])
     study.write_atomically(folder / "study_report.csv", study.report_csv(report).encode("utf-8"))

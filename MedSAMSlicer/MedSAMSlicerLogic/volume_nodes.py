@@ -35,7 +35,8 @@ class VolumeOnGrid:
 
     @property
     def shape_kji(self) -> tuple[int, int, int]:
-        return tuple(self.volume.array.shape)  # type: ignore[return-value]
+        k, j, i = self.volume.array.shape
+        return (k, j, i)
 
 
 def check_volume_node(volume_node) -> None:
@@ -98,3 +99,19 @@ def grid_key(volume_node) -> tuple:
     return (volume_node.GetID(), image.GetMTime() if image is not None else 0,
             scalars.GetMTime() if scalars is not None else 0,
             tuple(np.round(ijk_to_world(volume_node).ravel(), 6)))
+
+
+def show_window(volume_node, window: str) -> None:
+    """Show ``volume_node`` with the display W/L of the engine window ``window`` (``choices.display_window_level``),
+    so the reader sees what the model sees; automatic W/L where the window is a rule (auto, mr, none)."""
+    from .choices import display_window_level
+
+    display = volume_node.GetDisplayNode() if volume_node is not None else None
+    if display is None:
+        return
+    preset = display_window_level(window)
+    if preset is None:
+        display.AutoWindowLevelOn()
+    else:
+        display.AutoWindowLevelOff()
+        display.SetWindowLevel(*preset)

@@ -8,6 +8,8 @@ shows what it says.  The model runs in the engine service (a local child, or ``-
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -17,27 +19,18 @@ from typing import Optional
 
 import numpy as np
 
-from .security import PageGate, StateGate, boolean, dicom_uid, one_of, save_target, text
+from .display import show_scan, show_surfaces, surface_points
+from .security import PageGate, StateGate, save_target
+from .state import SAVE_FORMATS, VIEW_TAGS, WINDOWS, ControlsState, PanelState, client_checks, state_names
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1  # the shared logic's poll: at most one short engine request each time
+POLL_SECONDS = 0.1  # the idle poll: the prefetch started when a box is drawn, the clock (one short request at most)
+STEP_SECONDS = 0.02  # between two steps of a running operation when no job is out to wait on (the volume is sent)
+JOB_WAIT_SECONDS = 0.3  # one long poll of a running job in the worker thread (the server answers when it ends)
+FIRST_VIEW_SECONDS = 0.05  # after a result, the view it was asked in gets this head start over the other views
 CLOCK_SECONDS = 1.0  # the time log's running active time, manual-edit detection
-WINDOWS = {  # engine window -> display (window, level); "auto": the engine decides, the display uses its auto W/L
-    "auto": None, "lung": (1500.0, -160.0), "soft_tissue": (400.0, 40.0), "bone": (1800.0, 400.0),
-    "brain": (80.0, 40.0), "mr": None,
-}
-RANGE_MODES = {"auto": "box thickness, else stop rule", "roi": "what the boxes cover", "stop": "whole volume"}
-SAVE_FORMATS = (".seg.nrrd", ".nii.gz")
-TOOLS = ("none", "paint", "erase", "draw", "scissors")
-VIEW_TAGS = ("Red", "Yellow", "Green")
 EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
-# Every state value the page may set, with its check (``security.StateGate`` runs it before trame applies it).
-CLIENT_STATE = {
-    "window": one_of(*WINDOWS), "range_mode": one_of(*RANGE_MODES), "stop_rule": boolean,
-    "largest_component": boolean, "fill_holes": boolean, "tool": one_of(*TOOLS), "save_name": text(150),
-    "save_overwrite": boolean, "pacs_study": dicom_uid, "pacs_series": dicom_uid,
-}
 
 
 class WebApp:
@@ -52,6 +45,7 @@ class WebApp:
                  out_folder: Optional[str] = None, volume_rendering: bool = False, sessions=None,
                  ssl_context=None, owner: Optional[str] = None, pacs=None, study=None) -> None:
         from trame.app import get_server
+        from trame_server.utils.typed_state import TypedState
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -80,7 +74,16 @@ class WebApp:
 
         self.server.enable_module(KEYS_MODULE)  # the shortcuts' key listener
         self.state, self.ctrl = self.server.state, self.server.controller
-        self.state_gate = StateGate(self.server, CLIENT_STATE, server_only=())
+        # The page's state, typed (state.py): what the page may set, each value checked by the gate before trame
+        # applies it; and what only the server sets.
+        self.controls = TypedState(self.state, ControlsState)
+        self.panel = TypedState(self.state, PanelState)
+        self._control_names = {f.name for f in dataclasses.fields(ControlsState)}
+        from .review_panel import ReviewPanelState
+
+        self.review_state = TypedState(self.state, ReviewPanelState)  # the review's lists: shown, server-only
+        self.state_gate = StateGate(self.server, client_checks(self.controls),
+                                    server_only=state_names(self.panel) | state_names(self.review_state))
         self.server.add_protocol_to_configure(lambda root: root.registerLinkProtocol(self.gate.link_protocol))
         self.ctrl.on_server_bind.add(self._on_bind)
         self.slicer_app = SlicerApp()
@@ -96,9 +99,17 @@ class WebApp:
         self.editor = self.slicer_app.segmentation_editor
         self.editor.set_undo_stack(UndoStack(undo_limit=20))  # the manual tools' own undo (Segment Editor's)
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
+        self.logic.slice_writes = True  # a result writes its slice only; the undo digest after the frame (_drive)
+        from .review_panel import ReviewActions, ReviewHost
+
+        self.review = ReviewActions(self.logic, ReviewHost(
+            volume=lambda: self.volume, segmentation=lambda: self.segmentation, say=self._say, start=self._start,
+            show_slice=self.show_slice, slice_node=lambda tag: self._slice_view(tag).get_view_node()),
+            self.review_state.data)
         self.volume = None
         self.segmentation = None
         self.study = study  # MedSAMSlicerLib.study.arms.StudyMode (--study): the plan's rows are the worklist
+        self._study_mode = None  # its MedSAMSlicerLogic.study_mode.StudySession (the logic the Slicer panel shares)
         if study is not None:
             images = [case.image for case in study.cases]
         self.images = list(images)  # the worklist (--cases, or the images given): the page picks by number only
@@ -111,18 +122,8 @@ class WebApp:
         self._drag = None
         self._ticks = 0
         self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
-        initial = dict(
-            status="", error="", busy=False, progress_title="", progress_done=0, progress_total=0,
-            window="auto", windows=list(WINDOWS), range_mode="auto", stop_rule=True, largest_component=False,
-            fill_holes=False, drawing=False, boxes=0, can_undo=False, voxels=0, tool="none", log_running=False,
-            active_time="0:00", log_path="", save_name="", save_overwrite=False, save_formats=list(SAVE_FORMATS),
-            out_folder=str(self.out_folder) if self.out_folder else "", volume_name="", last_action="",
-            reader=self.reader_id(), log_folder=log_folder or "", warning="", cases=[], case_index=-1,
-            study=study is not None, arm="",
-            pacs=pacs is not None, pacs_studies=[], pacs_study=None, pacs_series_items=[], pacs_series=None,
-        )
-        self.state.update(initial)
-        self.state_gate.server_only = set(initial) - set(CLIENT_STATE)  # shown in the page, set by the server only
+        self._show(out_folder=str(self.out_folder) if self.out_folder else "", reader=self.reader_id(),
+                   log_folder=log_folder or "", study=study is not None, pacs=pacs is not None)
         self._build_ui()
         self._register_triggers()
         self.ctrl.on_server_ready.add(self._on_ready)
@@ -145,22 +146,15 @@ class WebApp:
         self.volume = node
         self.dicom_volume = None
         self.edited = False
-        display = self.slicer_app.display_manager
-        if self.volume_rendering:  # slow on a CPU renderer (llvmpipe): off unless asked for
-            display.show_volume(node, vr_preset="CT-Chest-Contrast-Enhanced", do_reset_views=True)
-        else:
-            display.show_volume_in_slice_background(node)
-            for view in self.slicer_app.view_manager.get_slice_views():
-                view.set_visible_in_3d(True)  # slice planes in 3D, with the segment's surface
-            display.reset_views()
+        show_scan(self.slicer_app, node, self.volume_rendering)
         self.segmentation = self.editor.create_empty_segmentation_node()
         self.segmentation.SetName(f"{node.GetName()} MedSAM")
         self.editor.set_active_segmentation(self.segmentation, node)
         self.editor.show_3d(True)
-        self._apply_display_window(self.state.window)
+        self._apply_display_window(self.controls.data.window)
         stem = Path(str(path)).name.split(".")[0]
-        self.state.update(dict(volume_name=node.GetName(), save_name=f"{stem}-medsam{SAVE_FORMATS[0]}",
-                               save_overwrite=False, warning=""))
+        self._show(volume_name=node.GetName(), save_name=f"{stem}-medsam{SAVE_FORMATS[0]}",
+                   save_overwrite=False, warning="")
         self._refresh()
 
     # -- the worklist ---------------------------------------------------------------------------------------------
@@ -168,7 +162,7 @@ class WebApp:
         """Done: a segmentation of the case saved (this session, or ``STEM-medsam*`` already in the output folder);
         in progress: the case open now; else not started.  The output folder is the reader's own (one per app)."""
         if self.study is not None:  # the plan's row is done when its log holds an accept
-            status = self.study.status(index, self.reader_id())
+            status = self._session().status(index)
             return "in progress" if status == "not started" and index == self.case_index else status
         stem = Path(self.images[index]).name.split(".")[0]
         saved = index in self._saved_cases or (self.out_folder is not None and any(
@@ -176,9 +170,9 @@ class WebApp:
         return "done" if saved else "in progress" if index == self.case_index else "not started"
 
     def _show_cases(self) -> None:
-        self.state.cases = [dict(name=Path(image).name + (f" ({self.study.cases[n].mode})" if self.study else ""),
+        self.panel.data.cases = [dict(name=Path(image).name + (f" ({self.study.cases[n].mode})" if self.study else ""),
                                  status=self._case_status(n)) for n, image in enumerate(self.images)]
-        self.state.case_index = self.case_index
+        self.panel.data.case_index = self.case_index
 
     def open_case(self, index) -> None:
         """Open case number ``index`` of the worklist (the time log, if running, moves to it)."""
@@ -192,7 +186,7 @@ class WebApp:
         logging_on = self.logic.time_log is not None
         if logging_on:
             self.logic.close_case()
-            self.state.log_running = False
+            self.panel.data.log_running = False
         self.case_index = index
         self.load(self.images[index])
         if logging_on:
@@ -200,38 +194,34 @@ class WebApp:
         self._show_cases()
         self._say(f"case {index + 1} of {len(self.images)}: {Path(self.images[index]).name}", action="case_opened")
 
-    # -- study mode (--study): the rules live in MedSAMSlicerLib.study.arms; this only applies them ------------
+    # -- study mode (--study): MedSAMSlicerLogic.study_mode runs it (shared with the Slicer panel); this loads and shows
+    def _session(self):
+        """The reader's StudySession on this app's logic (the reader is the logged-in one once logged in)."""
+        from MedSAMSlicerLogic.study_mode import StudySession
+
+        if self._study_mode is None:
+            self._study_mode = StudySession(self.logic, self.study, self.reader_id())
+        self._study_mode.reader = self.reader_id()
+        return self._study_mode
+
     def arm(self) -> str:
         """The arm of the open study case ("" outside study mode)."""
-        if self.study is None or not 0 <= self.case_index < len(self.images):
-            return ""
-        return self.study.cases[self.case_index].mode
+        return self._session().arm if self.study is not None else ""
 
     def _check_arm(self, action: str) -> None:
-        from MedSAMSlicerLib.study.arms import check_action
-
-        check_action(self.arm(), action)
+        if self.study is not None:
+            self._session().check(action)
 
     def _open_study_case(self, index: int) -> None:
         """Open the plan's next row (no other: the plan's order is the protocol), start its time log under the
         plan's case id and arm; the manual arm starts with an empty segment for the Segment Editor tools."""
-        from MedSAMSlicerLogic.box_segmentation import ObjectState
-        from MedSAMSlicerLogic.edit_watch import ManualEditWatcher
-
-        expected = self.study.next_index(self.reader_id())
-        if index != expected:
-            raise ValueError("the study is done" if expected is None
-                             else f"the study's order: case {expected + 1} comes next")
+        session = self._session()
+        session.check_order(index)
         self.logic.close_case()
         self.case_index = index
-        case = self.study.cases[index]
-        self.load(case.image)
-        self.logic.open_case(self.volume, str(self.study.log_folder), self.reader_id(), case.mode, case.case_id)
-        if case.mode == "manual":
-            segment_id = self.segmentation.GetSegmentation().AddEmptySegment("manual")
-            self.logic.current = ObjectState(segmentation_id=self.segmentation.GetID(), segment_id=segment_id)
-            self.logic.edit_watcher = ManualEditWatcher(self.segmentation, segment_id, self.volume, 0)
-        self.state.update(dict(arm=case.mode, log_running=True, log_path=str(self.logic.time_log.path)))
+        self.load(session.image(index))
+        case = session.open(index, self.volume, self.segmentation)
+        self._show(arm=case.mode, log_running=True, log_path=str(self.logic.time_log.path))
         self._show_cases()
         self._say(f"study case {index + 1} of {len(self.images)} ({case.mode} arm)", action="case_opened")
 
@@ -241,14 +231,11 @@ class WebApp:
             raise ValueError("no study case is open")
         if self.logic.busy:
             raise ValueError("wait for the running operation (or cancel it) first")
-        self.logic.collect_manual_edits()
-        self.logic.accept(self.volume)
-        self.logic.close_case()
-        self.state.update(dict(log_running=False, tool="none"))
+        following = self._session().finish(self.volume)  # accept (the final mask), time log stopped
+        self._show(log_running=False, tool="none")
         self.editor.deactivate_effect()
-        following = self.study.next_index(self.reader_id())
         if following is None:
-            self.state.arm = ""
+            self.panel.data.arm = ""
             self._show_cases()
             self._say("study done: every case of the plan is finished", action="study_done")
             return
@@ -257,7 +244,7 @@ class WebApp:
     def next_case(self) -> None:
         """The next case that is not done (after the current one, then from the top)."""
         if self.study is not None:
-            following = self.study.next_index(self.reader_id())
+            following = self._session().next_index()
             if following is None:
                 raise ValueError("the study is done")
             self.open_case(following)
@@ -285,77 +272,81 @@ class WebApp:
         self._need_volume()
         self._check_arm("draw_box" if new_object else "key_box")
         self.editor.deactivate_effect()
-        self.state.tool = "none"
-        self._new_object = new_object
+        self.controls.data.tool = "none"
+        self._new_object = new_object and not self.review.taking_boxes  # review: a box on the object corrects it
         self._drag.arm()
-        self.state.drawing = True
+        self.panel.data.drawing = True
         self._say("drag a box around the object in a slice view" if new_object
                   else "drag a key box on another slice of the same object")
 
     def _on_box(self, slice_node, corner0, corner1) -> None:
+        self._box_view_node = slice_node  # the view the reader works in: its frame comes first after a result
         with self.state:
-            self.state.drawing = False
-            try:
+            self.panel.data.drawing = False
+            with self._reporting():  # a failure: one line to the user, nothing kept
                 roi, prompt, note = self.logic.draw_box(self.volume, slice_node, self._new_object,
                                                         corners_world=(corner0, corner1))
                 roi.GetDisplayNode().SetFillOpacity(0.0)  # outline only: the mask under it stays visible
-                self._say(f"{note}: {prompt.box}", action="box_drawn")
-            except Exception as error:  # noqa: BLE001 - one line to the user, nothing kept
-                self._fail(error)
+                if self.review.taking_boxes:
+                    self.review.corrective_box(roi)
+                else:
+                    self._say(f"{note}: {prompt.box}", action="box_drawn")
             self._refresh()
 
     def segment_slice(self) -> None:
         self._need_volume()
         self._check_arm("segment_slice")
         self._start(lambda: self.logic.start_segment_slice(
-            self.volume, None, self.segmentation, None, self.state.window))
+            self.volume, None, self.segmentation, None, self.controls.data.window))
 
     def propagate(self) -> None:
         self._need_volume()
         self._check_arm("propagate")
+        if self.review_state.data.review_mode:
+            self.review.propagate(self.controls.data.window, self.controls.data.range_mode,
+                                  bool(self.controls.data.stop_rule))
+            return
         self._start(lambda: self.logic.start_propagation(
-            self.volume, None, self.segmentation, None, self.state.window, self.state.range_mode,
-            stop=bool(self.state.stop_rule), largest_component=bool(self.state.largest_component),
-            fill_holes=bool(self.state.fill_holes)))
+            self.volume, None, self.segmentation, None, self.controls.data.window, self.controls.data.range_mode,
+            stop=bool(self.controls.data.stop_rule), largest_component=bool(self.controls.data.largest_component),
+            fill_holes=bool(self.controls.data.fill_holes)))
 
     def _start(self, start) -> None:
         self.editor.deactivate_effect()
-        self.state.tool = "none"
-        try:
+        self.controls.data.tool = "none"
+        with self._reporting():
             pending = start()
-        except Exception as error:  # noqa: BLE001
-            self._fail(error)
-            return
-        self.state.update(dict(busy=True, progress_title=pending.title, progress_done=0, progress_total=0,
-                               error=""))
-        self._say(f"{pending.title}: sending to the engine")
+            self._show(busy=True, progress_title=pending.title, progress_done=0, progress_total=0, error="")
+            self._say(f"{pending.title}: sending to the engine")
+            self._driver = asyncio.ensure_future(self._drive())
 
     def cancel(self) -> None:
         self.logic.cancel()
         self._say("cancelling...")
 
     def undo(self) -> None:
-        try:
+        if self.review.handles_undo:
+            with self._reporting():
+                self.review.undo()
+            return
+        with self._reporting():
             operation = self.logic.undo()
             self._say(f"undone: {operation.description}", action="undo")
-        except Exception as error:  # noqa: BLE001
-            self._fail(error)
         self._refresh()
 
     def accept(self) -> None:
-        try:
+        with self._reporting():
             if self.arm() == "manual":
                 raise ValueError("in the manual arm, Finish case accepts what you drew")
             segment_id = self.logic.accept(self.volume)
+            self.review.end()
             self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
-        except Exception as error:  # noqa: BLE001
-            self._fail(error)
         self._refresh()
 
     def next_object(self) -> None:
         """Accept the current object and arm the drag for the next one."""
         self.accept()
-        if not self.state.error:
+        if not self.panel.data.error:
             self.draw_box(new_object=True)
 
     def set_tool(self, tool: str) -> None:
@@ -367,7 +358,7 @@ class WebApp:
                    "draw": SegmentationEffectDraw, "scissors": SegmentationEffectScissors}
         if not isinstance(tool, str) or tool not in effects:  # "none", or anything else a page sends
             self.editor.deactivate_effect()
-            self.state.tool = "none"
+            self.controls.data.tool = "none"
             return
         segment_id = self.logic.current.segment_id
         if not segment_id:
@@ -375,15 +366,15 @@ class WebApp:
             return
         self.edited = True
         self._drag.disarm()
-        self.state.drawing = False
+        self.panel.data.drawing = False
         self.editor.set_active_segment_id(segment_id)
         self.editor.set_active_effect_type(effects[tool])
-        self.state.tool = tool
+        self.controls.data.tool = tool
         self._say(f"{tool}: draw in a slice view")
 
     def _owner_logged_in(self, reader: str) -> None:
         with self.state:
-            self.state.reader = reader
+            self.panel.data.reader = reader
 
     def reader_id(self) -> str:
         """Who is annotating: the logged-in reader (the login decides, not the page), else ``--reader``."""
@@ -399,11 +390,11 @@ class WebApp:
         self._need_volume()
         if self.dicom_volume is not None:
             return self.store_in_pacs()
-        overwrite = self.state.save_overwrite is True
+        overwrite = self.controls.data.save_overwrite is True
         try:
-            path = save_target(self.out_folder, self.state.save_name, SAVE_FORMATS, self.images, overwrite)
+            path = save_target(self.out_folder, self.controls.data.save_name, SAVE_FORMATS, self.images, overwrite)
         except Exception:
-            self.state.save_overwrite = False  # one confirmation, one attempt
+            self.controls.data.save_overwrite = False  # one confirmation, one attempt
             raise
         grid = self.logic.grid(self.volume)
         label = np.zeros(grid.shape_kji, dtype=np.uint8)
@@ -412,12 +403,13 @@ class WebApp:
             segment_id = segmentation.GetNthSegmentID(number)
             label[read_segment(self.segmentation, segment_id, self.volume) & (label == 0)] = number + 1
         if not label.any() and self._empty_warned != (path.name, self.actions):
-            self.state.warning = "The segmentation is empty: nothing saved. Press Save again to save an empty mask."
+            self.panel.data.warning = ("The segmentation is empty: nothing saved. Press Save again to save an empty "
+                                       "mask.")
             self._say("empty segmentation: not saved", action="save_empty_warned")
             self._empty_warned = (path.name, self.actions)  # the very next action, if it is Save, writes it
             return None
         self._empty_warned = None
-        self.state.update(dict(warning="", save_overwrite=False))  # one confirmation, one save
+        self._show(warning="", save_overwrite=False)  # one confirmation, one save
         written = write_label(path, label, _lps_reference(grid), provenance=self._provenance())
         self._saved_cases.add(self.case_index)
         self._show_cases()
@@ -427,21 +419,22 @@ class WebApp:
     # -- PACS (--dicomweb): listing, opening and storing go through MedSAMSlicerLib.pacs --------------------------
     def pacs_list_studies(self) -> None:
         studies = self.pacs.studies()  # the patient id is shown as the PACS gives it; nothing is logged here
-        self.state.pacs_studies = [dict(title=" ".join(x for x in (s["patient_id"], s["date"], s["description"])
+        self.panel.data.pacs_studies = [dict(title=" ".join(x for x in (s["patient_id"], s["date"], s["description"])
                                                        if x) or s["study"], value=s["study"]) for s in studies]
         self._say(f"{len(studies)} studies in the PACS", action="pacs_listed")
 
     def pacs_list_series(self, study: str) -> None:
         series = [s for s in self.pacs.series(study) if s["modality"] not in ("SEG", "SR", "RTSTRUCT", "PR")]
-        self.state.pacs_series_items = [dict(title=f"{s['modality']} {s['description']} ({s['instances']})".strip(),
-                                             value=s["series"]) for s in series]
+        self.panel.data.pacs_series_items = [
+            dict(title=f"{s['modality']} {s['description']} ({s['instances']})".strip(), value=s["series"])
+            for s in series]
 
     def pacs_open(self, study: Optional[str] = None, series: Optional[str] = None) -> None:
         import tempfile
 
         from MedSAMSlicerLib.pacs.dicomweb import private_image_copy
 
-        study, series = study or self.state.pacs_study, series or self.state.pacs_series
+        study, series = study or self.controls.data.pacs_study, series or self.controls.data.pacs_series
         if not study or not series:
             raise ValueError("choose a study and a series first")
         volume = self.pacs.open_series(study, series)
@@ -452,7 +445,7 @@ class WebApp:
         name = volume.source.description or f"series {series[-12:]}"  # never the patient's name
         self.volume.SetName(name)
         self.volume.SetAttribute("DICOM.Modality", volume.modality or "")  # feeds the auto window
-        self.state.update(dict(volume_name=name, save_name=""))  # Save stores in the PACS
+        self._show(volume_name=name, save_name="")  # Save stores in the PACS
         self._say(f"opened {name} from the PACS", action="pacs_opened")
 
     def store_in_pacs(self) -> str:
@@ -480,7 +473,7 @@ class WebApp:
             raise ValueError("in study mode the time log starts and stops with each case")
         if self.logic.time_log is not None:
             self.logic.close_case()
-            self.state.log_running = False
+            self.panel.data.log_running = False
             self._say("time log stopped", action="log_stopped")
             return
         self._need_volume()
@@ -489,7 +482,7 @@ class WebApp:
             raise ValueError("the app was started without a time-log folder (--log-folder)")
         Path(folder).mkdir(parents=True, exist_ok=True)
         time_log = self.logic.open_case(self.volume, folder, self.reader_id())
-        self.state.update(dict(log_running=True, log_path=str(time_log.path)))
+        self._show(log_running=True, log_path=str(time_log.path))
         self._say(f"time log: {time_log.path.name}", action="log_started")  # the page shows no server path
 
     def export_report(self) -> str:
@@ -514,55 +507,96 @@ class WebApp:
         self._ticks += 1
         if self.logic.preparing and not self.logic.busy:
             self.logic.poll()  # sends the volume / advances the prefetch started when the box was drawn
-        if self.logic.busy:
-            progress = self.logic.poll()
-            with self.state:
-                self.state.update(dict(progress_done=progress.done, progress_total=progress.total))
-                if progress.message and not progress.finished:
-                    self._say(progress.message)
-                if progress.finished:
-                    self.state.busy = False
-                    if progress.state == "done":
-                        self.editor.set_active_segment_id(self.logic.current.segment_id)
-                        self._say(progress.operation.description, action=progress.title)
-                    elif progress.state == "cancelled":
-                        self._say(progress.message, action="cancelled")
-                    else:
-                        self._say(progress.message, action="failed")
-                        self.state.error = progress.message  # after _say, which clears the error line
-                    self._refresh()
+        self.review.start_queued()  # a review action queued while another operation ran
         if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
             with self.state:
                 if not self.logic.busy:
-                    self.logic.collect_manual_edits()
+                    edit = self.logic.collect_manual_edits()
+                    if edit is not None:
+                        self.review.manual_edit(edit.slices)  # under review: sent to the engine, locked there
                     self._show_surface()  # after paint, erase or scissors
                 seconds = int(self.logic.time_log.active_seconds())
-                self.state.active_time = f"{seconds // 60}:{seconds % 60:02d}"
+                self.panel.data.active_time = f"{seconds // 60}:{seconds % 60:02d}"
+
+    # -- a running operation: pushed to the page the moment the engine answers ------------------------------------
+    async def _drive(self) -> None:
+        """Carry the pending operation to its end (issue 21, click-to-mask).  Each step of the shared logic runs
+        here on the event loop (steps write MRML, which only this thread may touch; each is short,
+        ``POLL_TIMEOUT``).  While the engine works on the job, a worker thread waits on the job's long poll, so the
+        loop stays free for frames and clicks and the next step runs the moment the engine answers, not at the
+        next tick of a timer.  A thread, not an asyncio HTTP call: the engine client (requests) is the one place
+        that knows the wire; the thread only waits (no MRML, no trame state), and the loop sends no engine request
+        of its own while an operation runs (the idle poll and Save wait for it)."""
+        try:
+            answered = True  # the engine said the job ended (the first step: a cached slice may end in one step)
+            while self.logic.busy:
+                held = self._hold_other_views() if answered else []
+                try:
+                    with self.state:
+                        progress = self.logic.poll()
+                        self._show_progress(progress)
+                    if progress.finished:
+                        await asyncio.sleep(FIRST_VIEW_SECONDS)  # the reader's view renders and goes out first
+                        with self.state:
+                            self._refresh()  # the surface in 3D, the counts: after that frame
+                finally:
+                    for view, was_held in held:  # unblocking schedules their render
+                        view.set_render_blocked(was_held)
+                if progress.finished:
+                    self.logic.settle()  # the undo check's digest of what was written, after the frames too
+                    return
+                job = getattr(self.logic.pending, "job", None)
+                if job is not None and not job.status.finished and not self.logic.pending.cancel_requested:
+                    answered = await asyncio.to_thread(_wait_for_job, job)
+                else:
+                    answered = job is not None
+                    await asyncio.sleep(STEP_SECONDS)
+        except Exception:  # the page must not hang on "busy": the logic reports its own failures in progress
+            log.exception("the operation's driver failed")
+            with self.state:
+                self.panel.data.busy = self.logic.busy
+
+    def _show_progress(self, progress) -> None:
+        self._show(progress_done=progress.done, progress_total=progress.total)
+        if progress.message and not progress.finished:
+            self._say(progress.message)
+        if not progress.finished:
+            return
+        self.panel.data.busy = False
+        if progress.state == "done":
+            self.editor.set_active_segment_id(self.logic.current.segment_id)
+            # a review action that writes nothing (accept a slice) has no operation, only its message
+            self._say(progress.operation.description if progress.operation else progress.message,
+                      action=progress.title)
+        elif progress.state == "cancelled":
+            self._say(progress.message, action="cancelled")
+        else:
+            self._say(progress.message, action="failed")
+            self.panel.data.error = progress.message  # after _say, which clears the error line
+        self.review.refresh()
+
+    def _hold_other_views(self) -> list:
+        """While a step may write the result: every view but the one the box was drawn in stops rendering, so that
+        the reader's view renders first (the views render one after the other on this loop); the caller lets them
+        go after the result's frame and the surface.  Returns (view, was it held before) pairs."""
+        views = [view for view in [*self.slicer_app.view_manager.get_slice_views(),
+                                   *self.slicer_app.view_manager.get_threed_views()]
+                 if view.get_view_node() is not getattr(self, "_box_view_node", None)]
+        return [(view, view.set_render_blocked(True)) for view in views]
 
     # -- state shown in the page ------------------------------------------------------------------------------------
     def _refresh(self) -> None:
         self._show_surface()
-        self.state.boxes = len(self.logic.boxes())
-        self.state.can_undo = len(self.logic.undo_stack) > 0
-        self.state.voxels = self._voxel_count()
+        self.panel.data.boxes = len(self.logic.boxes())
+        self.panel.data.can_undo = len(self.logic.undo_stack) > 0
+        self.panel.data.voxels = self._voxel_count()
 
     def _show_surface(self) -> None:
-        """The segments as surfaces in the 3D view.  Writing a segment's voxels (``slicer.util``'s labelmap update)
-        drops the closed-surface representation, and Segment Editor's "show 3D" only creates it for segments that
-        exist when it is switched on, so it is made again here after every change."""
-        if self.segmentation is None or not self._segment_ids():
-            return
-        if not self.segmentation.GetSegmentation().ContainsRepresentation(_surface_name()):
-            self.segmentation.CreateClosedSurfaceRepresentation()
-            for view in self.slicer_app.view_manager.get_threed_views():
-                view.schedule_render()  # the new surface actor: the 3D view's next frame
+        if self.segmentation is not None:
+            show_surfaces(self.segmentation, self.slicer_app.view_manager.get_threed_views())
 
     def surface_points(self) -> int:
-        total = 0
-        for sid in self._segment_ids():
-            surface = self.segmentation.GetSegmentation().GetSegment(sid).GetRepresentation(_surface_name())
-            total += surface.GetNumberOfPoints() if surface is not None else 0
-        return total
+        return surface_points(self.segmentation) if self.segmentation is not None else 0
 
     def _voxel_count(self) -> int:
         """Voxels in all segments, counted on the stored layers (copying each segment onto the scan's grid, as
@@ -582,32 +616,45 @@ class WebApp:
         return list(self.segmentation.GetSegmentation().GetSegmentIDs()) if self.segmentation is not None else []
 
     def _say(self, text: str, action: str = "") -> None:
-        self.state.status = text
+        self.panel.data.status = text
         if action:
-            self.state.last_action = action
-            self.state.error = ""
+            self.panel.data.last_action = action
+            self.panel.data.error = ""
             self.actions += 1
 
     def _fail(self, error: BaseException) -> None:
         from MedSAMSlicerLogic.messages import user_message
 
-        self.state.warning = ""
-        self.state.error = user_message(error)
-        self.state.status = ""
+        self.panel.data.warning = ""
+        self.panel.data.error = user_message(error)
+        self.panel.data.status = ""
         self.actions += 1
 
     def _need_volume(self) -> None:
         if self.volume is None:
             raise ValueError("no volume: load one first")
 
+    @contextlib.contextmanager
+    def _reporting(self):
+        """Around a reader's action: any failure is one line in the panel, never a traceback in the page (the
+        traceback goes to the server's debug log, ``-v``)."""
+        try:
+            yield
+        except Exception as error:
+            log.debug("action failed", exc_info=True)
+            self._fail(error)
+
     def _guard(self, action):
-        """A button's handler: one line in the panel for any failure, never a traceback in the page."""
+        """A button's (or a signal's) handler, wrapped in ``_reporting``."""
         def run(*args):
-            try:
+            with self._reporting():
                 action(*args)
-            except Exception as error:  # noqa: BLE001
-                self._fail(error)
         return run
+
+    def _show(self, **values) -> None:
+        """Set state values by their field names (``PanelState`` or ``ControlsState``)."""
+        for name, value in values.items():
+            setattr(self.controls.data if name in self._control_names else self.panel.data, name, value)
 
     # -- server side of the page --------------------------------------------------------------------------------
     def _on_ready(self, **_) -> None:
@@ -636,6 +683,7 @@ class WebApp:
 
     def _on_key(self, ctrl, alt, shift, code) -> None:
         from .keys import action_for
+        from .review_panel import REVIEW_KEYS
 
         if not all(isinstance(flag, bool) for flag in (ctrl, alt, shift)) or not isinstance(code, str) \
                 or len(code) > 32:
@@ -643,7 +691,8 @@ class WebApp:
         action = action_for(ctrl, alt, shift, code)
         handlers = {"drawBox": lambda: self.draw_box(True), "addKeyBox": lambda: self.draw_box(False),
                     "segmentSlice": self.segment_slice, "propagate": self.propagate, "accept": self.accept,
-                    "undo": self.undo, "cancel": self.cancel}
+                    "undo": self.undo, "cancel": self.cancel,
+                    **{action: getattr(self.review, method) for action, method in REVIEW_KEYS.items()}}
         if action in handlers:
             self._guard(handlers[action])()
 
@@ -652,16 +701,13 @@ class WebApp:
         self.ctrl.trigger("app_state")(self.app_state)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
-        self.ctrl.trigger("open_case")(self._guard(self.open_case))
+        self.ctrl.trigger("review_slice")(self.review.slice_answer)  # read-only: what the reader sees on a slice
+        self.controls.bind_changes({self.controls.name.window: self._apply_display_window,
+                                    self.controls.name.pacs_study: self._pacs_study_chosen})
 
-        @self.state.change("window")
-        def _window_changed(window, **_):
-            self._apply_display_window(window)
-
-        @self.state.change("pacs_study")
-        def _study_chosen(pacs_study, **_):
-            if pacs_study and self.pacs is not None:
-                self._guard(self.pacs_list_series)(pacs_study)
+    def _pacs_study_chosen(self, study) -> None:
+        if study and self.pacs is not None:
+            self._guard(self.pacs_list_series)(study)
 
     def app_state(self) -> dict:
         """What a test (or a script) asks the server: boxes, segments, digests, the time log."""
@@ -674,7 +720,8 @@ class WebApp:
                 prompts = [dict(axis=p.axis, index=p.index, box=[int(p.box.x0), int(p.box.y0), int(p.box.x1),
                                                                   int(p.box.y1)])
                            for p in prompts_from_rois(self.logic.boxes(), grid)]
-            except Exception:  # noqa: BLE001 - a box being edited
+            except Exception:  # a box being edited: no prompts this time
+                log.debug("no prompts from the boxes", exc_info=True)
                 prompts = []
         masks = self._masks()
         digest = hashlib.sha256()
@@ -683,10 +730,10 @@ class WebApp:
             digest.update(np.packbits(mask).tobytes())
         return dict(busy=self.logic.busy, boxes=prompts, segments={k: int(v.sum()) for k, v in masks.items()},
                     digest=digest.hexdigest(), current_segment=self.logic.current.segment_id,
-                    log_path=str(self.logic.time_log.path) if self.logic.time_log else self.state.log_path,
-                    status=self.state.status, error=self.state.error, last_action=self.state.last_action,
-                    actions=self.actions, surface_points=self.surface_points(), warning=self.state.warning,
-                    shape=list(grid.shape_kji) if grid is not None else None)
+                    log_path=str(self.logic.time_log.path) if self.logic.time_log else self.panel.data.log_path,
+                    status=self.panel.data.status, error=self.panel.data.error, last_action=self.panel.data.last_action,
+                    actions=self.actions, surface_points=self.surface_points(), warning=self.panel.data.warning,
+                    shape=list(grid.shape_kji) if grid is not None else None, **self.review.app_state())
 
     def _slice_view(self, tag: str):
         return next(v for v in self.slicer_app.view_manager.get_slice_views() if v.get_singleton_tag() == tag)
@@ -727,121 +774,46 @@ class WebApp:
 
     # -- page ---------------------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
+        """The page: the MedSAM panel in the drawer, the four views beside it; the panel's signals to the handlers."""
         from trame.ui.vuetify3 import SinglePageWithDrawerLayout
         from trame.widgets import html
         from trame.widgets import vuetify3 as v3
 
-        from MedSAMSlicerLogic.shortcuts import SHORTCUTS
+        from .panel import MedSAMPanel
+        from .review_panel import ReviewPanel
 
-        def keys(action: str) -> str:
-            return SHORTCUTS[action][0]
-
-        g = self._guard
         with SinglePageWithDrawerLayout(self.server, full_height=True) as ui:
             ui.title.set_text("MedSAMSlicer")
             with ui.toolbar:
                 v3.VSpacer()
-                html.Span("{{ volume_name }}", id="volume-name", classes="mr-4")
+                html.Span(f"{{{{ {self.panel.name.volume_name} }}}}", id="volume-name", classes="mr-4")
                 if self.gate.sessions is not None:
                     html.A("Sign out", href="/medsam-logout", id="logout", classes="mr-4")
             with ui.drawer as drawer:
                 drawer.width = 320
-                with v3.VContainer(classes="pa-2", style="font-size: 13px"):
-                    with html.Div(v_show=("cases.length > 1",), id="worklist", classes="mb-2"):
-                        html.Div("Worklist", classes="text-caption")
-                        with html.Div(v_for="(c, i) in cases", key="i", classes="case-row",
-                                      style=("i === case_index ? 'font-weight: bold' : ''",),
-                                      click="trigger('open_case', [i])"):
-                            html.Span("{{ i + 1 }}. {{ c.name }}")
-                            html.Span(" ({{ c.status }})", classes="text-caption")
-                        v3.VBtn("Next case", id="btn-next-case", click=g(self.next_case), block=True,
-                                disabled=("busy",), classes="mt-1")
-                    with html.Div(v_if=("pacs",), id="pacs"):  # --dicomweb: choose a series in the PACS
-                        v3.VSelect(label="PACS study", v_model=("pacs_study",), items=("pacs_studies",),
-                                   id="pacs-study", density="compact", hide_details=True, classes="mb-1")
-                        v3.VSelect(label="Series", v_model=("pacs_series",), items=("pacs_series_items",),
-                                   id="pacs-series", density="compact", hide_details=True, classes="mb-1")
-                        v3.VBtn("Open from PACS", id="btn-pacs-open", click=g(lambda: self.pacs_open()), block=True,
-                                disabled=("busy || !pacs_series",), classes="mb-2")
-                    v3.VSelect(label="Window", v_model=("window",), items=("windows",), id="window",
-                               density="compact", hide_details=True, classes="mb-2")
-                    html.Div("Study: {{ arm }} arm", v_show=("study && arm",), id="arm", classes="text-subtitle-2")
-                    v3.VBtn("Finish case", id="btn-finish-case", click=g(self.finish_case), block=True,
-                            v_show=("study && arm",), disabled=("busy",), color="primary", classes="mb-2")
-                    medsam = html.Div(v_show=("arm !== 'manual'",), id="medsam-controls")
-                    medsam.__enter__()
-                    with v3.VRow(dense=True):
-                        with v3.VCol(cols=6):
-                            v3.VBtn("Draw box", id="btn-box", click=g(lambda: self.draw_box(True)), block=True,
-                                    color=("drawing ? 'primary' : undefined",), title=keys("drawBox"))
-                        with v3.VCol(cols=6):
-                            v3.VBtn("Key box", id="btn-key-box", click=g(lambda: self.draw_box(False)), block=True,
-                                    title=keys("addKeyBox"))
-                        with v3.VCol(cols=6):
-                            v3.VBtn("Segment slice", id="btn-slice", click=g(self.segment_slice), block=True,
-                                    disabled=("busy",), title=keys("segmentSlice"))
-                        with v3.VCol(cols=6):
-                            v3.VBtn("Propagate", id="btn-propagate", click=g(self.propagate), block=True,
-                                    disabled=("busy",), title=keys("propagate"))
-                    v3.VSelect(label="Range", v_model=("range_mode",), id="range-mode", density="compact",
-                               items=(str([dict(title=t, value=v) for v, t in RANGE_MODES.items()]),),
-                               hide_details=True, classes="mt-2")
-                    v3.VCheckbox(label="Stop rule", v_model=("stop_rule",), id="stop-rule", density="compact",
-                                 hide_details=True)
-                    v3.VCheckbox(label="Largest component", v_model=("largest_component",), density="compact",
-                                 hide_details=True)
-                    v3.VCheckbox(label="Fill holes", v_model=("fill_holes",), density="compact", hide_details=True)
-                    v3.VProgressLinear(model_value=("progress_total ? 100 * progress_done / progress_total : 0",),
-                                       indeterminate=("busy && !progress_total",), v_show=("busy",), height=6,
-                                       id="progress")
-                    html.Div("{{ progress_title }} {{ progress_done }}/{{ progress_total }}", v_show=("busy",),
-                             id="progress-text")
-                    with v3.VRow(dense=True, classes="mt-1"):
-                        with v3.VCol(cols=4):
-                            v3.VBtn("Cancel", id="btn-cancel", click=g(self.cancel), block=True,
-                                    disabled=("!busy",), title=keys("cancel"))
-                        with v3.VCol(cols=4):
-                            v3.VBtn("Undo", id="btn-undo", click=g(self.undo), block=True,
-                                    disabled=("busy || !can_undo",), title=keys("undo"))
-                        with v3.VCol(cols=4):
-                            v3.VBtn("Accept", id="btn-accept", click=g(self.accept), block=True,
-                                    disabled=("busy",), title=keys("accept"))
-                        with v3.VCol(cols=12):
-                            v3.VBtn("Next object", id="btn-next", click=g(self.next_object), block=True,
-                                    disabled=("busy",))
-                    medsam.__exit__(None, None, None)  # the manual arm hides the model's controls (and refuses them)
-                    html.Div("Refine", classes="text-caption mt-2")
-                    with v3.VBtnToggle(v_model=("tool",), density="compact", mandatory=True, divided=True,
-                                       update_modelValue=(g(self.set_tool), "[$event]")):
-                        for tool in TOOLS:
-                            v3.VBtn(tool, value=tool, id=f"tool-{tool}", size="small")
-                    html.Div("Save (into the output folder)", classes="text-caption mt-2")
-                    v3.VTextField(label="File name", v_model=("save_name",), id="save-name", density="compact",
-                                  hide_details=True, hint=" or ".join(SAVE_FORMATS))
-                    v3.VCheckbox(label="Overwrite an existing file", v_model=("save_overwrite",), id="save-overwrite",
-                                 density="compact", hide_details=True)
-                    v3.VBtn("Save segmentation", id="btn-save", click=g(self.save), block=True, classes="mt-1",
-                            disabled=("busy",))
-                    html.Div("{{ warning }}", id="warning", classes="text-warning", v_show=("warning",))
-                    html.Div("Time log: reader {{ reader }}", classes="text-caption mt-2", id="reader")
-                    with v3.VRow(dense=True, classes="mt-1"):
-                        with v3.VCol(cols=6, v_show=("!study",)):
-                            v3.VBtn("{{ log_running ? 'Stop log' : 'Start log' }}", id="btn-log",
-                                    click=g(self.toggle_time_log), block=True)
-                        with v3.VCol(cols=6):
-                            v3.VBtn("Export report", id="btn-report", click=g(self.export_report), block=True)
-                    html.Div("active time {{ active_time }}", id="active-time", v_show=("log_running",))
-                    html.Div("{{ status }}", id="status", classes="mt-2", style="white-space: pre-wrap")
-                    html.Div("{{ error }}", id="error", classes="text-error", style="white-space: pre-wrap")
-                    html.Div("boxes {{ boxes }} | voxels {{ voxels }}", id="counts", classes="text-caption")
-                    html.Div("{{ last_action }}", id="last-action", style="display: none")
-                    with html.Details(classes="text-caption mt-2"):
-                        html.Summary("Shortcuts")
-                        for action, (sequence, what) in SHORTCUTS.items():
-                            html.Div(f"{sequence}: {what}")
+                self.ui = MedSAMPanel(self.controls, self.panel)
+                self.review_ui = ReviewPanel(self.review_state, self.panel.name.busy,
+                                             v_show=(f"{self.panel.name.arm} !== 'manual'",))
             with ui.content:
                 with v3.VContainer(fluid=True, classes="fill-height pa-0"):
                     self.layout_manager.initialize_layout_grid(ui)
+        handlers = {
+            self.ui.box_clicked: lambda: self.draw_box(True), self.ui.key_box_clicked: lambda: self.draw_box(False),
+            self.ui.segment_slice_clicked: self.segment_slice, self.ui.propagate_clicked: self.propagate,
+            self.ui.cancel_clicked: self.cancel, self.ui.undo_clicked: self.undo, self.ui.accept_clicked: self.accept,
+            self.ui.next_object_clicked: self.next_object, self.ui.tool_changed: self.set_tool,
+            self.ui.save_clicked: self.save, self.ui.log_clicked: self.toggle_time_log,
+            self.ui.report_clicked: self.export_report, self.ui.case_clicked: self.open_case,
+            self.ui.next_case_clicked: self.next_case, self.ui.finish_case_clicked: self.finish_case,
+            self.ui.pacs_open_clicked: lambda: self.pacs_open(),
+            self.review_ui.mode_clicked: self.review.toggle,
+            self.review_ui.accept_slice_clicked: self.review.accept_slice,
+            self.review_ui.wrong_slice_clicked: self.review.wrong_slice,
+            self.review_ui.end_here_clicked: self.review.end_here,
+            self.review_ui.next_doubtful_clicked: self.review.next_doubtful,
+        }
+        for signal, handler in handlers.items():
+            signal.connect(self._guard(handler))
 
     def start(self, host: str = "127.0.0.1", port: int = 8080) -> None:
         import sys
@@ -871,10 +843,17 @@ class WebApp:
             sys.argv = argv
 
 
-def _surface_name() -> str:
-    import slicer
+def _wait_for_job(job) -> bool:
+    """In a worker thread: return when the engine's job ends or reports progress (or after ``JOB_WAIT_SECONDS``);
+    True when it ended.  A second handle on the same job, so that the logic's own handle is only touched on the
+    event loop."""
+    from MedSAMSlicerLib.client import RemoteJob
 
-    return slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    try:
+        return RemoteJob(None, job.job_id, client=job.client).poll(timeout=JOB_WAIT_SECONDS).finished
+    except Exception:  # the logic's next step meets the same failure and reports it
+        log.debug("waiting on the job failed", exc_info=True)
+        return True
 
 
 def _lps_reference(grid):

@@ -26,5 +26,6 @@ def install_slicer_globals(slicer_app) -> None:
         segmentations=_ModuleStub(slicer_app.segmentations_logic),
         volumes=_ModuleStub(slicer_app.volumes_logic),
         subjecthierarchy=_ModuleStub(slicer_app.subject_hierarchy_logic),
-        markups=_ModuleStub(slicer_app.markups_logic._logic),  # noqa: SLF001 - the wrapped vtkSlicerMarkupsLogic
+        # the vtkSlicerMarkupsLogic itself (trame-slicer's MarkupsLogic wraps it and registers it with the app logic)
+        markups=_ModuleStub(slicer_app.app_logic.GetModuleLogic("Markups")),
     )

@@ -20,6 +20,9 @@ sys.path.insert(0, str(REPO / "MedSAMSlicer"))  # the engine also imports withou
 # Tests that count encoder calls assume the sequential propagation walk; test_runtimes.py turns encode-ahead on.
 os.environ.setdefault("MEDSAM_SLICER_ENCODE_AHEAD", "off")
 
+# The Slicer tests' fixtures (harness, engine, logic): one plugin, no star imports in the test files.
+pytest_plugins = ["slicer_fixtures"]
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 NO_DATA = f"real scans not found at {SHARED_DATA} (a user's clone has none; CI has them)"
 

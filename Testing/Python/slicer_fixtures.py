@@ -1,4 +1,5 @@
-"""Helpers shared by the test_slicer_* files: a harness per test, a live local engine service per test module (a
+"""Fixtures and helpers shared by the test_slicer_* files (a pytest plugin: ``conftest.py`` names it in
+``pytest_plugins``, so the fixtures reach every test without imports): a harness per test, a live local engine service per test module (a
 real ``medsam-slicer serve`` child process started the way Slicer starts it, stopped after the module), the logic
 talking to it, and ROIs drawn in RAS from a box given in voxel indices (the way a user's drag ends up in the scene).
 
@@ -7,20 +8,26 @@ encoded again by the server (and the other way round)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
+from MedSAMSlicerLib.protocol import Box
 
-from MedSAMSlicerLib.protocol import Box  # noqa: E402
-from MedSAMSlicerLogic.geometry import array_to_matrix, ijk_to_world, ijk_to_world_points  # noqa: E402
-from MedSAMSlicerLogic.roi_prompts import AXIS_LETTERS, SLICE_AXIS_ATTRIBUTE, in_plane_axes  # noqa: E402
+if TYPE_CHECKING:
+    from MedSAMSlicerLogic.engine_link import EngineLink
 
-from slicer_harness import SlicerHarness  # noqa: E402
+# slicer-core is a test dependency, but a checkout without it still collects every other test: the modules that need
+# it are imported by the fixtures and helpers that use them (a test asking for one is skipped with this line).
+NO_SLICER = "the slicer-core wheel is not installed (pip install slicer-core)"
 
 
 @pytest.fixture
 def harness():
+    pytest.importorskip("slicer", reason=NO_SLICER)
+    from slicer_harness import SlicerHarness
+
     harness = SlicerHarness()
     yield harness
     harness.close()
@@ -59,6 +66,9 @@ def roi_in_ras(scene, volume_node, axis: str, first: int, last: int, box: Box, t
                name: str = "test box"):
     """An ROI whose faces lie on voxel boundaries around ``box`` (inclusive pixels) on slices ``first..last``
     along ``axis``, built in world RAS from the volume's IJK-to-RAS matrix."""
+    from MedSAMSlicerLogic.geometry import array_to_matrix, ijk_to_world, ijk_to_world_points
+    from MedSAMSlicerLogic.roi_prompts import AXIS_LETTERS, SLICE_AXIS_ATTRIBUTE, in_plane_axes
+
     across = AXIS_LETTERS.index(axis)
     x_axis, y_axis = in_plane_axes(axis)
     low, high = np.zeros(3), np.zeros(3)
@@ -91,3 +101,25 @@ def label_array(path) -> np.ndarray:
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+
+
+@pytest.fixture
+def lung(harness):
+    """The lung1 CT (shared scans) loaded in the harness's scene, and its tumour label as (k, j, i) bools."""
+    from conftest import shared_path
+
+    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
+    return volume, label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
+
+
+def user_segmentation(harness, volume, shape):
+    """A segmentation the user made: one segment ("Mine") that MedSAM must never change; (node, id, its mask)."""
+    import slicer
+
+    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[30:36, 330:390, 190:250] = 1
+    segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
+    return node, segment_id, mask > 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-import numpy as np
 import slicer
 from vtkmodules.vtkCommonCore import vtkCollection, vtkOutputWindow
 
@@ -104,17 +103,6 @@ class SlicerHarness:
         if node is None:
             raise RuntimeError(f"the segmentations logic could not read {path}")
         return node
-
-    def add_user_segment(self, volume, shape) -> tuple:
-        """A segmentation the user made on ``volume`` (one block segment, "Mine") that the logic must never change:
-        (node, segment id, its mask as bools on the volume's (k, j, i) grid of ``shape``)."""
-        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
-        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        mask = np.zeros(shape, dtype=np.uint8)
-        mask[30:36, 330:390, 190:250] = 1
-        segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
-        return node, segment_id, mask > 0
 
     def save_node(self, node, path: Path | str) -> None:
         """Write a node with its default storage node (``.seg.nrrd`` for segmentations, as File > Save does)."""

@@ -465,4 +465,13 @@ def test_a_corrective_box_through_the_server_equals_the_engine(server, segmenter
     assert np.array_equal(undone["mask"], started["mask"])
     with pytest.raises(BoxError):
         volume.correct(object_id, "box", 2, tight_box(gts[2])).result()  # the accepted slice refuses a box
+    # A hand edit (the "edit" action, a packed slice mask) locks its slice: a later box beside it keeps its voxels.
+    edited = np.zeros(image.shape[1:], dtype=bool)
+    edited[5:9, 6:12] = True
+    answer = volume.correct(object_id, "edit", 5, mask=edited).result()
+    assert 5 in answer["locked"] and np.array_equal(answer["mask"][5], edited) and 5 not in answer["doubtful"]
+    answer = volume.correct(object_id, "box", 6, tight_box(gts[6])).result()
+    assert np.array_equal(answer["mask"][5], edited) and 5 not in answer["changed"]
+    with pytest.raises(BoxError):  # a mask of another shape is refused in one line, nothing changes
+        volume.correct(object_id, "edit", 4, mask=np.ones((3, 3), dtype=bool)).result()
     volume.close()

@@ -11,16 +11,9 @@ from MedSAMSlicerLib.protocol import Box
 from MedSAMSlicerLib.errors import BoxError, InputImageError, MedSAMError
 
 from conftest import shared_path
-from slicer_fixtures import engine, harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures
+from slicer_fixtures import roi_in_ras, tight_box, user_segmentation
 
 LUNG_KEY = 33
-
-
-@pytest.fixture
-def lung(harness):
-    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
-    label = label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
-    return volume, label
 
 
 def assert_untouched(node, segment_id, mask, volume, segments=1):
@@ -110,7 +103,7 @@ def test_volume_changed_while_running_writes_nothing(harness, logic, lung):
     import slicer
 
     volume, label = lung
-    node, mine, mask = harness.add_user_segment(volume, label.shape)
+    node, mine, mask = user_segmentation(harness, volume, label.shape)
     roi = roi_in_ras(harness.scene, volume, "k", LUNG_KEY, LUNG_KEY, tight_box(label[LUNG_KEY], 3))
     logic.start_segment_slice(volume, roi, node, window="lung")
     voxels = slicer.util.arrayFromVolume(volume)

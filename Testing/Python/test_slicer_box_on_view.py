@@ -10,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
+from slicer_fixtures import NO_SLICER
 
-import slicer  # noqa: E402
+try:
+    import slicer
+except ImportError:
+    pytest.skip(NO_SLICER, allow_module_level=True)
 
-from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic  # noqa: E402
-from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points, matrix_to_array  # noqa: E402
-
-from slicer_fixtures import harness  # noqa: E402,F401 - fixture
+from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic
+from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points, matrix_to_array
 
 
 @pytest.mark.parametrize("view, across", [("Red", 2), ("Green", 1), ("Yellow", 0)])

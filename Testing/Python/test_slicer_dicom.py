@@ -12,10 +12,10 @@ import SimpleITK as sitk
 from MedSAMSlicerLib.volumeio.files import read_label, read_volume
 
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, load_series, save, shared_label
-from slicer_fixtures import engine, harness, logic, roi_in_ras  # noqa: F401 - fixtures
+from slicer_fixtures import roi_in_ras
 
 
-def test_dicom_modality_feeds_auto_and_the_mask_matches_nrrd_without_patient_ids_in_the_log(harness, logic,  # noqa: F811
+def test_dicom_modality_feeds_auto_and_the_mask_matches_nrrd_without_patient_ids_in_the_log(harness, logic,
                                                                                               tmp_path):
     from MedSAMSlicerLib.protocol import Box
     from MedSAMSlicerLogic.segments import read_segment

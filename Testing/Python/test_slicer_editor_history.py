@@ -19,17 +19,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (pip install slicer-core)")
+from MedSAMSlicerLib.protocol import Box, SliceResult
+from slicer_fixtures import NO_SLICER, roi_in_ras
 
-import slicer  # noqa: E402
+try:
+    import slicer
+except ImportError:
+    pytest.skip(NO_SLICER, allow_module_level=True)
 
-from MedSAMSlicerLib.protocol import Box  # noqa: E402
-from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, Outcome, SliceResult  # noqa: E402
-from MedSAMSlicerLogic.editor_writes import NotWritten, SegmentEditorWriter  # noqa: E402
-from MedSAMSlicerLogic.segments import add_segment, read_segment, write_segment  # noqa: E402
-from MedSAMSlicerLogic.undo import EditedSince, NothingToUndo  # noqa: E402
-
-from slicer_fixtures import harness, roi_in_ras  # noqa: E402,F401 - fixture
+from MedSAMSlicerLogic.box_segmentation import BoxSegmentationLogic, Outcome
+from MedSAMSlicerLogic.editor_writes import NotWritten, SegmentEditorWriter
+from MedSAMSlicerLogic.segments import add_segment, read_segment, write_segment
+from MedSAMSlicerLogic.undo import EditedSince, NothingToUndo
 
 SHAPE = (5, 20, 20)  # (k, j, i)
 SLICE = 2
@@ -78,7 +79,7 @@ def engine_result(logic, volume, roi) -> tuple:
     request = logic.slice_request(volume, roi)
     square = np.zeros(SHAPE[1:], bool)
     square[8:18, 8:18] = True
-    return request, Outcome(0.1, 1, slice_result=SliceResult(SLICE, request.prompt.box, square, 0.9))
+    return request, Outcome(0.1, 1, slice_result=SliceResult(SLICE, square, 0.9, request.prompt.box))
 
 
 def voxels(segmentation, segment_id, volume) -> int:

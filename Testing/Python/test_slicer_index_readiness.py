@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,9 +22,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "Utilities"))
 
-import sync_repository_url as urls  # noqa: E402
+
+def _load_script(path: Path):
+    """A script of Utilities/ (not a package) as a module, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+urls = _load_script(REPO / "Utilities" / "sync_repository_url.py")
 
 
 def test_every_copy_of_the_repository_url_comes_from_scm_url():

@@ -14,7 +14,7 @@ from MedSAMSlicerLib.engine.session import VolumeSession
 from MedSAMSlicerLib.volumeio.files import read_volume
 
 from conftest import shared_path
-from slicer_fixtures import engine, harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures
+from slicer_fixtures import label_array, roi_in_ras, tight_box
 
 LUNG_KEY = 33  # lung1's tumour is on axial slices 32..34, largest on 33
 

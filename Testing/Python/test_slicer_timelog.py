@@ -13,7 +13,7 @@ import pytest
 from MedSAMSlicerLib.study.timelog import read_log
 
 from conftest import shared_path
-from slicer_fixtures import engine, harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures
+from slicer_fixtures import label_array, roi_in_ras, tight_box
 
 
 def test_events_table_and_manual_edits(harness, logic, tmp_path):

@@ -45,7 +45,7 @@ def test_cmake_lists_every_python_file_and_resource():
     scripts = set(cmake_list("MODULE_PYTHON_SCRIPTS"))
     packages = ("MedSAMSlicerLogic", "MedSAMSlicerLib", "MedSAMSlicerEffect")
     on_disk = {"MedSAMSlicer.py"} | {str(p.relative_to(MODULE)) for package in packages
-                                     for p in (MODULE / package).glob("*.py")}
+                                     for p in (MODULE / package).rglob("*.py")}  # subpackages too
     assert sorted(on_disk - scripts) == [], "add these to MODULE_PYTHON_SCRIPTS"
     assert sorted(s for s in scripts if not (MODULE / s).is_file()) == []
     resources = cmake_list("MODULE_PYTHON_RESOURCES")

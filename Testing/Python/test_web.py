@@ -218,6 +218,20 @@ def reader_page(secure_app):
     page.close()
 
 
+def _controls(name: str) -> str:
+    """A value the page may set, by its name in trame's state (``TypedState``'s: class name, field)."""
+    from MedSAMSlicerWeb.state import ControlsState
+
+    return f"{ControlsState.__name__}__{name}"
+
+
+def _panel(name: str) -> str:
+    """A value only the server sets."""
+    from MedSAMSlicerWeb.state import PanelState
+
+    return f"{PanelState.__name__}__{name}"
+
+
 def _cookie(page: Page) -> str:
     from MedSAMSlicerWeb.security import COOKIE
 
@@ -286,7 +300,7 @@ def test_raw_websocket_needs_a_session(reader_page):
     client.connect()
     assert "result" in client.hello()
     state = client.call("trame.state.get")["result"]["state"]
-    assert state["reader"] == "r01"
+    assert state[_panel("reader")] == "r01"
     client.close()
 
 
@@ -297,13 +311,16 @@ def test_hostile_state_values_are_refused(reader_page):
     client.hello()
     before = client.call("trame.state.get")["result"]["state"]
     hostile = {
-        "window": ["../etc", 5, None, ["lung"], {"a": 1}, "lung "],
-        "range_mode": ["everything", 0, None], "tool": ["eraseall", 3, None, ["paint"]],
-        "stop_rule": ["yes", 1, None, []], "largest_component": [0, "true"], "fill_holes": [{"x": 1}],
-        "save_overwrite": [1, "on"], "save_name": [5, None, "x" * 1000, {"$ne": 1}, ["a.nii.gz"]],
-        "out_folder": ["/"], "log_folder": ["/tmp"], "reader": ["mallory"], "busy": [True], "error": ["<b>x</b>"],
-        "voxels": [-1], "evil_new_key": [1],
+        _controls("window"): ["../etc", 5, None, ["lung"], {"a": 1}, "lung "],
+        _controls("range_mode"): ["everything", 0, None], _controls("tool"): ["eraseall", 3, None, ["paint"]],
+        _controls("stop_rule"): ["yes", 1, None, []], _controls("largest_component"): [0, "true"],
+        _controls("fill_holes"): [{"x": 1}], _controls("save_overwrite"): [1, "on"],
+        _controls("save_name"): [5, None, "x" * 1000, {"$ne": 1}, ["a.nii.gz"]],
+        _controls("pacs_study"): ["1.2.x", 5, "1" * 100], _panel("out_folder"): ["/"], _panel("log_folder"): ["/tmp"],
+        _panel("reader"): ["mallory"], _panel("busy"): [True], _panel("error"): ["<b>x</b>"], _panel("voxels"): [-1],
     }
+    assert all(key in before for key in hostile), sorted(set(hostile) - set(before))  # the page's real names
+    hostile["evil_new_key"] = [1]
     for key, values in hostile.items():
         for value in values:
             reply = client.call("trame.state.update", [{"key": key, "value": value}])
@@ -315,8 +332,8 @@ def test_hostile_state_values_are_refused(reader_page):
     for name, args in (("show_slice", ["../x", [0, 0, 0]]), ("show_slice", ["Red", ["a", 1, 2]]),
                        ("ijk_to_view", ["Red", [1e308, 0, 0]]), ("on_key", [1, 2, 3, {"code": 1}])):
         client.call("trame.trigger", name, args, {})  # refused inside; the server must go on
-    client.call("trame.state.update", [{"key": "window", "value": "lung"}])  # a good value still goes through
-    assert client.call("trame.state.get")["result"]["state"]["window"] == "lung"
+    client.call("trame.state.update", [{"key": _controls("window"), "value": "lung"}])  # a good value goes through
+    assert client.call("trame.state.get")["result"]["state"][_controls("window")] == "lung"
     assert client.call("trame.trigger", "app_state", [], {})["result"]["busy"] is False
     client.close()
 

@@ -11,10 +11,11 @@ import subprocess
 import numpy as np
 import pytest
 
+import orthanc_server
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, load_series, save, shared_label
 from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
 
-pytest_plugins = ["orthanc_server"]  # the `orthanc` fixture (a real Orthanc per module)
+orthanc = orthanc_server.orthanc  # the real Orthanc fixture, for this module's test
 
 pytestmark = pytest.mark.skipif(bool(missing_browser_parts()), reason=missing_browser_parts() or "ok")
 

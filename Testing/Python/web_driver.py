@@ -7,7 +7,6 @@ web app process on it, Chromium through Playwright.  The page is queried through
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -71,6 +70,8 @@ def self_signed_pair(folder: Path) -> tuple[Path, Path]:
 
 def missing_browser_parts() -> str:
     """Why the browser tests cannot run here ("" when they can)."""
+    import importlib.util
+
     for name in ("playwright", "trame_slicer"):
         if importlib.util.find_spec(name) is None:
             return f"the web extra is not installed ({name}): pip install -e '.[web]'"

@@ -117,13 +117,22 @@ def _run_report(args: argparse.Namespace) -> dict:
     from ..study.report import build_report, read_case_list, rows_as_dicts, write_report
 
     references = _pairs(args.reference, "--reference")
-    check_output_folder(args.out or args.logdir, ["study_report.csv", "study_report.png", "study_report.md"],
+    check_output_folder(args.out or args.logdir, ["study_report.csv", "study_report.png", "study_report.md",
+                                                  "simulated_reader.md"],
                         [args.cases, *references.values()], what="--out" if args.out else "the report (in LOGDIR)")
     cases = read_case_list(args.cases) if args.cases else []
     report = build_report(args.logdir, references, cases, args.idle_threshold)
     files = write_report(report, args.out or args.logdir)
     summary = report.as_dict()
     summary["rows"] = rows_as_dicts(report.rows)
+    from ..study.reader_report import REPORT_NAME, read_record, reader_markdown, reader_report
+    from ..study.timelog import write_atomically
+
+    record = read_record(args.logdir)  # bench/simulated_reader.py's run: both arms priced with cited constants
+    if record is not None:
+        summary["simulated_reader"] = reader_report(record)
+        files["simulated_reader"] = write_atomically(Path(args.out or args.logdir) / REPORT_NAME,
+                                                     reader_markdown(summary["simulated_reader"]).encode("utf-8"))
     return {"study_command": "report", **summary, "files": {k: str(v) for k, v in files.items()}}
 
 
@@ -189,6 +198,12 @@ def study_text(summary: dict) -> str:
         for key in ("unfinished", "missing", "damaged"):
             if summary[key]:
                 lines.append(f"{key}: {', '.join(summary[key])}")
+        reader = summary.get("simulated_reader")
+        if reader is not None:
+            lines.append(f"simulated reader on {reader['case']}: manual arm {reader['manual_s']:.0f} s (priced), "
+                         f"assisted arm {reader['assisted_s']:.0f} s (measured in the page + priced actions): "
+                         f"{100 * reader['saved_fraction']:.1f} % saved (sensitivity range "
+                         f"{100 * reader['saved_range'][0]:.1f} to {100 * reader['saved_range'][1]:.1f} %)")
         lines.append("MedSAM's study: 82.37 % and 82.95 % saved.  Files: " + ", ".join(summary["files"].values()))
         return "\n".join(lines)
     model = summary["time_model"]

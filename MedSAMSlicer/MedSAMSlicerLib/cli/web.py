@@ -3,15 +3,13 @@
 The model work goes to an engine server: ``--server URL`` (a ward's shared engine) or, without it, a private local
 engine child started here.  Without an image the demo chest CT is loaded.  Needs ``pip install medsam-slicer[web]``.
 
-Off loopback the page is a door into the server's files and scans: ``--host`` other than a loopback address refuses
-to start without ``--reader-tokens`` (the login), and says so when there is no TLS (``--certfile/--keyfile``, or a
-reverse proxy that terminates TLS in front of a loopback app).
+The options are parsed here; checking them, starting the engine and serving the page is the app's
+(``MedSAMSlicerWeb.launch``), so that this stays a thin front door.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import OptionError
 
@@ -19,161 +17,47 @@ from ..errors import OptionError
 def add_parser(commands) -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="the annotation app in a web browser (trame-slicer)")
     web.add_argument("images", nargs="*", metavar="IMAGE", help="volumes to load (default: the demo chest CT)")
-    web.add_argument("--cases", metavar="FOLDER|LIST", help="a worklist: the scans in FOLDER (sorted), or the "
-                     "files a text file LIST names (one a line, relative to the list); the page's 'Next case' opens "
-                     "the next one not done")
-    web.add_argument("--study", metavar="PLAN", help="study mode: the case list of `medsam-slicer study plan` "
-                     "(needs --reader and --log-folder, the plan's --logs): the page opens the reader's cases in the "
-                     "plan's order and arm, hides and refuses MedSAM in the manual arm, logs each case by itself")
-    web.add_argument("--server", metavar="URL", help="engine server to use (default: start a local one)")
-    web.add_argument("--token-file", help="the server's token (default: the file `serve` wrote for the URL's port, "
-                                          "~/.config/medsam-slicer/server-PORT.token)")
-    web.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default 127.0.0.1; any "
-                                                          "other needs --reader-tokens, and TLS)")
-    web.add_argument("--port", type=int, default=8080, help="TCP port of the page (default 8080)")
-    web.add_argument("--log-folder", help="time-log folder (JSON Lines, as the Slicer panel writes)")
-    web.add_argument("--reader", default=None, help="reader id written to the time log (with --reader-tokens: the "
-                                                    "only reader who may log in; default: the first who does)")
-    web.add_argument("--out-folder", help="the folder saved segmentations go to; the page only picks a file name "
-                                          "(default: the log folder; without either, saving is off)")
-    web.add_argument("--reader-tokens", metavar="FILE", help="login: one 'READER TOKEN' line per reader (tokens of "
-                     "16+ characters, file mode 600); required when --host is not loopback")
-    web.add_argument("--session-minutes", type=float, default=480.0, help="a login lasts this long (default 480)")
-    web.add_argument("--certfile", help="TLS certificate (PEM) for https; with --keyfile")
-    web.add_argument("--keyfile", help="TLS private key (PEM) for https; with --certfile")
-    web.add_argument("--device", default="cpu", help="device of the local engine (default cpu)")
-    web.add_argument("--volume-rendering", action="store_true", help="volume rendering in 3D (slow without a GPU)")
-    web.add_argument("--dicomweb", metavar="URL", help="a PACS's DICOMweb root (dicomweb://HOST:PORT/dicom-web): "
-                                                      "list and open its series; Save stores a DICOM SEG there")
-    web.add_argument("--pacs-credentials", metavar="FILE", help="file with user:password for the PACS (else "
-                                                                "MEDSAM_PACS_USER and MEDSAM_PACS_PASSWORD)")
-    web.add_argument("--pacs-timeout", type=float, default=30.0, metavar="S", help="seconds per PACS answer")
+    cases = web.add_argument_group("cases")
+    cases.add_argument("--cases", metavar="FOLDER|LIST", help="a worklist: the scans in FOLDER (sorted), or the "
+                       "files a text file LIST names (one a line, relative to the list); the page's 'Next case' "
+                       "opens the next one not done")
+    cases.add_argument("--study", metavar="PLAN", help="study mode: the case list of `medsam-slicer study plan` "
+                       "(needs --reader and --log-folder, the plan's --logs): the page opens the reader's cases in "
+                       "the plan's order and arm, hides and refuses MedSAM in the manual arm, logs each case by itself")
+    cases.add_argument("--dicomweb", metavar="URL", help="a PACS's DICOMweb root (dicomweb://HOST:PORT/dicom-web): "
+                       "list and open its series; Save stores a DICOM SEG there")
+    cases.add_argument("--pacs-credentials", metavar="FILE", help="file with user:password for the PACS (else "
+                       "MEDSAM_PACS_USER and MEDSAM_PACS_PASSWORD)")
+    cases.add_argument("--pacs-timeout", type=float, default=30.0, metavar="S", help="seconds per PACS answer")
+    engine = web.add_argument_group("the engine")
+    engine.add_argument("--server", metavar="URL", help="engine server to use (default: start a local one)")
+    engine.add_argument("--token-file", help="the server's token (default: the file `serve` wrote for the URL's "
+                        "port, ~/.config/medsam-slicer/server-PORT.token)")
+    engine.add_argument("--device", default="cpu", help="device of the local engine (default cpu)")
+    page = web.add_argument_group("the page: address, login, TLS")
+    page.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default 127.0.0.1; any "
+                      "other needs --reader-tokens, and TLS)")
+    page.add_argument("--port", type=int, default=8080, help="TCP port of the page (default 8080)")
+    page.add_argument("--reader-tokens", metavar="FILE", help="login: one 'READER TOKEN' line per reader (tokens "
+                      "of 16+ characters, file mode 600); required when --host is not loopback")
+    page.add_argument("--session-minutes", type=float, default=480.0, help="a login lasts this long (default 480)")
+    page.add_argument("--certfile", help="TLS certificate (PEM) for https; with --keyfile")
+    page.add_argument("--keyfile", help="TLS private key (PEM) for https; with --certfile")
+    page.add_argument("--volume-rendering", action="store_true", help="volume rendering in 3D (slow without a GPU)")
+    work = web.add_argument_group("the reader's work")
+    work.add_argument("--reader", default=None, help="reader id written to the time log (with --reader-tokens: the "
+                      "only reader who may log in; default: the first who does)")
+    work.add_argument("--log-folder", help="time-log folder (JSON Lines, as the Slicer panel writes)")
+    work.add_argument("--out-folder", help="the folder saved segmentations go to; the page only picks a file name "
+                      "(default: the log folder; without either, saving is off)")
     return web
 
 
 def run_web(args: argparse.Namespace) -> dict:
-    from pathlib import Path
+    import importlib.util
 
-    try:
-        import trame_slicer  # noqa: F401
-    except ImportError:
-        raise OptionError("the web app needs trame-slicer: pip install 'medsam-slicer[web]'") from None
-    study = _study(args) if args.study else None
-    images = list(args.images) + (_worklist(args.cases) if args.cases else [])
-    if study is not None:
-        images = [case.image for case in study.cases]
-    for image in images:
-        if not Path(image).is_file():
-            raise OptionError(f"{image}: no such file")
-    security = _security(args, images)
-    pacs = None
-    if args.dicomweb:
-        from ..pacs.dicomweb import Pacs, load_credentials
+    if importlib.util.find_spec("trame_slicer") is None:
+        raise OptionError("the web app needs trame-slicer: pip install 'medsam-slicer[web]'")
+    from MedSAMSlicerWeb.launch import run
 
-        pacs = Pacs(args.dicomweb, load_credentials(args.pacs_credentials), args.pacs_timeout)
-    if not images and pacs is None:
-        from ..evaluation.demo_case import demo_files
-
-        images = [str(demo_files()[0])]
-    engine = _engine(args)
-    from MedSAMSlicerWeb.app import WebApp
-
-    app = WebApp(engine, images, log_folder=args.log_folder, reader=args.reader, out_folder=args.out_folder,
-                 volume_rendering=args.volume_rendering, pacs=pacs, study=study, **security)
-    scheme = "https" if security["ssl_context"] is not None else "http"
-    print(f"{scheme}://{args.host}:{args.port}/", flush=True)
-    try:
-        app.start(host=args.host, port=args.port)
-    finally:
-        if args.server is None:
-            engine.stop()
-    return {"stopped": True}
-
-
-def _study(args: argparse.Namespace):
-    """``--study PLAN``: checked before anything starts (every scan here, case ids from the log folder's key)."""
-    from ..study.arms import StudyMode
-    from ..study.timelog import log_path
-
-    if args.images or args.cases or args.dicomweb:
-        raise OptionError("--study takes its cases from the plan: leave out IMAGE, --cases and --dicomweb")
-    if not args.reader or not args.log_folder:
-        raise OptionError("--study needs --reader (the reader's id in the logs) and --log-folder (the plan's --logs)")
-    try:
-        log_path(".", "check", args.reader, "manual")
-    except ValueError as error:
-        raise OptionError(f"--reader: {error}") from None
-    return StudyMode.load(args.study, args.log_folder)
-
-
-SCAN_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".nhdr")
-
-
-def _worklist(where: str) -> list[str]:
-    """The cases of ``--cases``: a folder's scans (labels and segmentations left out), or a list file's lines."""
-    from pathlib import Path
-
-    path = Path(where).expanduser()
-    if path.is_dir():
-        cases = sorted(str(p) for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES)
-                       and not p.name.lower().endswith(".seg.nrrd") and "label" not in p.name.lower())
-    elif path.is_file():
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
-        cases = [str((path.parent / line).expanduser()) for line in lines if line and not line.startswith("#")]
-    else:
-        raise OptionError(f"--cases {where}: no such folder or list file")
-    if not cases:
-        raise OptionError(f"--cases {where}: no scans there")
-    return cases
-
-
-def _security(args: argparse.Namespace, images: list) -> dict:
-    """The login, TLS and output folder, checked before anything starts (a mistake is one line, exit 2)."""
-    from pathlib import Path
-
-    from MedSAMSlicerWeb.security import Sessions, is_loopback, read_reader_tokens
-
-    from ..paths import check_output_folder
-
-    if not is_loopback(args.host) and not args.reader_tokens:
-        raise OptionError(f"--host {args.host} serves the page to the network: give --reader-tokens FILE (one "
-                          f"'READER TOKEN' line per reader) so that it asks for a login")
-    if bool(args.certfile) != bool(args.keyfile):
-        raise OptionError("give both --certfile and --keyfile (or neither)")
-    if not 1 <= args.session_minutes <= 7 * 24 * 60:
-        raise OptionError("--session-minutes must be between 1 and 10080 (a week)")
-    ssl_context = None
-    if args.certfile:
-        import ssl
-
-        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ssl_context.load_cert_chain(args.certfile, args.keyfile)
-        except (OSError, ssl.SSLError) as error:
-            raise OptionError(f"cannot use --certfile/--keyfile: {error}") from None
-    elif not is_loopback(args.host):
-        print(f"medsam-slicer: warning: --host {args.host} without --certfile/--keyfile: tokens and scans cross the "
-              f"network in clear unless a TLS reverse proxy is in front (README, 'Browser app: login and TLS')",
-              file=sys.stderr, flush=True)
-    sessions = None
-    tokens = read_reader_tokens(args.reader_tokens) if args.reader_tokens else None
-    if tokens is not None:
-        if args.reader is not None and args.reader not in {reader for reader, _ in tokens}:
-            raise OptionError(f"--reader {args.reader} has no token in {args.reader_tokens}")
-        sessions = Sessions(tokens, lifetime_s=args.session_minutes * 60.0)
-    folder = args.out_folder or args.log_folder
-    if folder:
-        check_output_folder(Path(folder).expanduser(), [], [str(image) for image in images], what="--out-folder")
-    return dict(sessions=sessions, ssl_context=ssl_context, owner=args.reader if tokens is not None else None)
-
-
-def _engine(args: argparse.Namespace):
-    from ..client import EngineClient, read_token_file
-
-    if args.server:
-        from ..server.auth import default_token_file  # stdlib only: no engine import
-
-        return EngineClient(args.server, read_token_file(args.token_file or default_token_file(args.server)))
-    print("medsam-slicer: starting a local engine...", file=sys.stderr, flush=True)
-    return EngineClient.start_local(python=sys.executable, args=("--device", args.device))
+    return run(args)

@@ -353,10 +353,12 @@ class RemoteVolume:
         return RemoteJob(self, body["job_id"], int(body.get("total", 0)))
 
     def correct(self, object_id: str, action: str, index: int | None = None, box=None,
-                timeout: float = MODEL_TIMEOUT, request_id: str | None = None) -> "RemoteJob":
+                timeout: float = MODEL_TIMEOUT, request_id: str | None = None, mask=None) -> "RemoteJob":
         """One undoable step on an object (a job): ``box`` (a corrective key box on slice ``index``), ``cut``,
-        ``accept`` or ``undo``; the result is the whole object plus ``changed`` and ``decoder_calls``."""
-        step = ObjectAction(action, None if index is None else int(index), None if box is None else Box.from_json(box))
+        ``accept``, ``edit`` (slice ``index`` takes the hand-edited bool ``mask`` and is locked) or ``undo``; the
+        result is the whole object plus ``changed``, ``decoder_calls`` and ``doubtful`` (slices to review first)."""
+        step = ObjectAction(action, None if index is None else int(index), None if box is None else Box.from_json(box),
+                            None if mask is None else np.asarray(mask, dtype=bool))
         body = self.client.request("POST", self._path(f"/objects/{object_id}/actions"), timeout=timeout, json={
             **step.to_json(), **({"request_id": request_id} if request_id else {})})
         return RemoteJob(self, body["job_id"], int(body.get("total", 1)))

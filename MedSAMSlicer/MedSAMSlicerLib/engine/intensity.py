@@ -18,17 +18,11 @@ from typing import cast
 import numpy as np
 
 from ..errors import InputImageError, OptionError
+from ..protocol.windows import CT_WINDOWS
 
 log = logging.getLogger(__name__)
 
-# (level, width) in HU.  Soft tissue is the official default; the lung window is the one the MedSAM paper used.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "soft_tissue": (40.0, 400.0),
-    "lung": (-160.0, 1500.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-    "mediastinum": (50.0, 350.0),
-}
+# CT_WINDOWS, (level, width) in HU by name: in the protocol room, so front ends offer the same names without torch.
 MR_PERCENTILES = (0.5, 99.5)
 _LEVEL_WIDTH = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
 

@@ -170,27 +170,37 @@ class ObjectStart:
                    _range(options.get("slice_range")), bool(options.get("stop", True)), int(options.get("margin", 3)))
 
 
-ACTIONS = ("box", "cut", "accept", "undo")
+ACTIONS = ("box", "cut", "accept", "edit", "undo")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ObjectAction:
     """One undoable step on a correctable object: ``box`` (a corrective key box on slice ``index``), ``cut`` (the
-    object ends before ``index``), ``accept`` (lock slice ``index``) or ``undo`` (no index)."""
+    object ends before ``index``), ``accept`` (lock slice ``index``), ``edit`` (slice ``index`` takes the
+    hand-edited bool ``mask``, slice-shaped, and is locked) or ``undo`` (no index).  Compared by value, mask too."""
 
     action: str  # one of ACTIONS
     index: int | None = None
     box: Box | None = None
+    mask: NDArray[np.bool_] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ObjectAction):
+            return NotImplemented
+        same_mask = (self.mask is None and other.mask is None) or (
+            self.mask is not None and other.mask is not None and np.array_equal(self.mask, other.mask))
+        return (self.action, self.index, self.box) == (other.action, other.index, other.box) and same_mask
 
     def to_json(self) -> Json:
         return {"action": self.action, **({"index": int(self.index)} if self.index is not None else {}),
-                **({"box": self.box.to_json()} if self.box is not None else {})}
+                **({"box": self.box.to_json()} if self.box is not None else {}),
+                **({"mask": pack_mask(self.mask)} if self.mask is not None else {})}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ObjectAction:
-        index, box = body.get("index"), body.get("box")
+        index, box, mask = body.get("index"), body.get("box"), body.get("mask")
         return cls(str(body["action"]), None if index is None else int(index),
-                   None if box is None else Box.from_json(box))
+                   None if box is None else Box.from_json(box), None if mask is None else _mask(mask))
 
 
 @dataclass

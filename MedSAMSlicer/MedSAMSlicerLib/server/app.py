@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from starlette.exceptions import HTTPException
 
 from .. import __version__, protocol
-from ..errors import CacheError, Cancelled, CheckpointError, MedSAMError, ServiceError, first_line
+from ..errors import BoxError, CacheError, Cancelled, CheckpointError, MedSAMError, ServiceError, first_line
 from ..protocol import ACTIONS, Box, JobState, ObjectAction, ObjectStart, SessionSpec, SliceRequest, wire
 from .auth import Guard
 from .engine import Engine
@@ -123,14 +123,35 @@ class ObjectRequest(KeyBoxesRequest):
         return ObjectStart.from_json(self.model_dump(include={"key_boxes", "options"}))
 
 
+class SliceMask(Strict):
+    """A hand-edited slice mask as ``wire.pack_mask`` packs it (bounded: the page that sends it is untrusted)."""
+
+    shape: tuple[Annotated[StrictInt, Field(ge=1, le=16384)], Annotated[StrictInt, Field(ge=1, le=16384)]]
+    lo: Optional[tuple[Annotated[StrictInt, Field(ge=0)], Annotated[StrictInt, Field(ge=0)]]] = None
+    hi: Optional[tuple[Annotated[StrictInt, Field(ge=0)], Annotated[StrictInt, Field(ge=0)]]] = None
+    bits: str = Field("", max_length=44_739_244)  # base64 of 16384^2 bits
+
+    def to_array(self):
+        """The bool mask; a crop outside the shape or bits of the wrong length is a BoxError (400)."""
+        if (self.lo is None) != (self.hi is None) or (self.lo is not None and self.hi is not None and not all(
+                0 <= a < b <= n for a, b, n in zip(self.lo, self.hi, self.shape))):
+            raise BoxError("the edited mask's crop lies outside its shape")
+        try:
+            return wire.unpack_mask(self.model_dump())
+        except ValueError as error:
+            raise BoxError(f"the edited mask is not packed as wire.pack_mask does ({first_line(error)})") from None
+
+
 class ActionRequest(Strict):
     action: str = Field(pattern="^(" + "|".join(ACTIONS) + ")$")
     index: Optional[StrictInt] = None
     box: Optional[list[float]] = Field(None, min_length=4, max_length=4)
+    mask: Optional[SliceMask] = None  # "edit": the slice's hand-edited mask
     request_id: RequestId = None
 
     def to_protocol(self) -> ObjectAction:
-        return ObjectAction.from_json(self.model_dump(exclude={"request_id"}))
+        return ObjectAction(self.action, self.index, Box.from_json(self.box) if self.box is not None else None,
+                            self.mask.to_array() if self.mask is not None else None)
 
 
 class FileRequest(Startable):

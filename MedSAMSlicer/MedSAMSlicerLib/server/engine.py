@@ -446,6 +446,7 @@ class Engine:
         return {"object_id": object_id, "mask": pack_mask(target.mask), "action": change.action, "slice": change.slice,
                 "changed": change.changed, "decoder_calls": change.decoder_calls, "stopped": change.stopped,
                 "scores": {k: float(v) for k, v in target.scores.items()}, "locked": sorted(target.locked),
+                "doubtful": target.doubtful(),
                 "keys": {str(k): [b.x0, b.y0, b.x1, b.y1] for k, b in target.keys.items()},
                 "range": [target.low, target.high]}
 
@@ -453,8 +454,9 @@ class Engine:
                             request_id: str | None = None) -> dict:
         """One undoable step on an object, as a job at the interactive priority: ``box`` (a corrective key box:
         only the stretch it improves is recomputed, from the cache), ``cut`` (the object ends before ``index``),
-        ``accept`` (lock the slice), ``undo``.  The result is the whole object plus what changed."""
-        action, index, box = step.action, step.index, step.box
+        ``accept`` (lock the slice), ``edit`` (the slice takes the hand-edited ``mask`` and is locked), ``undo``.
+        The result is the whole object plus what changed."""
+        action, index, box, mask = step.action, step.index, step.box, step.mask
         session = self.session(owner, session_id)
         target = session.objects.get(object_id)
         if target is None:
@@ -467,6 +469,8 @@ class Engine:
             if box is None:
                 raise BoxError("the box action needs a box")
             checked_box(box, session.prepared.slice_shape)
+        if action == "edit" and (mask is None or mask.shape != session.prepared.slice_shape):
+            raise BoxError(f"the edit action needs the slice's mask, shape {session.prepared.slice_shape}")
         job, new = self._new_job(owner, session.id, 1, request_id)
         if not new:
             return job.describe()
@@ -479,6 +483,8 @@ class Engine:
                     change = target.cut(index)
                 elif action == "accept":
                     change = target.accept(index)
+                elif action == "edit":
+                    change = target.set_slice(index, mask)
                 else:
                     if not target.undo():
                         raise BoxError("nothing to undo")

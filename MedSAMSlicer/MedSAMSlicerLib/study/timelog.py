@@ -80,6 +80,13 @@ EVENT_KINDS = (
     "accept",  # mask=<file name from save_mask>
     "case_closed",
     "activity",  # optional, throttled: the reader is looking (slice scrolled, window changed)
+    # Review of a correctable object (MedSAMSlicerLogic.object_review):
+    "corrective_box",  # slice, box, slices=<slices recomputed>, seconds, encoder_calls, decoder_calls
+    "slice_accepted",  # slice: no later correction writes to it
+    "slice_rejected",  # slice: "this slice is wrong", listed first for a correction
+    "slice_edited",  # slice: a hand edit sent to the engine (locked there)
+    "object_cut",  # slice, slices=<slices cleared>: "the object ends here"
+    "doubtful_jump",  # slice, score: "next doubtful slice"
 )
 # Field names that usually hold patient identifiers; dropped unless the user opted in.
 IDENTIFYING_FIELDS = frozenset({
