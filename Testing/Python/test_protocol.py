@@ -86,6 +86,11 @@ def test_correctable_object_requests_convert_to_their_protocol_types():
         body = json.loads(json.dumps(step.to_json()))
         assert ObjectAction.from_json(body) == step
         assert ActionRequest.model_validate({**body, "request_id": "b" * 8}).to_protocol() == step
+    edited = np.zeros((6, 9), dtype=bool)
+    edited[2:4, 3:7] = True
+    step = ObjectAction("edit", 4, mask=edited)
+    back = ActionRequest.model_validate(json.loads(json.dumps(step.to_json()))).to_protocol()
+    assert back == step and np.array_equal(back.mask, edited) and back != ObjectAction("edit", 4, mask=~edited)
     with pytest.raises(ValidationError):
         ActionRequest.model_validate({"action": "erase", "index": 1})
 

@@ -399,7 +399,8 @@ def test_a_slice_as_a_job_equals_the_synchronous_answer(server):
 def test_a_volume_opened_in_steps_is_sent_once_and_leaves_no_file(server):
     """VolumeOpening (the GUI's way: local work a slab at a time, short requests): a local client hands the volume
     over as a file, a remote one compresses and uploads it; both end with the session open_volume gives."""
-    from MedSAMSlicerLib.client import EngineClient, wire
+    from MedSAMSlicerLib.client import EngineClient
+    from MedSAMSlicerLib.protocol import wire
     from MedSAMSlicerLib.errors import EngineUnavailable
 
     image = np.random.default_rng(7).integers(-1000, 1000, (3, 400, 500), dtype=np.int16)  # 1.2 MB: several slabs
