@@ -21,6 +21,7 @@ Every case gets the tight label box (2 voxels of margin) on its largest axial sl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import subprocess
 import sys
@@ -149,6 +150,9 @@ class WebAppDriver:
     def press(self, button: str) -> None:
         getattr(self.app, button)()  # segment_slice or propagate: starts the engine job
         self._check()
+        driver = getattr(self.app, "_driver", None)  # the operation's driver, a task for the page's event loop
+        if driver is not None:
+            asyncio.get_event_loop().run_until_complete(driver)
         while self.app.panel.data.busy:  # the page's poll loop, ticked by hand
             self.app._tick()
             time.sleep(0.05)
