@@ -246,17 +246,9 @@ class WebApp:
         self.open_case(following)
 
     def _apply_display_window(self, window: str) -> None:
-        if self.volume is None or self.volume.GetDisplayNode() is None:
-            return
-        display = self.volume.GetDisplayNode()
-        from MedSAMSlicerLogic.choices import display_window_level
+        from MedSAMSlicerLogic.volume_nodes import show_window
 
-        preset = display_window_level(window)
-        if preset is None:
-            display.AutoWindowLevelOn()
-        else:
-            display.AutoWindowLevelOff()
-            display.SetWindowLevel(*preset)
+        show_window(self.volume, window)  # the Slicer panel's own: the display W/L of the engine's window
 
     # -- actions (buttons, keys and triggers) ----------------------------------------------------------------------
     def draw_box(self, new_object: bool = True) -> None:
