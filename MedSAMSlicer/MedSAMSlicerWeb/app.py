@@ -19,12 +19,16 @@ from typing import Optional
 
 import numpy as np
 
+from .display import show_scan, show_surfaces, surface_points
 from .security import PageGate, StateGate, save_target
 from .state import SAVE_FORMATS, VIEW_TAGS, WINDOWS, ControlsState, PanelState, client_checks, state_names
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1  # the shared logic's poll: at most one short engine request each time
+POLL_SECONDS = 0.1  # the idle poll: the prefetch started when a box is drawn, the clock (one short request at most)
+STEP_SECONDS = 0.02  # between two steps of a running operation when no job is out to wait on (the volume is sent)
+JOB_WAIT_SECONDS = 0.3  # one long poll of a running job in the worker thread (the server answers when it ends)
+FIRST_VIEW_SECONDS = 0.05  # after a result, the view it was asked in gets this head start over the other views
 CLOCK_SECONDS = 1.0  # the time log's running active time, manual-edit detection
 EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
 
@@ -75,7 +79,11 @@ class WebApp:
         self.controls = TypedState(self.state, ControlsState)
         self.panel = TypedState(self.state, PanelState)
         self._control_names = {f.name for f in dataclasses.fields(ControlsState)}
-        self.state_gate = StateGate(self.server, client_checks(self.controls), server_only=state_names(self.panel))
+        from .review_panel import ReviewPanelState
+
+        self.review_state = TypedState(self.state, ReviewPanelState)  # the review's lists: shown, server-only
+        self.state_gate = StateGate(self.server, client_checks(self.controls),
+                                    server_only=state_names(self.panel) | state_names(self.review_state))
         self.server.add_protocol_to_configure(lambda root: root.registerLinkProtocol(self.gate.link_protocol))
         self.ctrl.on_server_bind.add(self._on_bind)
         self.slicer_app = SlicerApp()
@@ -91,6 +99,13 @@ class WebApp:
         self.editor = self.slicer_app.segmentation_editor
         self.editor.set_undo_stack(UndoStack(undo_limit=20))  # the manual tools' own undo (Segment Editor's)
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
+        self.logic.slice_writes = True  # a result writes its slice only; the undo digest after the frame (_drive)
+        from .review_panel import ReviewActions, ReviewHost
+
+        self.review = ReviewActions(self.logic, ReviewHost(
+            volume=lambda: self.volume, segmentation=lambda: self.segmentation, say=self._say, start=self._start,
+            show_slice=self.show_slice, slice_node=lambda tag: self._slice_view(tag).get_view_node()),
+            self.review_state.data)
         self.volume = None
         self.segmentation = None
         self.study = study  # MedSAMSlicerLib.study.arms.StudyMode (--study): the plan's rows are the worklist
@@ -131,14 +146,7 @@ class WebApp:
         self.volume = node
         self.dicom_volume = None
         self.edited = False
-        display = self.slicer_app.display_manager
-        if self.volume_rendering:  # slow on a CPU renderer (llvmpipe): off unless asked for
-            display.show_volume(node, vr_preset="CT-Chest-Contrast-Enhanced", do_reset_views=True)
-        else:
-            display.show_volume_in_slice_background(node)
-            for view in self.slicer_app.view_manager.get_slice_views():
-                view.set_visible_in_3d(True)  # slice planes in 3D, with the segment's surface
-            display.reset_views()
+        show_scan(self.slicer_app, node, self.volume_rendering)
         self.segmentation = self.editor.create_empty_segmentation_node()
         self.segmentation.SetName(f"{node.GetName()} MedSAM")
         self.editor.set_active_segmentation(self.segmentation, node)
@@ -265,20 +273,24 @@ class WebApp:
         self._check_arm("draw_box" if new_object else "key_box")
         self.editor.deactivate_effect()
         self.controls.data.tool = "none"
-        self._new_object = new_object
+        self._new_object = new_object and not self.review.taking_boxes  # review: a box on the object corrects it
         self._drag.arm()
         self.panel.data.drawing = True
         self._say("drag a box around the object in a slice view" if new_object
                   else "drag a key box on another slice of the same object")
 
     def _on_box(self, slice_node, corner0, corner1) -> None:
+        self._box_view_node = slice_node  # the view the reader works in: its frame comes first after a result
         with self.state:
             self.panel.data.drawing = False
             with self._reporting():  # a failure: one line to the user, nothing kept
                 roi, prompt, note = self.logic.draw_box(self.volume, slice_node, self._new_object,
                                                         corners_world=(corner0, corner1))
                 roi.GetDisplayNode().SetFillOpacity(0.0)  # outline only: the mask under it stays visible
-                self._say(f"{note}: {prompt.box}", action="box_drawn")
+                if self.review.taking_boxes:
+                    self.review.corrective_box(roi)
+                else:
+                    self._say(f"{note}: {prompt.box}", action="box_drawn")
             self._refresh()
 
     def segment_slice(self) -> None:
@@ -290,6 +302,10 @@ class WebApp:
     def propagate(self) -> None:
         self._need_volume()
         self._check_arm("propagate")
+        if self.review_state.data.review_mode:
+            self.review.propagate(self.controls.data.window, self.controls.data.range_mode,
+                                  bool(self.controls.data.stop_rule))
+            return
         self._start(lambda: self.logic.start_propagation(
             self.volume, None, self.segmentation, None, self.controls.data.window, self.controls.data.range_mode,
             stop=bool(self.controls.data.stop_rule), largest_component=bool(self.controls.data.largest_component),
@@ -302,12 +318,17 @@ class WebApp:
             pending = start()
             self._show(busy=True, progress_title=pending.title, progress_done=0, progress_total=0, error="")
             self._say(f"{pending.title}: sending to the engine")
+            self._driver = asyncio.ensure_future(self._drive())
 
     def cancel(self) -> None:
         self.logic.cancel()
         self._say("cancelling...")
 
     def undo(self) -> None:
+        if self.review.handles_undo:
+            with self._reporting():
+                self.review.undo()
+            return
         with self._reporting():
             operation = self.logic.undo()
             self._say(f"undone: {operation.description}", action="undo")
@@ -318,6 +339,7 @@ class WebApp:
             if self.arm() == "manual":
                 raise ValueError("in the manual arm, Finish case accepts what you drew")
             segment_id = self.logic.accept(self.volume)
+            self.review.end()
             self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
         self._refresh()
 
@@ -485,30 +507,82 @@ class WebApp:
         self._ticks += 1
         if self.logic.preparing and not self.logic.busy:
             self.logic.poll()  # sends the volume / advances the prefetch started when the box was drawn
-        if self.logic.busy:
-            progress = self.logic.poll()
-            with self.state:
-                self._show(progress_done=progress.done, progress_total=progress.total)
-                if progress.message and not progress.finished:
-                    self._say(progress.message)
-                if progress.finished:
-                    self.panel.data.busy = False
-                    if progress.state == "done":
-                        self.editor.set_active_segment_id(self.logic.current.segment_id)
-                        self._say(progress.operation.description, action=progress.title)
-                    elif progress.state == "cancelled":
-                        self._say(progress.message, action="cancelled")
-                    else:
-                        self._say(progress.message, action="failed")
-                        self.panel.data.error = progress.message  # after _say, which clears the error line
-                    self._refresh()
+        self.review.start_queued()  # a review action queued while another operation ran
         if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
             with self.state:
                 if not self.logic.busy:
-                    self.logic.collect_manual_edits()
+                    edit = self.logic.collect_manual_edits()
+                    if edit is not None:
+                        self.review.manual_edit(edit.slices)  # under review: sent to the engine, locked there
                     self._show_surface()  # after paint, erase or scissors
                 seconds = int(self.logic.time_log.active_seconds())
                 self.panel.data.active_time = f"{seconds // 60}:{seconds % 60:02d}"
+
+    # -- a running operation: pushed to the page the moment the engine answers ------------------------------------
+    async def _drive(self) -> None:
+        """Carry the pending operation to its end (issue 21, click-to-mask).  Each step of the shared logic runs
+        here on the event loop (steps write MRML, which only this thread may touch; each is short,
+        ``POLL_TIMEOUT``).  While the engine works on the job, a worker thread waits on the job's long poll, so the
+        loop stays free for frames and clicks and the next step runs the moment the engine answers, not at the
+        next tick of a timer.  A thread, not an asyncio HTTP call: the engine client (requests) is the one place
+        that knows the wire; the thread only waits (no MRML, no trame state), and the loop sends no engine request
+        of its own while an operation runs (the idle poll and Save wait for it)."""
+        try:
+            answered = True  # the engine said the job ended (the first step: a cached slice may end in one step)
+            while self.logic.busy:
+                held = self._hold_other_views() if answered else []
+                try:
+                    with self.state:
+                        progress = self.logic.poll()
+                        self._show_progress(progress)
+                    if progress.finished:
+                        await asyncio.sleep(FIRST_VIEW_SECONDS)  # the reader's view renders and goes out first
+                        with self.state:
+                            self._refresh()  # the surface in 3D, the counts: after that frame
+                finally:
+                    for view, was_held in held:  # unblocking schedules their render
+                        view.set_render_blocked(was_held)
+                if progress.finished:
+                    self.logic.settle()  # the undo check's digest of what was written, after the frames too
+                    return
+                job = getattr(self.logic.pending, "job", None)
+                if job is not None and not job.status.finished and not self.logic.pending.cancel_requested:
+                    answered = await asyncio.to_thread(_wait_for_job, job)
+                else:
+                    answered = job is not None
+                    await asyncio.sleep(STEP_SECONDS)
+        except Exception:  # the page must not hang on "busy": the logic reports its own failures in progress
+            log.exception("the operation's driver failed")
+            with self.state:
+                self.panel.data.busy = self.logic.busy
+
+    def _show_progress(self, progress) -> None:
+        self._show(progress_done=progress.done, progress_total=progress.total)
+        if progress.message and not progress.finished:
+            self._say(progress.message)
+        if not progress.finished:
+            return
+        self.panel.data.busy = False
+        if progress.state == "done":
+            self.editor.set_active_segment_id(self.logic.current.segment_id)
+            # a review action that writes nothing (accept a slice) has no operation, only its message
+            self._say(progress.operation.description if progress.operation else progress.message,
+                      action=progress.title)
+        elif progress.state == "cancelled":
+            self._say(progress.message, action="cancelled")
+        else:
+            self._say(progress.message, action="failed")
+            self.panel.data.error = progress.message  # after _say, which clears the error line
+        self.review.refresh()
+
+    def _hold_other_views(self) -> list:
+        """While a step may write the result: every view but the one the box was drawn in stops rendering, so that
+        the reader's view renders first (the views render one after the other on this loop); the caller lets them
+        go after the result's frame and the surface.  Returns (view, was it held before) pairs."""
+        views = [view for view in [*self.slicer_app.view_manager.get_slice_views(),
+                                   *self.slicer_app.view_manager.get_threed_views()]
+                 if view.get_view_node() is not getattr(self, "_box_view_node", None)]
+        return [(view, view.set_render_blocked(True)) for view in views]
 
     # -- state shown in the page ------------------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -518,22 +592,11 @@ class WebApp:
         self.panel.data.voxels = self._voxel_count()
 
     def _show_surface(self) -> None:
-        """The segments as surfaces in the 3D view.  Writing a segment's voxels (``slicer.util``'s labelmap update)
-        drops the closed-surface representation, and Segment Editor's "show 3D" only creates it for segments that
-        exist when it is switched on, so it is made again here after every change."""
-        if self.segmentation is None or not self._segment_ids():
-            return
-        if not self.segmentation.GetSegmentation().ContainsRepresentation(_surface_name()):
-            self.segmentation.CreateClosedSurfaceRepresentation()
-            for view in self.slicer_app.view_manager.get_threed_views():
-                view.schedule_render()  # the new surface actor: the 3D view's next frame
+        if self.segmentation is not None:
+            show_surfaces(self.segmentation, self.slicer_app.view_manager.get_threed_views())
 
     def surface_points(self) -> int:
-        total = 0
-        for sid in self._segment_ids():
-            surface = self.segmentation.GetSegmentation().GetSegment(sid).GetRepresentation(_surface_name())
-            total += surface.GetNumberOfPoints() if surface is not None else 0
-        return total
+        return surface_points(self.segmentation) if self.segmentation is not None else 0
 
     def _voxel_count(self) -> int:
         """Voxels in all segments, counted on the stored layers (copying each segment onto the scan's grid, as
@@ -620,6 +683,7 @@ class WebApp:
 
     def _on_key(self, ctrl, alt, shift, code) -> None:
         from .keys import action_for
+        from .review_panel import REVIEW_KEYS
 
         if not all(isinstance(flag, bool) for flag in (ctrl, alt, shift)) or not isinstance(code, str) \
                 or len(code) > 32:
@@ -627,7 +691,8 @@ class WebApp:
         action = action_for(ctrl, alt, shift, code)
         handlers = {"drawBox": lambda: self.draw_box(True), "addKeyBox": lambda: self.draw_box(False),
                     "segmentSlice": self.segment_slice, "propagate": self.propagate, "accept": self.accept,
-                    "undo": self.undo, "cancel": self.cancel}
+                    "undo": self.undo, "cancel": self.cancel,
+                    **{action: getattr(self.review, method) for action, method in REVIEW_KEYS.items()}}
         if action in handlers:
             self._guard(handlers[action])()
 
@@ -636,6 +701,7 @@ class WebApp:
         self.ctrl.trigger("app_state")(self.app_state)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
+        self.ctrl.trigger("review_slice")(self.review.slice_answer)  # read-only: what the reader sees on a slice
         self.controls.bind_changes({self.controls.name.window: self._apply_display_window,
                                     self.controls.name.pacs_study: self._pacs_study_chosen})
 
@@ -667,7 +733,7 @@ class WebApp:
                     log_path=str(self.logic.time_log.path) if self.logic.time_log else self.panel.data.log_path,
                     status=self.panel.data.status, error=self.panel.data.error, last_action=self.panel.data.last_action,
                     actions=self.actions, surface_points=self.surface_points(), warning=self.panel.data.warning,
-                    shape=list(grid.shape_kji) if grid is not None else None)
+                    shape=list(grid.shape_kji) if grid is not None else None, **self.review.app_state())
 
     def _slice_view(self, tag: str):
         return next(v for v in self.slicer_app.view_manager.get_slice_views() if v.get_singleton_tag() == tag)
@@ -714,6 +780,7 @@ class WebApp:
         from trame.widgets import vuetify3 as v3
 
         from .panel import MedSAMPanel
+        from .review_panel import ReviewPanel
 
         with SinglePageWithDrawerLayout(self.server, full_height=True) as ui:
             ui.title.set_text("MedSAMSlicer")
@@ -725,6 +792,8 @@ class WebApp:
             with ui.drawer as drawer:
                 drawer.width = 320
                 self.ui = MedSAMPanel(self.controls, self.panel)
+                self.review_ui = ReviewPanel(self.review_state, self.panel.name.busy,
+                                             v_show=(f"{self.panel.name.arm} !== 'manual'",))
             with ui.content:
                 with v3.VContainer(fluid=True, classes="fill-height pa-0"):
                     self.layout_manager.initialize_layout_grid(ui)
@@ -737,6 +806,11 @@ class WebApp:
             self.ui.report_clicked: self.export_report, self.ui.case_clicked: self.open_case,
             self.ui.next_case_clicked: self.next_case, self.ui.finish_case_clicked: self.finish_case,
             self.ui.pacs_open_clicked: lambda: self.pacs_open(),
+            self.review_ui.mode_clicked: self.review.toggle,
+            self.review_ui.accept_slice_clicked: self.review.accept_slice,
+            self.review_ui.wrong_slice_clicked: self.review.wrong_slice,
+            self.review_ui.end_here_clicked: self.review.end_here,
+            self.review_ui.next_doubtful_clicked: self.review.next_doubtful,
         }
         for signal, handler in handlers.items():
             signal.connect(self._guard(handler))
@@ -769,10 +843,17 @@ class WebApp:
             sys.argv = argv
 
 
-def _surface_name() -> str:
-    import slicer
+def _wait_for_job(job) -> bool:
+    """In a worker thread: return when the engine's job ends or reports progress (or after ``JOB_WAIT_SECONDS``);
+    True when it ended.  A second handle on the same job, so that the logic's own handle is only touched on the
+    event loop."""
+    from MedSAMSlicerLib.client import RemoteJob
 
-    return slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    try:
+        return RemoteJob(None, job.job_id, client=job.client).poll(timeout=JOB_WAIT_SECONDS).finished
+    except Exception:  # the logic's next step meets the same failure and reports it
+        log.debug("waiting on the job failed", exc_info=True)
+        return True
 
 
 def _lps_reference(grid):
