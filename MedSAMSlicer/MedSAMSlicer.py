@@ -31,6 +31,7 @@ from slicer.util import VTKObservationMixin
 from MedSAMSlicerLogic import dependencies
 from MedSAMSlicerLogic.choices import RANGE_MODES, VIEWS, WINDOW_NAMES
 from MedSAMSlicerLogic.engine_jobs import ProgressState
+from MedSAMSlicerLogic.engine_setup import SetupState
 from MedSAMSlicerLogic.shortcuts import BUTTONS, key_sequences, tooltip_with_key
 
 try:
@@ -80,6 +81,41 @@ def makeShortcuts(parent, actions: dict) -> list:
         shortcut.connect("activated()", actions[name])
         shortcuts.append(shortcut)
     return shortcuts
+
+
+def reviewActions(logic, volumeOf, start, showMessage) -> dict:
+    """The review's actions of the shortcut table, for the panel and the effect (thin: ``MedSAMSlicerLogic.
+    object_review`` does the work).  "This slice" is the one the red view shows; ``start(title, begin)`` starts an
+    engine action the way the caller starts its operations (its timer polls it)."""
+    from MedSAMSlicerLogic.geometry import ijk_to_world, ijk_to_world_points
+    from MedSAMSlicerLogic.object_review import view_slice_index
+
+    def here():
+        volume = volumeOf()
+        if volume is None:
+            raise ValueError("choose a volume first")
+        return volume, view_slice_index(sliceNodeOfView("Red"), volume, logic.core.grid(volume).shape_kji[0])
+
+    def wrong():
+        index = here()[1]
+        logic.review.mark_wrong(index)
+        showMessage(_("Slice {index} marked wrong: add a key box on it or edit it").format(index=index))
+
+    def nextDoubtful():
+        volume, current = here()
+        index = logic.review.next_doubtful(current)
+        if index is None:
+            showMessage(_("No doubtful slice left"))
+            return
+        k, j, i = logic.core.grid(volume).shape_kji
+        point = ijk_to_world_points(ijk_to_world(volume), [(i - 1) / 2, (j - 1) / 2, index])[0]
+        sliceNodeOfView("Red").JumpSliceByOffsetting(*point)
+        showMessage(_("Slice {index}").format(index=index))
+
+    return {"acceptSlice": lambda: start(_("Accept slice"), lambda: logic.review.accept_slice(*here())),
+            "endHere": lambda: start(_("End the object here"), lambda: logic.review.end_here(*here())),
+            "wrongSlice": lambda: runGuarded(_("Slice wrong"), wrong, showMessage),
+            "nextDoubtful": lambda: runGuarded(_("Next doubtful slice"), nextDoubtful, showMessage)}
 
 
 def runGuarded(what: str, action, showMessage) -> None:
@@ -229,6 +265,9 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         from MedSAMSlicerLogic.engine_setup import EngineSetup
 
         self.core = BoxSegmentationLogic(slicer.mrmlScene)
+        from MedSAMSlicerLogic.object_review import ObjectReview
+
+        self.review = ObjectReview(self.core)  # corrective boxes and the review actions on the propagated object
         self.link = EngineLink()
         self.engineChoice = ("auto", "litemedsam")  # device and model of the next local start
         self.setup = EngineSetup(self.link, lambda: self.startLocalEngine(*self.engineChoice, wait=False))
@@ -316,11 +355,11 @@ class MedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         if self.study is not None:
             self.study.check(action)
 
-    def pollEngineSetup(self) -> str:
+    def pollEngineSetup(self) -> SetupState:
         """Advance the package install and the local start by one non-blocking step: "installing", "starting",
         "ready" or "idle"; raises (once) when a step failed.  After an install the engine starts by itself."""
         state = self.setup.poll()
-        if state == "ready" and self.core.engine is not self.link.client:
+        if state == SetupState.READY and self.core.engine is not self.link.client:
             self.core.set_engine(self.link.client)
         return state
 
@@ -382,6 +421,8 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.acceptButton.connect("clicked()", self.onAccept)
         self.ui.undoButton.connect("clicked()", self.onUndo)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
+        for action, slot in self.reviewSlots().items():
+            getattr(self.ui, BUTTONS[action]).connect("clicked()", slot)
         self.ui.loadModelButton.connect("clicked()", lambda: self.ensureEngine(None))
         self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
         self.ui.startLogButton.connect("clicked()", self.onStartLog)
@@ -406,7 +447,7 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.shortcuts = makeShortcuts(mainWindowOrNone(), {
                 "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
                 "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
-                "undo": self.onUndo, "cancel": self.onCancel})
+                "undo": self.onUndo, "cancel": self.onCancel, **self.reviewSlots()})
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -678,15 +719,15 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(user_message(error), error=True, popup=True)
             self.updateButtons()
             return
-        if setup in ("installing", "starting"):
+        if setup in (SetupState.INSTALLING, SetupState.STARTING):
             self.ui.statusLabel.text = logic.setup.status
             self.ui.modelStatusLabel.text = logic.setup.status
             return
-        announcement = logic.setup.pop_announcement() if setup == "ready" else ""
+        announcement = logic.setup.pop_announcement() if setup == SetupState.READY else ""
         if announcement:  # also after an install that Start engine triggered (audit W4)
             self.ui.modelStatusLabel.text = announcement
             self.showMessage(announcement)
-        if setup == "ready" and self.afterEngine is not None:
+        if setup == SetupState.READY and self.afterEngine is not None:
             then, self.afterEngine = self.afterEngine, None
             then()
             return
@@ -704,7 +745,9 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = f"{progress.title}: {progress.message}"
             return
         self.pollTimer.stop()
-        if progress.state == ProgressState.DONE:
+        if progress.state == ProgressState.DONE and progress.operation is None:  # a review action writing nothing
+            self.showMessage(progress.message)
+        elif progress.state == ProgressState.DONE:
             segmentation = slicer.mrmlScene.GetNodeByID(progress.operation.snapshot.segmentation_node_id)
             if self.ui.segmentationSelector.currentNode() is None and segmentation is not None:
                 self.ui.segmentationSelector.setCurrentNode(segmentation)  # show where the result went
@@ -729,17 +772,26 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.startOperation(_("Segment slice"), start)
 
+    def reviewSlots(self) -> dict:
+        return reviewActions(self.logic, self.ui.volumeSelector.currentNode, self.startOperation, self.showMessage)
+
     def onPropagate(self) -> None:
         volume = self.ui.volumeSelector.currentNode()
         segmentation, segment = self.ui.segmentationSelector.currentNode(), self.selectedSegmentId()
         window, mode = self.ui.windowComboBox.currentText, self.ui.rangeComboBox.currentData
         options = dict(largest_component=self.ui.largestComponentCheckBox.checked,
                        fill_holes=self.ui.fillHolesCheckBox.checked)
+        review = self.logic.review
 
         def start():
             self.logic.checkArm("propagate")
             self.saveEditorUndoState()
-            self.logic.core.start_propagation(volume, None, segmentation, segment, window, mode, **options)
+            if self.ui.reviewCheckBox.checked and review.active:  # review: the newest key box corrects its stretch
+                review.corrective_box(volume, self.logic.core.boxes()[-1])
+            elif self.ui.reviewCheckBox.checked:  # review: a correctable object (its slices can be locked)
+                review.start(volume, None, segmentation, segment, window, mode)
+            else:
+                self.logic.core.start_propagation(volume, None, segmentation, segment, window, mode, **options)
 
         self.startOperation(_("Propagate 3D"), start)
 
@@ -752,12 +804,16 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(_("Cancelling after the current slice..."))
 
     def onUndo(self) -> None:
-        if not self.busy():
+        review = self.logic.review
+        if not self.busy() and review.active and review.state.history:  # the last review action, segment + engine
+            self.startOperation(_("Undo"), lambda: review.undo(self.ui.volumeSelector.currentNode()))
+        elif not self.busy():
             self.guarded(_("Undo"), lambda: self.showMessage(
                 _("Undone: {what}").format(what=self.logic.core.undo().description)))
 
     def onAccept(self) -> None:
         if not self.busy():
+            self.logic.review.state = None  # the object is done: nothing is under review any more
             self.guarded(_("Accept"), lambda: (self.logic.core.accept(self.ui.volumeSelector.currentNode()),
                                                self.showMessage(_("Accepted; the next box starts a new segment"))))
 
@@ -779,7 +835,10 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         try:
-            self.logic.core.collect_manual_edits()
+            edit = self.logic.core.collect_manual_edits()
+            if edit is not None and self.logic.review.active and not self.busy():  # under review: locked there
+                self.logic.review.note_manual_edit(self.ui.volumeSelector.currentNode(), edit.slices)
+                self.startOperation(_("Hand edit"), self.logic.review.start_queued)
         except Exception as error:  # the segment was deleted meanwhile: stop watching it
             logging.warning("MedSAM manual-edit check: %s", error)
             self.logic.core.stop_watching()
@@ -852,6 +911,10 @@ class MedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             text = _("{arm}: MedSAM is off; draw with Segment Editor (Draw, Paint, Erase, Scissors, Fill between "
                      "slices), then Next case").format(arm=study.arm)
+        if study is not None and study.case is not None:
+            rows = study.rows()
+            text = _("case {n} of {total} ({done} done) - {text}").format(
+                n=study.index + 1, total=len(rows), done=sum(r.status == "done" for r in rows), text=text)
         self.ui.studyCaseLabel.text = text
 
 
@@ -970,7 +1033,7 @@ class MedSAMSlicerTest(ScriptedLoadableModuleTest):
             logic.core.idle = slicer.app.processEvents  # the GUI stays alive while the self-test waits
             logic.engineChoice = ("cpu", "litemedsam")
             logic.setup.begin_start()
-            self.waitFor(lambda: logic.pollEngineSetup() == "ready", 180, "the engine to start")
+            self.waitFor(lambda: logic.pollEngineSetup() == SetupState.READY, 180, "the engine to start")
             self.waitFor(lambda: logic.link.client.health(timeout=5).get("ready"), 600, "the model to load")
             self.delayDisplay("Segmenting with MedSAM")
             report = run_self_test(logic.core, slicer.modules.volumes.logic(),

@@ -149,7 +149,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.shortcuts = MedSAMSlicer.makeShortcuts(MedSAMSlicer.mainWindowOrNone(), {
                 "drawBox": lambda: self.onDrawBox(True), "addKeyBox": lambda: self.onDrawBox(False),
                 "segmentSlice": self.onSegmentSlice, "propagate": self.onPropagate, "accept": self.onAccept,
-                "undo": self.onUndo, "cancel": self.onCancel})
+                "undo": self.onUndo, "cancel": self.onCancel,
+                **MedSAMSlicer.reviewActions(self.logic(), self.sourceVolume, self.startReview, self.showMessage)})
         if self.logic().link.client is None:
             self.showMessage(_("The engine is not running: open the MedSAM module and click 'Start engine' (Model "
                                "section), or set a remote server there"))
@@ -274,6 +275,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.start(_("Propagate 3D"), "propagate", lambda core, segmentation, segmentId, writer: core.start_propagation(
             volume, None, segmentation, segmentId, window, mode, writer=writer))
 
+    def startReview(self, title, begin):
+        """A review action on the object the MedSAM panel propagated for review (its writes are MedSAM's)."""
+        self.start(title, "propagate", lambda core, segmentation, segmentId, writer: begin())
+
     def onCancel(self):
         self.logic().core.cancel()
 
@@ -307,7 +312,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return  # a prefetch is still sending the volume
         self.pollTimer.stop()
         self.progressBar.hide()
-        if progress.state == ProgressState.DONE:
+        if progress.state == ProgressState.DONE and progress.operation is None:  # a review action writing nothing
+            self.showMessage(progress.message)
+        elif progress.state == ProgressState.DONE:
             self.showMessage(f"{progress.operation.description}: done in {progress.outcome.seconds:.1f} s")
         elif progress.state == ProgressState.CANCELLED:
             self.showMessage(progress.message)

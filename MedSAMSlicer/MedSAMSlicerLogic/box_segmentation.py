@@ -222,6 +222,26 @@ class BoxSegmentationLogic:
         self.prefetch_window = request.window  # the next boxes are prefetched for the window the user works with
         return pending
 
+    def start_request(self, title, volume_node, request, segmentation_node=None, segment_id=None) -> PendingOperation:
+        """Start an operation whose request starts and finishes its own engine job (``engine_jobs.OwnJob``: the
+        review actions of :mod:`.object_review`); polled like the others."""
+        return self._start(title, volume_node, request, segmentation_node, segment_id, None)
+
+    def write_slices(self, volume_node, request, mask: np.ndarray, slices, np_axis: int, description: str,
+                     details: dict, segmentation_node=None, segment_id: Optional[str] = None) -> Operation:
+        """Only ``slices`` of the target segment take ``mask``'s voxels (one undo step); the others keep theirs."""
+        self._check_unchanged(volume_node, request)
+        target = self.target(volume_node, request.grid, segmentation_node, segment_id)
+        current = np.zeros(request.grid.shape_kji, dtype=bool) if target.created_segment else \
+            read_segment(target.segmentation_node, target.segment_id, volume_node)
+        for index in slices:
+            axes.put_slice(current, np_axis, int(index), axes.take_slice(mask, np_axis, int(index)))
+        return self._write(target, current, volume_node, description, details)
+
+    def log_event(self, kind: str, **fields) -> None:
+        """A time-log event (when the log is on); a failed write is a warning, never a stop."""
+        self._log(kind, **fields)
+
     @property
     def busy(self) -> bool:
         return self.pending is not None

@@ -21,7 +21,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 from MedSAMSlicerLib.errors import Cancelled, EngineUnavailable, MedSAMError, ServiceError, first_line
 from MedSAMSlicerLib.protocol import Box, JobState, PropagationResult, PropagationSettings, SliceRequest, SliceResult
@@ -111,7 +111,21 @@ class PropagationInput:
         return self.grid_key, self.window, self.axis
 
 
-WorkInput = Union[SliceInput, PropagationInput]
+class OwnJob(Protocol):
+    """Work that starts and finishes its own engine job (the review actions of ``object_review``): stepped like
+    the others, its ``finish`` writes the result and says what the poll reports."""
+
+    grid: VolumeOnGrid
+
+    @property
+    def remote_key(self) -> RemoteKey: ...
+
+    def start_job(self, remote: Any, budget: float, request_id: str) -> Any: ...
+
+    def finish(self, pending: "PendingOperation", result: dict) -> "Progress": ...
+
+
+WorkInput = Union[SliceInput, PropagationInput, OwnJob]
 
 
 @dataclass
@@ -273,9 +287,11 @@ class EngineJobs:
         if pending.job is None:  # 2. the work starts as a job on the engine (the same request id if repeated)
             if isinstance(request, SliceInput):
                 pending.job = self._start_slice_job(pending, request, budget)
-            else:
+            elif isinstance(request, PropagationInput):
                 pending.job = pending.remote.propagate(request.key_boxes, request.settings, timeout=budget,
                                                        request_id=pending.request_id)
+            else:
+                pending.job = request.start_job(pending.remote, budget, pending.request_id)
             pending.message = "segmenting" if isinstance(request, SliceInput) else "propagating"
             return None
         status = pending.job.status
@@ -290,7 +306,9 @@ class EngineJobs:
         result = pending.job.result(timeout=budget)  # 4. the result, then the write (a timeout: retried, R10)
         if isinstance(request, SliceInput):
             return self._finish_slice(pending, request, result)
-        return self._finish_propagation(pending, result)
+        if isinstance(request, PropagationInput):
+            return self._finish_propagation(pending, result)
+        return request.finish(pending, result)
 
     def _start_slice_job(self, pending: PendingOperation, request: SliceInput, budget: float) -> Any:
         try:

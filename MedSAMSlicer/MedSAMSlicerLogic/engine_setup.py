@@ -11,9 +11,22 @@ small file read) and shows :attr:`EngineSetup.status`.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Callable, Optional
 
 from .dependencies import EngineInstall
+
+
+class SetupState(str, Enum):
+    """What :meth:`EngineSetup.poll` says (a ``str`` enum: equal to the plain strings)."""
+
+    INSTALLING = "installing"
+    STARTING = "starting"
+    READY = "ready"  # the engine answers
+    IDLE = "idle"  # nothing under way, no engine
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class EngineSetup:
@@ -41,7 +54,7 @@ class EngineSetup:
     def busy(self) -> bool:
         return self.install is not None or (self.link.process is not None and self.link.client is None)
 
-    def poll(self) -> str:
+    def poll(self) -> SetupState:
         """"installing", "starting", "ready" (the engine answers) or "idle" (nothing under way, no engine).
         Raises (once) when the install or the start failed; the sequence is then over."""
         if self.install is not None:
@@ -54,20 +67,20 @@ class EngineSetup:
                 raise
             if not finished:
                 self.status = f"Installing: {install.last_line()[:120]}"
-                return "installing"
+                return SetupState.INSTALLING
             self.install = None
             self.begin_start()  # whatever click asked for the install, the engine is what it was for
             self.status = "Packages installed; starting the engine..."
-            return "starting"
+            return SetupState.STARTING
         if self.link.process is not None and self.link.client is None:
             if not self.link.poll_start():
-                return "starting"
+                return SetupState.STARTING
         if self.link.client is None:
-            return "idle"
+            return SetupState.IDLE
         if not self._announced:
             self._announced = True
             self.status = self.announcement = "Engine started; loading the model"
-        return "ready"
+        return SetupState.READY
 
     def pop_announcement(self) -> str:
         """"Engine started..." once after each start (the front end shows it), then ""."""

@@ -7,7 +7,8 @@ This module is the MRML side, for every front end (the Slicer panel, the Segment
 
 - each engine action is an operation of :class:`~.box_segmentation.BoxSegmentationLogic`, started with its
   ``start_request`` and advanced by its ``poll()`` a short step at a time (no request waits longer than its
-  ``POLL_TIMEOUT`` of 50 ms; no thread): the requests below carry their own ``start_job`` and ``finish``;
+  ``POLL_TIMEOUT`` of 50 ms; no thread): the requests below carry their own ``start_job`` and ``finish``
+  (``engine_jobs.OwnJob``);
 - a correction writes only the slices the engine changed into the object's segment, as one undoable step of the
   logic's undo stack; :meth:`ObjectReview.undo` undoes the last review action in the segment and on the engine;
 - "accept this slice" and a hand edit (the manual tools; :meth:`ObjectReview.note_manual_edit` sends the edited
@@ -26,10 +27,9 @@ from typing import Any, Optional
 import numpy as np
 
 from MedSAMSlicerLib.errors import BoxError, MedSAMError
-from MedSAMSlicerLib.protocol import axes
-from MedSAMSlicerLib.protocol.boxes import Box
+from MedSAMSlicerLib.protocol import Box, PropagationResult, PropagationSettings, axes
 
-from .box_segmentation import Outcome, PendingOperation, Progress, PropagationResult
+from .engine_jobs import Outcome, PendingOperation, Progress, ProgressState
 from .roi_prompts import prompt_from_roi
 from .segments import read_segment, segment_exists
 from .volume_nodes import VolumeOnGrid
@@ -53,6 +53,7 @@ class ReviewState:
     slice_range: list = field(default_factory=lambda: [None, None])
     wrong: set = field(default_factory=set)  # slices the reader marked wrong, not corrected yet
     history: list = field(default_factory=list)  # review actions done, for undo: (action, wrote the segment)
+    known: Optional[np.ndarray] = None  # the segment as the review last left it: a slice that differs was edited
 
 
 @dataclass
@@ -64,26 +65,30 @@ class ObjectStart:
     grid_key: tuple
     prompts: list
     window: str
-    options: dict
+    settings: PropagationSettings
 
     @property
     def axis(self) -> str:
         return self.prompts[0].axis
 
+    @property
+    def remote_key(self) -> tuple:
+        return self.grid_key, self.window, self.axis
+
     def start_job(self, remote, budget: float, request_id: str):
         keys = {int(p.index): (float(p.box.x0), float(p.box.y0), float(p.box.x1), float(p.box.y1))
                 for p in self.prompts}
-        return remote.start_object(keys, {"slice_range": self.options.get("slice_range"),
-                                          "stop": bool(self.options.get("stop", True))},
-                                   timeout=budget, request_id=request_id)
+        low_high = self.settings.slice_range
+        return remote.start_object(keys, {"slice_range": list(low_high) if low_high is not None else None,
+                                          "stop": bool(self.settings.stop)}, timeout=budget, request_id=request_id)
 
-    def finish(self, logic, pending: PendingOperation, result: dict) -> Progress:
+    def finish(self, pending: PendingOperation, result: dict) -> Progress:
         np_axis = self.prompts[0].np_axis
         changed = [int(i) for i in result.get("changed", [])]
         self.review.state = ReviewState(str(result["object_id"]), pending.volume_node_id, self.grid_key,
                                         self.window, self.axis, np_axis)
         self.review.take(result)
-        return self.review.write(logic, pending, self, result, changed, "Propagate 3D (review)", "propagate")
+        return self.review.write(pending, self, result, changed, "Propagate 3D (review)", "propagate")
 
 
 @dataclass
@@ -101,14 +106,19 @@ class ObjectAction:
     mask: Optional[np.ndarray] = None  # "edit": the slice as the reader left it
     log_kind: str = ""
 
+    @property
+    def remote_key(self) -> tuple:
+        return self.grid_key, self.window, self.axis
+
     def start_job(self, remote, budget: float, request_id: str):
         box = None if self.box is None else (float(self.box.x0), float(self.box.y0), float(self.box.x1),
                                              float(self.box.y1))
         return remote.correct(self.review.state.object_id, self.action, self.index, box, timeout=budget,
                               request_id=request_id, mask=self.mask)
 
-    def finish(self, logic, pending: PendingOperation, result: dict) -> Progress:
+    def finish(self, pending: PendingOperation, result: dict) -> Progress:
         review = self.review
+        logic = review.logic
         review.take(result)
         fields: dict[str, Any] = {"slice": self.index} if self.index is not None else {}
         if self.action in ("box", "cut"):
@@ -117,15 +127,19 @@ class ObjectAction:
                 fields["box"] = str(self.box)
             title = f"Corrective box on slice {self.index}" if self.action == "box" else \
                 f"Object ends at slice {self.index}"
-            return review.write(logic, pending, self, result, [int(i) for i in result.get("changed", [])], title,
+            return review.write(pending, self, result, [int(i) for i in result.get("changed", [])], title,
                                 self.log_kind, **fields)
         if self.action == "undo":
-            return Progress("done", "Undo", 1, 1, "undone on the engine")
+            review.state.known = review.segment_now(logic.scene.GetNodeByID(pending.volume_node_id))
+            return Progress(ProgressState.DONE, "Undo", 1, 1, "undone on the engine")
         review.state.wrong.discard(self.index)
         review.state.history.append((self.action, False))
+        if self.action == "edit" and review.state.known is not None and self.mask is not None:
+            axes.put_slice(review.state.known, review.state.np_axis, int(self.index), self.mask)
         if self.log_kind:
             logic.log_event(self.log_kind, **fields)
-        return Progress("done", pending.title, 1, 1, f"slice {self.index} {self.action}ed; later corrections keep it")
+        return Progress(ProgressState.DONE, pending.title, 1, 1,
+                        f"slice {self.index} {self.action}ed; later corrections keep it")
 
 
 class ObjectReview:
@@ -174,7 +188,7 @@ class ObjectReview:
               range_mode: str = "auto", stop: bool = True) -> PendingOperation:
         """Propagate the current key boxes as a correctable object (replaces the object under review)."""
         request = self.logic.propagation_request(volume_node, roi_nodes, window, range_mode, stop=stop)
-        start = ObjectStart(self, request.grid, request.grid_key, request.prompts, request.window, request.options)
+        start = ObjectStart(self, request.grid, request.grid_key, request.prompts, request.window, request.settings)
         return self.logic.start_request("Propagate 3D", volume_node, start, segmentation_node, segment_id)
 
     def corrective_box(self, volume_node, roi_node) -> PendingOperation:
@@ -226,6 +240,23 @@ class ObjectReview:
         return None
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def segment_now(self, volume_node) -> Optional[np.ndarray]:
+        node = self.logic.scene.GetNodeByID(self.logic.current.segmentation_id) \
+            if self.logic.current.segmentation_id else None
+        segment_id = self.logic.current.segment_id
+        if volume_node is None or node is None or not segment_id or not segment_exists(node, segment_id):
+            return None
+        return read_segment(node, segment_id, volume_node)
+
+    def _edited_since(self, volume_node, slices) -> list:
+        """Of ``slices``, those whose voxels in the segment differ from what the review last wrote there."""
+        state = self._need_object()
+        now = self.segment_now(volume_node)
+        if state.known is None or now is None or now.shape != state.known.shape:
+            return []
+        return [int(s) for s in slices if not np.array_equal(axes.take_slice(now, state.np_axis, int(s)),
+                                                              axes.take_slice(state.known, state.np_axis, int(s)))]
+
     def _need_object(self) -> ReviewState:
         if self.state is None or not self.state.object_id:
             raise BoxError("no object under review: draw a box and propagate first")
@@ -254,25 +285,32 @@ class ObjectReview:
         return self._action(volume_node, "edit", index, mask=np.ascontiguousarray(plane, dtype=bool),
                      log_kind="slice_edited", title="Hand edit")
 
-    def write(self, logic, pending: PendingOperation, request, result: dict, changed: list, title: str,
+    def write(self, pending: PendingOperation, request, result: dict, changed: list, title: str,
               log_kind: str, **fields) -> Progress:
         """Write the slices the engine changed into the object's segment (one undo step) and log the action."""
-        state = self._need_object()
+        state, logic = self._need_object(), self.logic
         mask = np.asarray(result["mask"], dtype=bool)
+        volume = logic.scene.GetNodeByID(pending.volume_node_id)
+        edited = self._edited_since(volume, changed)
+        if edited:  # edited by hand since the review last wrote (the engine did not hear of it): kept, and sent
+            changed = [s for s in changed if s not in edited]
+            self.queue += [(pending.volume_node_id, s) for s in edited]
         seconds = float(result.get("seconds", time.monotonic() - pending.started))
         outcome = Outcome(seconds, int(result.get("encoder_calls", 0)),
-                          propagation=PropagationResult(mask, len(changed), dict(result.get("stopped") or {})))
+                          propagation=PropagationResult(mask, len(changed), dict(result.get("stopped") or {}),
+                                                        dict(result.get("scores") or {})))
         details = {"slices": len(changed), "changed": changed, "axis": state.axis, "np_axis": state.np_axis,
                    "decoder_calls": int(result.get("decoder_calls", 0)), "seconds": round(seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
-        operation = logic.write_slices(logic.scene.GetNodeByID(pending.volume_node_id), request, mask, changed,
-                                       state.np_axis, f"{title} ({len(changed)} slices)", details,
-                                       *_target(logic, pending))
+        operation = logic.write_slices(volume, request, mask, changed, state.np_axis,
+                                       f"{title} ({len(changed)} slices)", details, *_target(logic, pending))
+        state.known = self.segment_now(volume)
         state.history.append((request.action if isinstance(request, ObjectAction) else "start", True))
         if log_kind:
             logic.log_event(log_kind, slices=len(changed), seconds=round(seconds, 3),
                             encoder_calls=outcome.encoder_calls, decoder_calls=details["decoder_calls"], **fields)
-        return Progress("done", pending.title, len(changed), len(changed), operation.description, operation, outcome)
+        return Progress(ProgressState.DONE, pending.title, len(changed), len(changed), operation.description,
+                        operation, outcome)
 
 
 def view_slice_index(slice_node, volume_node, slice_count: int) -> int:

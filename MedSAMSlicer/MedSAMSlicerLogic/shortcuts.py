@@ -20,6 +20,11 @@ SHORTCUTS = {
     "accept": ("Ctrl+Alt+A", "accept the object (the next box starts a new segment)"),
     "undo": ("Ctrl+Alt+U", "undo the last MedSAM operation (in Segment Editor: Segment Editor's Undo)"),
     "cancel": ("Ctrl+Alt+X", "cancel the running operation"),
+    # Review of a propagated object (object_review.py): "this slice" is the one the red view shows.
+    "acceptSlice": ("Ctrl+Alt+O", "review: accept this slice (no later correction changes it)"),
+    "wrongSlice": ("Ctrl+Alt+W", "review: this slice is wrong (listed first for a box or a hand edit)"),
+    "endHere": ("Ctrl+Alt+E", "review: the object ends here (this slice and those beyond are cleared)"),
+    "nextDoubtful": ("Ctrl+Alt+N", "review: go to the next doubtful slice"),
 }
 
 # action -> the panel's button (MedSAMSlicer.ui).  The panel appends the key to the button's tooltip at set-up, so
@@ -32,6 +37,10 @@ BUTTONS = {
     "accept": "acceptButton",
     "undo": "undoButton",
     "cancel": "cancelButton",
+    "acceptSlice": "acceptSliceButton",
+    "wrongSlice": "wrongSliceButton",
+    "endHere": "endHereButton",
+    "nextDoubtful": "nextDoubtfulButton",
 }
 
 _MODIFIER_ORDER = ("Ctrl", "Alt", "Shift", "Meta")

@@ -79,7 +79,11 @@ class WebApp:
         self.controls = TypedState(self.state, ControlsState)
         self.panel = TypedState(self.state, PanelState)
         self._control_names = {f.name for f in dataclasses.fields(ControlsState)}
-        self.state_gate = StateGate(self.server, client_checks(self.controls), server_only=state_names(self.panel))
+        from .review_panel import ReviewPanelState
+
+        self.review_state = TypedState(self.state, ReviewPanelState)  # the review's lists: shown, server-only
+        self.state_gate = StateGate(self.server, client_checks(self.controls),
+                                    server_only=state_names(self.panel) | state_names(self.review_state))
         self.server.add_protocol_to_configure(lambda root: root.registerLinkProtocol(self.gate.link_protocol))
         self.ctrl.on_server_bind.add(self._on_bind)
         self.slicer_app = SlicerApp()
@@ -96,6 +100,12 @@ class WebApp:
         self.editor.set_undo_stack(UndoStack(undo_limit=20))  # the manual tools' own undo (Segment Editor's)
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
         self.logic.slice_writes = True  # a result writes its slice only; the undo digest after the frame (_drive)
+        from .review_panel import ReviewActions, ReviewHost
+
+        self.review = ReviewActions(self.logic, ReviewHost(
+            volume=lambda: self.volume, segmentation=lambda: self.segmentation, say=self._say, start=self._start,
+            show_slice=self.show_slice, slice_node=lambda tag: self._slice_view(tag).get_view_node()),
+            self.review_state.data)
         self.volume = None
         self.segmentation = None
         self.study = study  # MedSAMSlicerLib.study.arms.StudyMode (--study): the plan's rows are the worklist
@@ -257,7 +267,7 @@ class WebApp:
         self._check_arm("draw_box" if new_object else "key_box")
         self.editor.deactivate_effect()
         self.controls.data.tool = "none"
-        self._new_object = new_object
+        self._new_object = new_object and not self.review.taking_boxes  # review: a box on the object corrects it
         self._drag.arm()
         self.panel.data.drawing = True
         self._say("drag a box around the object in a slice view" if new_object
@@ -271,7 +281,10 @@ class WebApp:
                 roi, prompt, note = self.logic.draw_box(self.volume, slice_node, self._new_object,
                                                         corners_world=(corner0, corner1))
                 roi.GetDisplayNode().SetFillOpacity(0.0)  # outline only: the mask under it stays visible
-                self._say(f"{note}: {prompt.box}", action="box_drawn")
+                if self.review.taking_boxes:
+                    self.review.corrective_box(roi)
+                else:
+                    self._say(f"{note}: {prompt.box}", action="box_drawn")
             self._refresh()
 
     def segment_slice(self) -> None:
@@ -283,6 +296,10 @@ class WebApp:
     def propagate(self) -> None:
         self._need_volume()
         self._check_arm("propagate")
+        if self.review_state.data.review_mode:
+            self.review.propagate(self.controls.data.window, self.controls.data.range_mode,
+                                  bool(self.controls.data.stop_rule))
+            return
         self._start(lambda: self.logic.start_propagation(
             self.volume, None, self.segmentation, None, self.controls.data.window, self.controls.data.range_mode,
             stop=bool(self.controls.data.stop_rule), largest_component=bool(self.controls.data.largest_component),
@@ -302,6 +319,10 @@ class WebApp:
         self._say("cancelling...")
 
     def undo(self) -> None:
+        if self.review.handles_undo:
+            with self._reporting():
+                self.review.undo()
+            return
         with self._reporting():
             operation = self.logic.undo()
             self._say(f"undone: {operation.description}", action="undo")
@@ -312,6 +333,7 @@ class WebApp:
             if self.arm() == "manual":
                 raise ValueError("in the manual arm, Finish case accepts what you drew")
             segment_id = self.logic.accept(self.volume)
+            self.review.end()
             self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
         self._refresh()
 
@@ -492,10 +514,13 @@ class WebApp:
         self._ticks += 1
         if self.logic.preparing and not self.logic.busy:
             self.logic.poll()  # sends the volume / advances the prefetch started when the box was drawn
+        self.review.start_queued()  # a review action queued while another operation ran
         if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
             with self.state:
                 if not self.logic.busy:
-                    self.logic.collect_manual_edits()
+                    edit = self.logic.collect_manual_edits()
+                    if edit is not None:
+                        self.review.manual_edit(edit.slices)  # under review: sent to the engine, locked there
                     self._show_surface()  # after paint, erase or scissors
                 seconds = int(self.logic.time_log.active_seconds())
                 self.panel.data.active_time = f"{seconds // 60}:{seconds % 60:02d}"
@@ -547,12 +572,15 @@ class WebApp:
         self.panel.data.busy = False
         if progress.state == "done":
             self.editor.set_active_segment_id(self.logic.current.segment_id)
-            self._say(progress.operation.description, action=progress.title)
+            # a review action that writes nothing (accept a slice) has no operation, only its message
+            self._say(progress.operation.description if progress.operation else progress.message,
+                      action=progress.title)
         elif progress.state == "cancelled":
             self._say(progress.message, action="cancelled")
         else:
             self._say(progress.message, action="failed")
             self.panel.data.error = progress.message  # after _say, which clears the error line
+        self.review.refresh()
 
     def _hold_other_views(self) -> list:
         """While a step may write the result: every view but the one the box was drawn in stops rendering, so that
@@ -662,6 +690,7 @@ class WebApp:
 
     def _on_key(self, ctrl, alt, shift, code) -> None:
         from .keys import action_for
+        from .review_panel import REVIEW_KEYS
 
         if not all(isinstance(flag, bool) for flag in (ctrl, alt, shift)) or not isinstance(code, str) \
                 or len(code) > 32:
@@ -669,7 +698,8 @@ class WebApp:
         action = action_for(ctrl, alt, shift, code)
         handlers = {"drawBox": lambda: self.draw_box(True), "addKeyBox": lambda: self.draw_box(False),
                     "segmentSlice": self.segment_slice, "propagate": self.propagate, "accept": self.accept,
-                    "undo": self.undo, "cancel": self.cancel}
+                    "undo": self.undo, "cancel": self.cancel,
+                    **{action: getattr(self.review, method) for action, method in REVIEW_KEYS.items()}}
         if action in handlers:
             self._guard(handlers[action])()
 
@@ -678,6 +708,7 @@ class WebApp:
         self.ctrl.trigger("app_state")(self.app_state)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
+        self.ctrl.trigger("review_slice")(self.review.slice_answer)  # read-only: what the reader sees on a slice
         self.controls.bind_changes({self.controls.name.window: self._apply_display_window,
                                     self.controls.name.pacs_study: self._pacs_study_chosen})
 
@@ -710,7 +741,8 @@ class WebApp:
                     status=self.panel.data.status, error=self.panel.data.error, last_action=self.panel.data.last_action,
                     actions=self.actions, surface_points=self.surface_points(), warning=self.panel.data.warning,
                     shape=list(grid.shape_kji) if grid is not None else None,
-                    controls={f.name: getattr(self.controls.data, f.name) for f in dataclasses.fields(ControlsState)})
+                    controls={f.name: getattr(self.controls.data, f.name) for f in dataclasses.fields(ControlsState)},
+                    **self.review.app_state())
 
     def _slice_view(self, tag: str):
         return next(v for v in self.slicer_app.view_manager.get_slice_views() if v.get_singleton_tag() == tag)
@@ -757,6 +789,7 @@ class WebApp:
         from trame.widgets import vuetify3 as v3
 
         from .panel import MedSAMPanel
+        from .review_panel import ReviewPanel
 
         with SinglePageWithDrawerLayout(self.server, full_height=True) as ui:
             ui.title.set_text("MedSAMSlicer")
@@ -768,6 +801,8 @@ class WebApp:
             with ui.drawer as drawer:
                 drawer.width = 320
                 self.ui = MedSAMPanel(self.controls, self.panel)
+                self.review_ui = ReviewPanel(self.review_state, self.panel.name.busy,
+                                             v_show=(f"{self.panel.name.arm} !== 'manual'",))
             with ui.content:
                 with v3.VContainer(fluid=True, classes="fill-height pa-0"):
                     self.layout_manager.initialize_layout_grid(ui)
@@ -781,6 +816,11 @@ class WebApp:
             self.ui.report_clicked: self.export_report, self.ui.case_clicked: self.open_case,
             self.ui.next_case_clicked: self.next_case, self.ui.finish_case_clicked: self.finish_case,
             self.ui.pacs_open_clicked: lambda: self.pacs_open(),
+            self.review_ui.mode_clicked: self.review.toggle,
+            self.review_ui.accept_slice_clicked: self.review.accept_slice,
+            self.review_ui.wrong_slice_clicked: self.review.wrong_slice,
+            self.review_ui.end_here_clicked: self.review.end_here,
+            self.review_ui.next_doubtful_clicked: self.review.next_doubtful,
         }
         for signal, handler in handlers.items():
             signal.connect(self._guard(handler))

@@ -8,10 +8,15 @@ encoded again by the server (and the other way round)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
 from MedSAMSlicerLib.protocol import Box
+
+if TYPE_CHECKING:
+    from MedSAMSlicerLogic.engine_link import EngineLink
 
 # slicer-core is a test dependency, but a checkout without it still collects every other test: the modules that need
 # it are imported by the fixtures and helpers that use them (a test asking for one is skipped with this line).
@@ -96,3 +101,25 @@ def label_array(path) -> np.ndarray:
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+
+
+@pytest.fixture
+def lung(harness):
+    """The lung1 CT (shared scans) loaded in the harness's scene, and its tumour label as (k, j, i) bools."""
+    from conftest import shared_path
+
+    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
+    return volume, label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
+
+
+def user_segmentation(harness, volume, shape):
+    """A segmentation the user made: one segment ("Mine") that MedSAM must never change; (node, id, its mask)."""
+    import slicer
+
+    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[30:36, 330:390, 190:250] = 1
+    segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
+    return node, segment_id, mask > 0

@@ -11,29 +11,9 @@ from MedSAMSlicerLib.engine.boxes import Box
 from MedSAMSlicerLib.errors import BoxError, InputImageError, MedSAMError
 
 from conftest import shared_path
-from slicer_fixtures import label_array, roi_in_ras, tight_box
+from slicer_fixtures import roi_in_ras, tight_box, user_segmentation
 
 LUNG_KEY = 33
-
-
-@pytest.fixture
-def lung(harness):
-    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
-    label = label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
-    return volume, label
-
-
-def user_segmentation(harness, volume, shape):
-    """A segmentation the user made: one segment we must never change."""
-    import slicer
-
-    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    mask = np.zeros(shape, dtype=np.uint8)
-    mask[30:36, 330:390, 190:250] = 1
-    segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
-    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
-    return node, segment_id, mask > 0
 
 
 def assert_untouched(node, segment_id, mask, volume, segments=1):

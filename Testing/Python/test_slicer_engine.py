@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import shared_path
-from slicer_fixtures import label_array, roi_in_ras, start_engine, tight_box
+from slicer_fixtures import roi_in_ras, start_engine, tight_box, user_segmentation
 
 LUNG_KEY = 33
 
@@ -36,24 +35,6 @@ def logic(harness, engine):
     yield logic
     logic.reset()
     logic.detach()
-
-
-@pytest.fixture
-def lung(harness):
-    volume = harness.load_volume(shared_path("pyradiomics", "lung1_image.nrrd"))
-    return volume, label_array(shared_path("pyradiomics", "lung1_label.nrrd"))
-
-
-def user_segment(harness, volume, shape):
-    import slicer
-
-    node = harness.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    mask = np.zeros(shape, dtype=np.uint8)
-    mask[30:36, 330:390, 190:250] = 1
-    segment_id = node.GetSegmentation().AddEmptySegment("", "Mine")
-    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, volume)
-    return node, segment_id, mask > 0
 
 
 def read(node, segment_id, volume):
@@ -191,7 +172,7 @@ def test_a_drawn_box_has_its_slice_and_neighbours_encoded_before_segment_slice(h
 
 def test_cancel_mid_job_writes_nothing(harness, logic, lung):
     volume, label = lung
-    node, mine, mask = user_segment(harness, volume, label.shape)
+    node, mine, mask = user_segmentation(harness, volume, label.shape)
     start_long_propagation(logic, harness, lung, node, mine)
     logic.cancel()
     progress = logic.wait()
@@ -203,7 +184,7 @@ def test_cancel_mid_job_writes_nothing(harness, logic, lung):
 
 def test_server_killed_mid_job_leaves_the_segment_untouched(harness, logic, lung, engine):
     volume, label = lung
-    node, mine, mask = user_segment(harness, volume, label.shape)
+    node, mine, mask = user_segmentation(harness, volume, label.shape)
     start_long_propagation(logic, harness, lung, node, mine)
     engine.process.kill()  # the engine crashes (or the user kills it) while propagating
     engine.process.wait()
@@ -237,7 +218,7 @@ def test_scene_close_during_a_job_resets_everything(harness, logic, lung):
 
 def test_undo_after_a_remote_propagation_restores_the_segment(harness, logic, lung):
     volume, label = lung
-    node, mine, mask = user_segment(harness, volume, label.shape)
+    node, mine, mask = user_segmentation(harness, volume, label.shape)
     roi = roi_in_ras(harness.scene, volume, "k", 32, 34, tight_box(label[LUNG_KEY], 3))
     operation, outcome = logic.propagate(volume, [roi], node, mine, window="lung", range_mode="roi")
     assert outcome.propagation.segmented_slices == 3
