@@ -58,7 +58,7 @@ from .remote_volumes import RemoteVolumes
 from .roi_prompts import (BOX_ATTRIBUTE, SlicePrompt, place_roi_on_view, prompt_from_roi, prompts_from_rois,
                           propagation_range)
 from .segments import (add_segment, check_segmentation_grid, prepare_segmentation, read_segment, segment_exists,
-                       write_segment)
+                       write_segment, write_segment_slice)
 from .undo import EditedSince, NothingToUndo, Operation, SegmentSnapshot, UndoStack
 from .volume_nodes import VolumeOnGrid, grid_key, volume_from_node
 
@@ -91,12 +91,20 @@ class ObjectState:
     segment_id: str = ""
 
 
+# Operation.written_digest while a slice write's digest is not taken yet (settle), or could not be taken.
+DIGEST_PENDING, DIGEST_UNKNOWN = "pending", "unknown: the segment changed before its digest was taken"
+
+
 class BoxSegmentationLogic:
     """The MRML side of MedSAMSlicer: boxes, requests to the engine, writes, undo, the time log.
 
     ``engine``: anything with the :class:`MedSAMSlicerLib.client.EngineClient` interface (``health``, ``info``,
     ``open_volume``), usually an :class:`.engine_link.EngineLink`'s client; ``set_engine`` changes it later.
     """
+
+    # True: "Segment slice" writes its slice alone and the undo check's digest is taken later (``settle``); the
+    # browser app turns it on and settles after each result's frame.  False: the whole segment, digested at once.
+    slice_writes = False
 
     def __init__(self, scene=None, engine=None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
@@ -353,8 +361,11 @@ class BoxSegmentationLogic:
         if grid_key(volume_node) != request.grid_key:
             raise InputImageError(f"{volume_node.GetName()} changed while segmenting; nothing was written, run again")
 
-    def _write(self, target: Target, mask: np.ndarray, volume_node, description: str, details: dict,
+    def _write(self, target: Target, mask: Optional[np.ndarray], volume_node, description: str, details: dict,
                writer: Optional[Writer] = None) -> Operation:
+        """``mask`` None: ``writer`` writes a part of the segment (a slice); the undo check's digest of the whole
+        segment is taken later (``settle``)."""
+        self.settle()  # the previous step's digest, while its segment is still as it wrote it
         snapshot = SegmentSnapshot.take(target.segmentation_node, target.segment_id, target.created_segment)
         watcher = self._watch(target, volume_node, details.get("np_axis", 0))
         write = writer or (lambda t, m, v: write_segment(t.segmentation_node, t.segment_id, m, v))
@@ -373,13 +384,32 @@ class BoxSegmentationLogic:
             return operation  # Segment Editor's history has it; MedSAM's Undo must not half-undo it
         operation.details["volume_node_id"] = volume_node.GetID()
         operation.written_mtime = labelmap_mtime(target.segmentation_node, target.segment_id)
-        operation.written_digest = _mask_digest(mask)
+        operation.written_digest = _mask_digest(mask) if mask is not None else DIGEST_PENDING
         self.undo_stack.push(operation)
         return operation
+
+    def settle(self) -> None:
+        """Take what a slice write left for later: the digest of the segment as written, which Undo compares with
+        when the labelmap's MTime moved.  Taken only while the MTime still equals the written one; otherwise the
+        segment changed before it could be taken, and Undo refuses (the safe side).  One whole read of the
+        segment: the browser app calls this after the result's frame went out, not before it (issue 21)."""
+        operation = self.undo_stack.last
+        if operation is None or operation.written_digest != DIGEST_PENDING:
+            return
+        node = self.scene.GetNodeByID(operation.snapshot.segmentation_node_id)
+        volume = self.scene.GetNodeByID(operation.details.get("volume_node_id", ""))
+        segment_id = operation.snapshot.segment_id
+        if node is None or volume is None or not segment_exists(node, segment_id) or \
+                labelmap_mtime(node, segment_id) != operation.written_mtime:
+            operation.written_digest = DIGEST_UNKNOWN
+            return
+        operation.written_digest = _mask_digest(read_segment(node, segment_id, volume))
 
     def _check_not_edited_since(self, operation: Operation) -> None:
         """Refuse an Undo that would throw away an edit made after ``operation`` (paint, erase, Segment Editor's own
         undo): first the labelmap's MTime (free), then, when it moved, the voxels themselves."""
+        if operation is self.undo_stack.last:
+            self.settle()
         snapshot = operation.snapshot
         node = self.scene.GetNodeByID(snapshot.segmentation_node_id)
         if node is None or not segment_exists(node, snapshot.segment_id) or not operation.written_digest:
@@ -403,15 +433,22 @@ class BoxSegmentationLogic:
         target = self.target(volume_node, request.grid, segmentation_node, segment_id)
         result = outcome.slice_result
         np_axis = request.prompt.np_axis
-        if target.created_segment:
-            mask = np.zeros(request.grid.shape_kji, dtype=bool)
-        else:
-            mask = read_segment(target.segmentation_node, target.segment_id, volume_node)
-        axes.put_slice(mask, np_axis, result.index, result.mask)
         details = {"slice": result.index, "axis": request.prompt.axis, "np_axis": np_axis, "box": str(result.box),
                    "score": round(result.score, 3), "seconds": round(outcome.seconds, 3),
                    "encoder_calls": outcome.encoder_calls}
-        operation = self._write(target, mask, volume_node, f"Segment slice {result.index}", details, writer)
+        if self.slice_writes and writer is None:  # the slice alone; the undo digest later (settle)
+            def write_slice(t, _mask, v) -> None:
+                write_segment_slice(t.segmentation_node, t.segment_id, np_axis, result.index, result.mask, v)
+
+            operation = self._write(target, None, volume_node, f"Segment slice {result.index}", details,
+                                    write_slice)
+        else:
+            if target.created_segment:
+                mask = np.zeros(request.grid.shape_kji, dtype=bool)
+            else:
+                mask = read_segment(target.segmentation_node, target.segment_id, volume_node)
+            axes.put_slice(mask, np_axis, result.index, result.mask)
+            operation = self._write(target, mask, volume_node, f"Segment slice {result.index}", details, writer)
         self._log("segment_slice", slice=result.index, box=str(result.box), seconds=round(outcome.seconds, 3),
                   encoder_calls=outcome.encoder_calls)
         return operation

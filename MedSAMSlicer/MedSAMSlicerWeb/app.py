@@ -19,12 +19,16 @@ from typing import Optional
 
 import numpy as np
 
+from .display import show_scan, show_surfaces, surface_points
 from .security import PageGate, StateGate, save_target
 from .state import SAVE_FORMATS, VIEW_TAGS, WINDOWS, ControlsState, PanelState, client_checks, state_names
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1  # the shared logic's poll: at most one short engine request each time
+POLL_SECONDS = 0.1  # the idle poll: the prefetch started when a box is drawn, the clock (one short request at most)
+STEP_SECONDS = 0.02  # between two steps of a running operation when no job is out to wait on (the volume is sent)
+JOB_WAIT_SECONDS = 0.3  # one long poll of a running job in the worker thread (the server answers when it ends)
+FIRST_VIEW_SECONDS = 0.05  # after a result, the view it was asked in gets this head start over the other views
 CLOCK_SECONDS = 1.0  # the time log's running active time, manual-edit detection
 EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
 
@@ -95,6 +99,7 @@ class WebApp:
         self.editor = self.slicer_app.segmentation_editor
         self.editor.set_undo_stack(UndoStack(undo_limit=20))  # the manual tools' own undo (Segment Editor's)
         self.logic = BoxSegmentationLogic(self.slicer_app.scene, engine)
+        self.logic.slice_writes = True  # a result writes its slice only; the undo digest after the frame (_drive)
         from .review_panel import ReviewActions, ReviewHost
 
         self.review = ReviewActions(self.logic, ReviewHost(
@@ -141,14 +146,7 @@ class WebApp:
         self.volume = node
         self.dicom_volume = None
         self.edited = False
-        display = self.slicer_app.display_manager
-        if self.volume_rendering:  # slow on a CPU renderer (llvmpipe): off unless asked for
-            display.show_volume(node, vr_preset="CT-Chest-Contrast-Enhanced", do_reset_views=True)
-        else:
-            display.show_volume_in_slice_background(node)
-            for view in self.slicer_app.view_manager.get_slice_views():
-                view.set_visible_in_3d(True)  # slice planes in 3D, with the segment's surface
-            display.reset_views()
+        show_scan(self.slicer_app, node, self.volume_rendering)
         self.segmentation = self.editor.create_empty_segmentation_node()
         self.segmentation.SetName(f"{node.GetName()} MedSAM")
         self.editor.set_active_segmentation(self.segmentation, node)
@@ -282,6 +280,7 @@ class WebApp:
                   else "drag a key box on another slice of the same object")
 
     def _on_box(self, slice_node, corner0, corner1) -> None:
+        self._box_view_node = slice_node  # the view the reader works in: its frame comes first after a result
         with self.state:
             self.panel.data.drawing = False
             with self._reporting():  # a failure: one line to the user, nothing kept
@@ -319,6 +318,7 @@ class WebApp:
             pending = start()
             self._show(busy=True, progress_title=pending.title, progress_done=0, progress_total=0, error="")
             self._say(f"{pending.title}: sending to the engine")
+            self._driver = asyncio.ensure_future(self._drive())
 
     def cancel(self) -> None:
         self.logic.cancel()
@@ -507,27 +507,7 @@ class WebApp:
         self._ticks += 1
         if self.logic.preparing and not self.logic.busy:
             self.logic.poll()  # sends the volume / advances the prefetch started when the box was drawn
-        self.review.start_queued()
-        if self.logic.busy:
-            progress = self.logic.poll()
-            with self.state:
-                self._show(progress_done=progress.done, progress_total=progress.total)
-                if progress.message and not progress.finished:
-                    self._say(progress.message)
-                if progress.finished:
-                    self.panel.data.busy = False
-                    if progress.state == "done":
-                        self.editor.set_active_segment_id(self.logic.current.segment_id)
-                        # a review action that writes nothing (accept a slice) has no operation, only its message
-                        self._say(progress.operation.description if progress.operation else progress.message,
-                                  action=progress.title)
-                    elif progress.state == "cancelled":
-                        self._say(progress.message, action="cancelled")
-                    else:
-                        self._say(progress.message, action="failed")
-                        self.panel.data.error = progress.message  # after _say, which clears the error line
-                    self.review.refresh()
-                    self._refresh()
+        self.review.start_queued()  # a review action queued while another operation ran
         if self._ticks % round(CLOCK_SECONDS / POLL_SECONDS) == 0 and self.logic.time_log is not None:
             with self.state:
                 if not self.logic.busy:
@@ -538,6 +518,72 @@ class WebApp:
                 seconds = int(self.logic.time_log.active_seconds())
                 self.panel.data.active_time = f"{seconds // 60}:{seconds % 60:02d}"
 
+    # -- a running operation: pushed to the page the moment the engine answers ------------------------------------
+    async def _drive(self) -> None:
+        """Carry the pending operation to its end (issue 21, click-to-mask).  Each step of the shared logic runs
+        here on the event loop (steps write MRML, which only this thread may touch; each is short,
+        ``POLL_TIMEOUT``).  While the engine works on the job, a worker thread waits on the job's long poll, so the
+        loop stays free for frames and clicks and the next step runs the moment the engine answers, not at the
+        next tick of a timer.  A thread, not an asyncio HTTP call: the engine client (requests) is the one place
+        that knows the wire; the thread only waits (no MRML, no trame state), and the loop sends no engine request
+        of its own while an operation runs (the idle poll and Save wait for it)."""
+        try:
+            answered = True  # the engine said the job ended (the first step: a cached slice may end in one step)
+            while self.logic.busy:
+                held = self._hold_other_views() if answered else []
+                try:
+                    with self.state:
+                        progress = self.logic.poll()
+                        self._show_progress(progress)
+                    if progress.finished:
+                        await asyncio.sleep(FIRST_VIEW_SECONDS)  # the reader's view renders and goes out first
+                        with self.state:
+                            self._refresh()  # the surface in 3D, the counts: after that frame
+                finally:
+                    for view, was_held in held:  # unblocking schedules their render
+                        view.set_render_blocked(was_held)
+                if progress.finished:
+                    self.logic.settle()  # the undo check's digest of what was written, after the frames too
+                    return
+                job = getattr(self.logic.pending, "job", None)
+                if job is not None and not job.status.finished and not self.logic.pending.cancel_requested:
+                    answered = await asyncio.to_thread(_wait_for_job, job)
+                else:
+                    answered = job is not None
+                    await asyncio.sleep(STEP_SECONDS)
+        except Exception:  # the page must not hang on "busy": the logic reports its own failures in progress
+            log.exception("the operation's driver failed")
+            with self.state:
+                self.panel.data.busy = self.logic.busy
+
+    def _show_progress(self, progress) -> None:
+        self._show(progress_done=progress.done, progress_total=progress.total)
+        if progress.message and not progress.finished:
+            self._say(progress.message)
+        if not progress.finished:
+            return
+        self.panel.data.busy = False
+        if progress.state == "done":
+            self.editor.set_active_segment_id(self.logic.current.segment_id)
+            # a review action that writes nothing (accept a slice) has no operation, only its message
+            self._say(progress.operation.description if progress.operation else progress.message,
+                      action=progress.title)
+        elif progress.state == "cancelled":
+            self._say(progress.message, action="cancelled")
+        else:
+            self._say(progress.message, action="failed")
+            self.panel.data.error = progress.message  # after _say, which clears the error line
+        self.review.refresh()
+
+    def _hold_other_views(self) -> list:
+        """While a step may write the result: every view but the one the box was drawn in stops rendering, so that
+        the reader's view renders first (the views render one after the other on this loop); the caller lets them
+        go after the result's frame and the surface.  Returns (view, was it held before) pairs."""
+        views = [view for view in [*self.slicer_app.view_manager.get_slice_views(),
+                                   *self.slicer_app.view_manager.get_threed_views()]
+                 if view.get_view_node() is not getattr(self, "_box_view_node", None)]
+        return [(view, view.set_render_blocked(True)) for view in views]
+
     # -- state shown in the page ------------------------------------------------------------------------------------
     def _refresh(self) -> None:
         self._show_surface()
@@ -546,22 +592,11 @@ class WebApp:
         self.panel.data.voxels = self._voxel_count()
 
     def _show_surface(self) -> None:
-        """The segments as surfaces in the 3D view.  Writing a segment's voxels (``slicer.util``'s labelmap update)
-        drops the closed-surface representation, and Segment Editor's "show 3D" only creates it for segments that
-        exist when it is switched on, so it is made again here after every change."""
-        if self.segmentation is None or not self._segment_ids():
-            return
-        if not self.segmentation.GetSegmentation().ContainsRepresentation(_surface_name()):
-            self.segmentation.CreateClosedSurfaceRepresentation()
-            for view in self.slicer_app.view_manager.get_threed_views():
-                view.schedule_render()  # the new surface actor: the 3D view's next frame
+        if self.segmentation is not None:
+            show_surfaces(self.segmentation, self.slicer_app.view_manager.get_threed_views())
 
     def surface_points(self) -> int:
-        total = 0
-        for sid in self._segment_ids():
-            surface = self.segmentation.GetSegmentation().GetSegment(sid).GetRepresentation(_surface_name())
-            total += surface.GetNumberOfPoints() if surface is not None else 0
-        return total
+        return surface_points(self.segmentation) if self.segmentation is not None else 0
 
     def _voxel_count(self) -> int:
         """Voxels in all segments, counted on the stored layers (copying each segment onto the scan's grid, as
@@ -808,10 +843,17 @@ class WebApp:
             sys.argv = argv
 
 
-def _surface_name() -> str:
-    import slicer
+def _wait_for_job(job) -> bool:
+    """In a worker thread: return when the engine's job ends or reports progress (or after ``JOB_WAIT_SECONDS``);
+    True when it ended.  A second handle on the same job, so that the logic's own handle is only touched on the
+    event loop."""
+    from MedSAMSlicerLib.client import RemoteJob
 
-    return slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    try:
+        return RemoteJob(None, job.job_id, client=job.client).poll(timeout=JOB_WAIT_SECONDS).finished
+    except Exception:  # the logic's next step meets the same failure and reports it
+        log.debug("waiting on the job failed", exc_info=True)
+        return True
 
 
 def _lps_reference(grid):

@@ -33,7 +33,7 @@ from scipy import integrate, ndimage
 
 from ..engine import axes
 from ..engine.boxes import Box, box_from_mask
-from ..engine.corrections import CorrectableObject
+from ..engine.corrections import RULE, CorrectableObject
 from ..engine.propagation import PropagationOptions
 from ..engine.session import VolumeSession
 from ..errors import OptionError
@@ -173,7 +173,7 @@ class InteractiveResult:
 
 def evaluate_interactive(session: VolumeSession, target: Target, steps: int = 5, correction: str = "box",
                          range_mode: str = "label", baseline: str | None = None, jitter_seed: int | None = None,
-                         tolerance_mm: float = 2.0) -> InteractiveResult:
+                         tolerance_mm: float = 2.0, rule: str = RULE) -> InteractiveResult:
     """Run the protocol on one target; ``steps`` corrections after the initial box."""
     if correction not in ("box", "click"):
         raise OptionError(f"--correction {correction!r}: use box or click")
@@ -187,7 +187,7 @@ def evaluate_interactive(session: VolumeSession, target: Target, steps: int = 5,
     rng = np.random.default_rng(jitter_seed) if jitter_seed is not None else None
     first = challenge_box(axes.take_slice(target.mask, np_axis, middle), rng)
     options = PropagationOptions(slice_range=(int(present[0]), int(present[-1])) if range_mode == "label" else None)
-    obj = BoxBaseline(session, options) if baseline else CorrectableObject(session, options)
+    obj = BoxBaseline(session, options) if baseline else CorrectableObject(session, options, rule)
     result = InteractiveResult(target.name, correction, range_mode, baseline, jitter_seed)
     segmenter = session.segmenter
     counters = (segmenter.encoder.calls, segmenter.encoder.seconds, segmenter.decoder.calls, segmenter.decoder.seconds)
