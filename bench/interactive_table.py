@@ -42,7 +42,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--seeds", type=int, nargs="*", default=[])
     parser.add_argument("--json", default=None)
+    parser.add_argument("--from-json", default=None, help="print the tables of a saved --json run (no model run)")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as saved:
+            tables(json.load(saved))
+        return
     segmenter, cache = engine(args.cache_dir)
     results: dict[str, list[dict]] = {}
     started = time.perf_counter()
@@ -57,6 +62,16 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=1)
+    tables(results)
+
+
+def largest_drop(row: dict) -> float:
+    dscs = [s["dsc"] for s in row["steps"]]
+    return max(0.0, max(a - b for a, b in zip(dscs[:-1], dscs[1:])))
+
+
+def tables(results: dict[str, list[dict]]) -> None:
+    seeds = sorted({name.split("-seed")[1] for name in results if "-seed" in name}, key=int)
     for name in ("label", "stop"):
         print(f"\n### range {name}, tight boxes\n")
         print("| case | step 0 | 1 | 2 | 3 | 4 | 5 | final NSD | DSC AUC | no-model boxes final | dec/corr |")
@@ -67,6 +82,19 @@ def main() -> None:
             print(f"| {row['case']} | " + " | ".join(f"{s['dsc']:.3f}" for s in steps) +
                   f" | {row['final_nsd']:.3f} | {row['dsc_auc']:.3f} | {base['final_dsc']:.3f} | "
                   f"{np.mean(corr) if corr else 0:.1f} |")
+        if seeds:
+            print(f"\n### range {name}: final DSC, tight first box and jittered (seeds {', '.join(seeds)})\n")
+            runs = ["", *(f"-seed{v}" for v in seeds)]
+            print("| case | " + " | ".join(f"model {r[1:] or 'tight'}" for r in runs) + " | " +
+                  " | ".join(f"no-model {r[1:] or 'tight'}" for r in runs) + " | largest drop (model) | below step 0 |")
+            print("|---|" + "---:|" * (2 * len(runs) + 2))
+            for n, row in enumerate(results[name]):
+                model = [results[name + r][n] for r in runs]
+                base = [results[f"{name}-baseline{r}"][n] for r in runs]
+                below = sum(m["steps"][-1]["dsc"] < m["steps"][0]["dsc"] - 1e-9 for m in model)
+                print(f"| {row['case']} | " + " | ".join(f"{m['final_dsc']:.3f}" for m in model) + " | " +
+                      " | ".join(f"{b['final_dsc']:.3f}" for b in base) +
+                      f" | {max(largest_drop(m) for m in model):.3f} | {below} of {len(model)} |")
     print()
     for name, rows in results.items():
         print(f"{name:22s} {summary(rows)}")

@@ -43,6 +43,8 @@ def main() -> int:
     parser.add_argument("--label", default=str(DATA / "lung2_label.nrrd"))
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--before", default=BEFORE, help="git revision of the app to compare with ('' = none)")
+    parser.add_argument("--now-first", action="store_true", help="measure this app first (the machine's load may "
+                        "drift during a run: alternate the order between runs)")
     args = parser.parse_args()
     why = missing_browser_parts()
     if why:
@@ -58,6 +60,8 @@ def main() -> int:
     apps = {"now": None}
     if args.before:
         apps = {f"before ({args.before})": _export(args.before, folder / "before"), "now": None}
+        if args.now_first:
+            apps = dict(reversed(list(apps.items())))
     results = {}
     for name, source in apps.items():
         results[name] = _measure(folder / name.split()[0], args, box, k, source)
@@ -68,7 +72,8 @@ def main() -> int:
         for title, times in rounds.items():
             print(f"{name:<22} {title:<34} {_p(times, 50):6.0f} {_p(times, 95):6.0f} {max(times):6.0f}")
     if len(results) == 2:
-        before, now = results.values()
+        now = results["now"]
+        before = next(times for name, times in results.items() if name != "now")
         for title in now:
             print(f"now/before, {title}: p50 x{_p(now[title], 50) / _p(before[title], 50):.2f}, "
                   f"p95 x{_p(now[title], 95) / _p(before[title], 95):.2f}")

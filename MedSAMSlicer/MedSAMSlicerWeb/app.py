@@ -21,7 +21,7 @@ import numpy as np
 
 from .display import show_scan, show_surfaces, surface_points
 from .security import PageGate, StateGate, save_target
-from .state import SAVE_FORMATS, VIEW_TAGS, WINDOWS, ControlsState, PanelState, client_checks, state_names
+from .state import SAVE_FORMATS, VIEW_TAGS, ControlsState, PanelState, client_checks, state_names
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +256,9 @@ class WebApp:
         self.open_case(following)
 
     def _apply_display_window(self, window: str) -> None:
-        if self.volume is None or self.volume.GetDisplayNode() is None:
-            return
-        display = self.volume.GetDisplayNode()
-        preset = WINDOWS.get(window)
-        if preset is None:
-            display.AutoWindowLevelOn()
-        else:
-            display.AutoWindowLevelOff()
-            display.SetWindowLevel(*preset)
+        from MedSAMSlicerLogic.volume_nodes import show_window
+
+        show_window(self.volume, window)  # the Slicer panel's own: the display W/L of the engine's window
 
     # -- actions (buttons, keys and triggers) ----------------------------------------------------------------------
     def draw_box(self, new_object: bool = True) -> None:
@@ -371,6 +365,19 @@ class WebApp:
         self.editor.set_active_effect_type(effects[tool])
         self.controls.data.tool = tool
         self._say(f"{tool}: draw in a slice view")
+
+    def fill_between(self) -> None:
+        """Segment Editor's "Fill between slices" on the current object's segment (in both arms of a study: it is
+        a reader's tool): the empty slices between drawn slices, by morphological contour interpolation
+        (``MedSAMSlicerLogic.fill_between``); one undo step."""
+        self._need_volume()
+        self.editor.deactivate_effect()
+        self.controls.data.tool = "none"
+        with self._reporting():
+            operation = self.logic.fill_between_slices(self.volume, self.segmentation)
+            self.edited = True
+            self._say(operation.description, action="fill_between")
+        self._refresh()
 
     def _owner_logged_in(self, reader: str) -> None:
         with self.state:
@@ -733,7 +740,9 @@ class WebApp:
                     log_path=str(self.logic.time_log.path) if self.logic.time_log else self.panel.data.log_path,
                     status=self.panel.data.status, error=self.panel.data.error, last_action=self.panel.data.last_action,
                     actions=self.actions, surface_points=self.surface_points(), warning=self.panel.data.warning,
-                    shape=list(grid.shape_kji) if grid is not None else None, **self.review.app_state())
+                    shape=list(grid.shape_kji) if grid is not None else None,
+                    controls={f.name: getattr(self.controls.data, f.name) for f in dataclasses.fields(ControlsState)},
+                    **self.review.app_state())
 
     def _slice_view(self, tag: str):
         return next(v for v in self.slicer_app.view_manager.get_slice_views() if v.get_singleton_tag() == tag)
@@ -802,6 +811,7 @@ class WebApp:
             self.ui.segment_slice_clicked: self.segment_slice, self.ui.propagate_clicked: self.propagate,
             self.ui.cancel_clicked: self.cancel, self.ui.undo_clicked: self.undo, self.ui.accept_clicked: self.accept,
             self.ui.next_object_clicked: self.next_object, self.ui.tool_changed: self.set_tool,
+            self.ui.fill_between_clicked: self.fill_between,
             self.ui.save_clicked: self.save, self.ui.log_clicked: self.toggle_time_log,
             self.ui.report_clicked: self.export_report, self.ui.case_clicked: self.open_case,
             self.ui.next_case_clicked: self.next_case, self.ui.finish_case_clicked: self.finish_case,

@@ -10,9 +10,10 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 from undo_stack import Signal
 
+from MedSAMSlicerLogic.choices import RANGE_MODES
 from MedSAMSlicerLogic.shortcuts import SHORTCUTS
 
-from .state import RANGE_MODES, SAVE_FORMATS, TOOLS
+from .state import SAVE_FORMATS, TOOLS
 
 
 class MedSAMPanel(v3.VContainer):
@@ -27,6 +28,7 @@ class MedSAMPanel(v3.VContainer):
     accept_clicked = Signal()
     next_object_clicked = Signal()
     tool_changed = Signal(object)  # the tool the page chose (untrusted: the handler checks it)
+    fill_between_clicked = Signal()  # Segment Editor's "Fill between slices" on the current segment
     save_clicked = Signal()
     log_clicked = Signal()
     report_clicked = Signal()
@@ -60,6 +62,8 @@ class MedSAMPanel(v3.VContainer):
                                update_modelValue=(self.tool_changed, "[$event]")):
                 for tool in TOOLS:
                     v3.VBtn(tool, value=tool, id=f"tool-{tool}", size="small")
+            self._button("Fill between slices", "btn-fill-between", self.fill_between_clicked, disabled=p.busy,
+                         classes="mt-1")
             self._save(c, p)
             self._time_log(p)
             html.Div(f"{{{{ {p.status} }}}}", id="status", classes="mt-2", style="white-space: pre-wrap")
@@ -103,7 +107,7 @@ class MedSAMPanel(v3.VContainer):
                        ("Segment slice", "btn-slice", self.segment_slice_clicked, p.busy, "segmentSlice"),
                        ("Propagate", "btn-propagate", self.propagate_clicked, p.busy, "propagate")])
         v3.VSelect(label="Range", v_model=(c.range_mode,), id="range-mode", density="compact",
-                   items=(str([dict(title=t, value=v) for v, t in RANGE_MODES.items()]),), hide_details=True,
+                   items=(str([dict(title=r.short, value=r.mode) for r in RANGE_MODES]),), hide_details=True,
                    classes="mt-2")
         for label, name, element_id in (("Stop rule", c.stop_rule, "stop-rule"),
                                         ("Largest component", c.largest_component, "largest-component"),

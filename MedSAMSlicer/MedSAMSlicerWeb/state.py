@@ -11,19 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
+from MedSAMSlicerLogic.choices import (DEFAULT_RANGE_MODE, DEFAULT_WINDOW, RANGE_MODE_NAMES, VIEWS,
+                                       WINDOW_NAMES)
+
 from .security import boolean, dicom_uid, one_of, text
 
 CHECK = "check"  # a ControlsState field's metadata key: the check of the value a page sends
 
-# engine window -> display (window, level); "auto": the engine decides, the display uses its auto W/L
-WINDOWS: dict[str, Optional[tuple[float, float]]] = {
-    "auto": None, "lung": (1500.0, -160.0), "soft_tissue": (400.0, 40.0), "bone": (1800.0, 400.0),
-    "brain": (80.0, 40.0), "mr": None,
-}
-RANGE_MODES = {"auto": "box thickness, else stop rule", "roi": "what the boxes cover", "stop": "whole volume"}
+# The windows, range modes and views are the shared choices table's (MedSAMSlicerLogic.choices), as the Slicer
+# panel's and the effect's: a window added to the engine appears here with the same name and display W/L.
 SAVE_FORMATS = (".seg.nrrd", ".nii.gz")
 TOOLS = ("none", "paint", "erase", "draw", "scissors")
-VIEW_TAGS = ("Red", "Yellow", "Green")
+VIEW_TAGS = VIEWS
 
 
 def _checked(default: Any, check: Callable) -> Any:
@@ -34,8 +33,8 @@ def _checked(default: Any, check: Callable) -> Any:
 class ControlsState:
     """What the page sets: the reader's choices.  Every field is checked server-side before use."""
 
-    window: str = _checked("auto", one_of(*WINDOWS))
-    range_mode: str = _checked("auto", one_of(*RANGE_MODES))
+    window: str = _checked(DEFAULT_WINDOW, one_of(*WINDOW_NAMES))
+    range_mode: str = _checked(DEFAULT_RANGE_MODE, one_of(*RANGE_MODE_NAMES))
     stop_rule: bool = _checked(True, boolean)
     largest_component: bool = _checked(False, boolean)
     fill_holes: bool = _checked(False, boolean)
@@ -58,7 +57,7 @@ class PanelState:
     progress_title: str = ""
     progress_done: int = 0
     progress_total: int = 0
-    windows: list = field(default_factory=lambda: list(WINDOWS))
+    windows: list = field(default_factory=lambda: list(WINDOW_NAMES))
     drawing: bool = False
     boxes: int = 0
     can_undo: bool = False

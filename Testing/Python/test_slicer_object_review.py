@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from slicer_fixtures import engine, harness, label_array, logic, roi_in_ras, tight_box  # noqa: F401 - fixtures
+from slicer_fixtures import label_array, roi_in_ras, tight_box  # harness, engine, logic: conftest's plugin
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from slicer_fixtures import harness, roi_in_ras  # harness: the fixture
+from slicer_fixtures import roi_in_ras
 
 
 def _results(shape, np_axis: int) -> list[tuple[int, np.ndarray]]:

@@ -184,6 +184,31 @@ def test_cancel_long_propagation_writes_nothing(app, case):
     assert kinds.count("propagate") == 2, kinds  # the two of the first test; none from the cancelled one
 
 
+def test_fill_between_slices(app, case):
+    """The reader's "Fill between slices" (Segment Editor's tool, MedSAMSlicerLogic.fill_between): the object
+    segmented on two slices three apart (the box left by the test above, then a key box), the button fills the two
+    slices between them; one Undo takes the fill back."""
+    page, _ = app
+    _, _, label = case
+    k, _ = _key_box(label)
+    other = next(s for s in (k + 3, k - 3) if label[s].any())
+    state = _run(page, "#btn-slice")  # the box of the next object, on slice k
+    assert state["last_action"] == "Segment slice", state
+    j, i = np.nonzero(label[other])
+    i0, j0, i1, j1 = int(i.min()) - MARGIN, int(j.min()) - MARGIN, int(i.max()) + MARGIN, int(j.max()) + MARGIN
+    page.ask("show_slice", "Red", [(i0 + i1) / 2, (j0 + j1) / 2, other])
+    page.click("#btn-key-box")
+    page.drag(page.view_point("Red", (i0, j0, other)), page.view_point("Red", (i1, j1, other)))
+    page.wait_state(lambda s: len(s["boxes"]) == 2, "the key box")
+    state = _run(page, "#btn-slice")  # the key box's slice, into the same object's segment
+    two_slices = state["segments"][state["current_segment"]]
+    state = _run(page, "#btn-fill-between")
+    assert state["last_action"] == "fill_between", state
+    assert state["segments"][state["current_segment"]] > two_slices  # the slices between them are filled
+    state = _run(page, "#btn-undo")
+    assert state["last_action"] == "undo" and state["segments"][state["current_segment"]] == two_slices, state
+
+
 # -- security of the page: login off loopback, websocket gate, saves, hostile state --------------------------------
 TOKENS = {"r01": "r01-token-" + "k" * 24, "r02": "r02-token-" + "q" * 24}
 
@@ -352,7 +377,8 @@ def test_save_only_a_file_name_in_the_output_folder(reader_page):
         page.page.fill("#save-name", name)  # Vuetify puts the id on the <input>
         if overwrite:
             page.page.click("#save-overwrite")
-        page.page.wait_for_timeout(300)  # the field's value reaches the server before the click
+        page.wait_state(lambda s: s["controls"]["save_name"] == name and s["controls"]["save_overwrite"] == overwrite,
+                        "the file name and the overwrite box on the server")  # before the click, not a guessed wait
         return _run(page, "#btn-save")
 
     for name in (str(victim), "../outside/victim.nii.gz", "..", "sub/x.nii.gz", "x.txt", "existing.nii.gz",
@@ -418,6 +444,7 @@ def test_two_readers_two_cases_at_once(secure_app, reader_page, engine, case, tm
         page_a.watch_views()
         page_a.page.click("#window", force=True)  # an MR case: the MR window (the tests above left "lung")
         page_a.page.get_by_role("option", name="mr", exact=True).click()
+        page_a.wait_state(lambda s: s["controls"]["window"] == "mr", "the MR window on r01's server")
         _draw_key_box(page_a, breast_label)
         _draw_key_box(page_b, case[2])
         before = (page_a.state()["actions"], page_b.state()["actions"])
