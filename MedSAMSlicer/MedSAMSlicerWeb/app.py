@@ -107,6 +107,7 @@ class WebApp:
             show_slice=self.show_slice, slice_node=lambda tag: self._slice_view(tag).get_view_node()),
             self.review_state.data)
         self.volume = None
+        self.loaded_path = ""
         self.segmentation = None
         self.study = study  # MedSAMSlicerLib.study.arms.StudyMode (--study): the plan's rows are the worklist
         self._study_mode = None  # its MedSAMSlicerLogic.study_mode.StudySession (the logic the Slicer panel shares)
@@ -144,6 +145,7 @@ class WebApp:
                 if old is not None:
                     self.slicer_app.scene.RemoveNode(old)
         self.volume = node
+        self.loaded_path = str(path)  # its file's header is the one a saved label gets (``save``)
         self.dicom_volume = None
         self.edited = False
         show_scan(self.slicer_app, node, self.volume_rendering)
@@ -391,7 +393,7 @@ class WebApp:
         """The segmentation as a label file (every segment, 1..n), through the checked atomic writers, into the
         output folder under the file name the reader typed (``security.save_target``).  An empty segmentation is
         not written on the first press: the reader is warned and a second press (nothing changed) writes it."""
-        from MedSAMSlicerLib.volumeio.files import write_label
+        from MedSAMSlicerLib.volumeio.files import on_file_grid, write_label
         from MedSAMSlicerLogic.segments import read_segment
 
         self._need_volume()
@@ -417,7 +419,9 @@ class WebApp:
             return None
         self._empty_warned = None
         self._show(warning="", save_overwrite=False)  # one confirmation, one save
-        written = write_label(path, label, _lps_reference(grid), provenance=self._provenance())
+        # on the input file's own header (Slicer may hold a file's grid with an axis the other way round)
+        label, reference = on_file_grid(label, _lps_reference(grid), self.loaded_path)
+        written = write_label(path, label, reference, provenance=self._provenance())
         self._saved_cases.add(self.case_index)
         self._show_cases()
         self._say(f"saved {written.name} in the output folder", action="saved")

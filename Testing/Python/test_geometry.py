@@ -119,3 +119,55 @@ def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path, lung_crop):
     assert not target.exists() and list(tmp_path.iterdir()) == []
     write_label(target, np.zeros(volume.array.shape, dtype=bool), volume)
     assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def _index_flipped(volume, axis_c: int):
+    """The same voxel centres with index axis ``axis_c`` (0 i, 1 j, 2 k) stored the other way round: what 3D Slicer
+    holds for some files (brain2 in the web app), a different header for the same physical grid."""
+    matrix = volume.ijk_to_lps()
+    far = np.zeros(4)
+    far[3] = 1.0
+    far[axis_c] = volume.array.shape[2 - axis_c] - 1
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3).copy()
+    direction[:, axis_c] *= -1
+    from dataclasses import replace
+
+    return replace(volume, array=np.flip(volume.array, axis=2 - axis_c).copy(), origin=tuple((matrix @ far)[:3]),
+                   direction=tuple(direction.ravel()), path="")
+
+
+def test_a_label_saved_from_a_flipped_grid_gets_the_image_files_own_header(tmp_path):
+    """The web app's Save: Slicer's grid of brain2 is its file's with k reversed; the label written goes back onto
+    the file's own header (same direction and origin as the image), with every voxel at the same physical place."""
+    from MedSAMSlicerLib.volumeio.files import on_file_grid, read_label
+
+    image_path = shared_path("pyradiomics", "brain2_image.nrrd")
+    image = read_volume(image_path)
+    label = read_label(shared_path("pyradiomics", "brain2_label.nrrd"), image).astype(np.uint8)
+    assert label.any()
+    slicer_grid = _index_flipped(image.with_array(label), 2)
+    assert not slicer_grid.same_grid(image)  # the two headers differ ...
+
+    mask, reference = on_file_grid(slicer_grid.array, slicer_grid, image_path)
+    assert reference.same_grid(image) and reference.path == str(image_path)
+    np.testing.assert_array_equal(mask, label)
+    written = read_back(write_label(tmp_path / "saved.nii.gz", mask, reference))
+    original = sitk.ReadImage(str(image_path))
+    np.testing.assert_allclose(written.GetDirection(), original.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    # ... and the voxels sit where they sat on Slicer's grid
+    flipped_file = tmp_path / "as_slicer.nii.gz"
+    write_label(flipped_file, slicer_grid.array, slicer_grid)
+    np.testing.assert_array_equal(physical_points(written, sitk.GetArrayFromImage(written)),
+                                  physical_points(read_back(flipped_file), slicer_grid.array))
+
+
+def test_a_label_on_another_grid_than_the_file_is_left_as_it_is(tmp_path):
+    from MedSAMSlicerLib.volumeio.files import on_file_grid
+
+    brain = read_volume(shared_path("pyradiomics", "brain2_image.nrrd"))
+    mask = np.zeros(brain.array.shape, np.uint8)
+    moved, reference = on_file_grid(mask, brain, shared_path("pyradiomics", "lung2_image.nrrd"))
+    assert moved is mask and reference is brain
+    moved, reference = on_file_grid(mask, brain, tmp_path / "no-such-file.nrrd")
+    assert moved is mask and reference is brain

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,46 @@ def reorient_to(volume: Volume, reference: Volume) -> Volume | None:
         if sign < 0:
             array = np.flip(array, axis=2 - c)
     return reference.with_array(np.ascontiguousarray(array))
+
+
+def file_grid(path: str | os.PathLike) -> Volume | None:
+    """The grid of an image file, from its header only (no voxels read): a volume whose array is a zero-byte
+    broadcast of the file's shape.  None for what has no single-file header (npz, DICOM, folders) or cannot be
+    read."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() == ".npz":
+        return None
+    from .dicom import looks_like_dicom
+
+    if looks_like_dicom(path):
+        return None
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    _, failure, _ = call_collecting(reader.ReadImageInformation)
+    if failure is not None or reader.GetDimension() != 3:
+        return None
+    shape = tuple(int(n) for n in reader.GetSize())[::-1]
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), tuple(reader.GetSpacing()),
+                  tuple(reader.GetOrigin()), tuple(reader.GetDirection()), str(path))
+
+
+def on_file_grid(mask: np.ndarray, reference: Volume, image_path: str | os.PathLike) -> tuple[np.ndarray, Volume]:
+    """``mask`` (on ``reference``'s grid) moved onto the grid of the image file it was drawn on, when the two grids
+    hold the same voxel centres with axes flipped or permuted (3D Slicer loads some files with an axis the other
+    way round): a saved label then has the image's own header, which tools that compare headers expect.  Unchanged
+    when the file has no header to match or the grids differ otherwise.  The returned reference carries the image's
+    path, so the writers refuse to write over it."""
+    grid = file_grid(image_path)
+    if grid is None:
+        return mask, reference
+    if grid.same_grid(reference):
+        return mask, replace(reference, path=grid.path)
+    moved = reorient_to(reference.with_array(mask), grid)
+    if moved is None:
+        return mask, reference
+    return moved.array, moved
 
 
 WRITABLE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".npz")
