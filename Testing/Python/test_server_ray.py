@@ -167,16 +167,18 @@ def test_object_review_actions_on_the_replica_holding_the_object(ray_server, seg
     answer = remote.correct(object_id, "edit", 5, mask=edited).result()
     assert answer["locked"] == [5] and np.array_equal(answer["mask"][5], edited)
     jobs: list = []
+    together = threading.Barrier(6)
 
-    def send() -> None:  # the same request id twice at once: the second arrives while the first is being started
+    def send() -> None:  # the same request id at once: the others arrive while the first is being started
+        together.wait(60)
         jobs.append(remote.correct(object_id, "accept", 1, request_id="repeated-accept"))
 
-    twice = [threading.Thread(target=send) for _ in range(2)]
-    for thread in twice:
+    repeats = [threading.Thread(target=send) for _ in range(6)]
+    for thread in repeats:
         thread.start()
-    for thread in twice:
+    for thread in repeats:
         thread.join(120)
-    assert len(jobs) == 2 and jobs[0].job_id == jobs[1].job_id and jobs[0].result()["locked"] == [1, 5]
+    assert len(jobs) == 6 and len({job.job_id for job in jobs}) == 1 and jobs[0].result()["locked"] == [1, 5]
     assert remote.correct(object_id, "undo").result()["locked"] == [5]  # one accept to undo, not two
     assert calls_by_replica(ray_server, fingerprint) == encoded and sorted(encoded.values())[0] == 0
     other = client_of(ray_server).open_volume(volume, already_normalized=True)
