@@ -2,7 +2,13 @@
 
     .venv/bin/python bench/simulated_reader.py [--image lung2_image.nrrd --label lung2_label.nrrd] [--out DIR]
         [--wait-scale 1.0 | --no-wait] [--accept-dice 0.8] [--crop MARGIN]
+        [--before REV [--rounds N] [--now-first]]   # side by side with the app and engine as at git revision REV
     .venv/bin/medsam-slicer study report DIR/logs         # -> DIR/logs/simulated_reader.md (both arms)
+
+``--before REV`` exports the package as it was at REV (``git archive``; the working tree is not touched) and reads
+the case with it and with this tree, each on a fresh engine (empty embedding cache), alternating ``--rounds`` times
+(before, now, before, now...), then prints each run's measured system time (propagation, corrective boxes, the rest),
+the assisted arm and the fraction saved, and the ratio now/before of the system time.
 
 Starts an engine server and ``medsam-slicer web`` on it, opens the page in Chromium (Playwright) and, as a person
 would with mouse and keys: turns the time log on, turns review on, drags the tight box around the label on its
@@ -210,12 +216,40 @@ def read_case(page, label: np.ndarray, accept_dice: float, wait_scale: float) ->
     return reader.actions, review
 
 
+def start_engine_from(folder: Path, source: Path | None, cache_dir: str | None = None):
+    """``medsam-slicer serve`` as the tests start it, from ``source`` (a package folder; None: this tree), with no
+    disk cache unless ``cache_dir`` (a cold start for every run)."""
+    from web_driver import start_engine
+
+    if source is None:
+        saved = os.environ.pop("MEDSAM_SLICER_CACHE", None)
+        try:
+            return start_engine(folder, cache_dir)
+        finally:
+            if saved is not None:
+                os.environ["MEDSAM_SLICER_CACHE"] = saved
+    token = folder / "token"
+    env = {k: v for k, v in os.environ.items() if k != "MEDSAM_SLICER_CACHE"}
+    env["PYTHONPATH"] = str(source)
+    command = [sys.executable, "-m", "MedSAMSlicerLib.cli", "serve", "--port", "0", "--token-file", str(token),
+               "--device", "cpu", *(["--cache-dir", cache_dir] if cache_dir else [])]
+    with open(folder / "engine.log", "w") as log_file:  # the child keeps its own handle
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
+                                   start_new_session=True)
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise RuntimeError(f"engine did not start: {(folder / 'engine.log').read_text()[-2000:]}")
+    return process, url, token
+
+
 def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice: float,
-        cache_dir: str | None = None) -> Path:
-    """The whole run (engine, app, Chromium); returns the log folder holding the time log and the record."""
+        cache_dir: str | None = None, source: Path | None = None) -> Path:
+    """The whole run (engine, app, Chromium); returns the log folder holding the time log and the record.
+    ``source``: the package folder to run the engine and the app from (None: this tree)."""
     _paths()
     from playwright.sync_api import sync_playwright
-    from web_driver import Page, start_app, start_engine, stop
+    from web_driver import Page, start_app, stop
 
     from MedSAMSlicerLib.study.reader_report import RECORD_NAME
     from MedSAMSlicerLib.study.time_model import Constants, contour_segments
@@ -225,13 +259,14 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
     label = read_label(label_path, volume) > 0
     spacing = tuple(float(s) for s in volume.spacing_zyx[1:])
     out.mkdir(parents=True, exist_ok=True)
-    engine, url, token = start_engine(out, cache_dir)
+    engine, url, token = start_engine_from(out, source, cache_dir)
     app = None
     try:
         from MedSAMSlicerLib.client import EngineClient, read_token_file
 
         EngineClient(url, read_token_file(token)).wait_ready(timeout=900)  # the model's load is not the reader's
-        app, page_url = start_app(out, image, url, token, reader="simulated")
+        app, page_url = start_app(out, image, url, token, reader="simulated",
+                                  env={"PYTHONPATH": str(source)} if source is not None else None)
         with sync_playwright() as playwright:
             page = Page(playwright, page_url)
             try:
@@ -264,6 +299,42 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
     return logs
 
 
+def export_tree(revision: str, where: Path) -> Path:
+    """The package folder as it was at ``revision`` (``git archive``: the working tree is not touched)."""
+    where.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "MedSAMSlicer"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    weights = where / "model_weights"  # the manifest and the weights are found beside the package
+    if not weights.exists():
+        weights.symlink_to(REPO / "model_weights")
+    return where / "MedSAMSlicer"
+
+
+def summary(logs: Path) -> dict:
+    """One run's figures from its record: system seconds by action, the assisted arm, the fraction saved."""
+    from MedSAMSlicerLib.study.reader_report import RECORD_NAME, price
+    from MedSAMSlicerLib.study.time_model import Constants
+
+    record = json.loads((logs / RECORD_NAME).read_text(encoding="utf-8"))
+    system = {"propagate": 0.0, "corrective_box": 0.0, "rest": 0.0}
+    for action in record["actions"]:
+        part = action["action"] if action["action"] in system else "rest"
+        system[part] += float(action["system_s"])
+    priced = price(record, Constants())
+    return {"system": {k: round(v, 2) for k, v in system.items()}, "system_s": round(sum(system.values()), 2),
+            "manual_s": round(priced["manual_s"], 1), "assisted_s": round(priced["assisted_s"], 1),
+            "saved": round(100 * priced["saved_fraction"], 1), "final_dice": record["final_dice"],
+            "actions": len(record["actions"])}
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default=str(DATA / "lung2_image.nrrd"))
@@ -275,6 +346,10 @@ def main() -> int:
     parser.add_argument("--crop", type=int, metavar="MARGIN", help="read a crop around the label (+MARGIN voxels)")
     parser.add_argument("--slices", type=int, help="with --crop: only this many labelled slices around the middle")
     parser.add_argument("--cache-dir", help="engine's embedding cache folder")
+    parser.add_argument("--before", help="git revision to read the case with too, side by side (e.g. 81722e3: "
+                        "main before the prefetch-ahead work of issue 18)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --before: pairs of runs, alternating")
+    parser.add_argument("--now-first", action="store_true", help="with --before: this tree first in each pair")
     args = parser.parse_args()
     _paths()
     from web_driver import missing_browser_parts
@@ -287,13 +362,54 @@ def main() -> int:
     image, label = Path(args.image), Path(args.label)
     if args.crop is not None:
         image, label = crop_case(image, label, out, args.crop, args.slices)
-    logs = run(image, label, out, 0.0 if args.no_wait else args.wait_scale, args.accept_dice, args.cache_dir)
+    wait = 0.0 if args.no_wait else args.wait_scale
+    if args.before:
+        return side_by_side(args, image, label, out, wait)
+    logs = run(image, label, out, wait, args.accept_dice, args.cache_dir)
     report = subprocess.run([sys.executable, "-m", "MedSAMSlicerLib.cli", "study", "report", str(logs)],
                             capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO / "MedSAMSlicer")})
     print(report.stdout or report.stderr)
     print(f"log folder: {logs}")
     return report.returncode
+
+
+def side_by_side(args, image: Path, label: Path, out: Path, wait: float) -> int:
+    """Runs of the old and this tree, alternating; a table of each run and the ratios of their means."""
+    source = export_tree(args.before, out / "before-tree")
+    order = [("now", None), (f"before {args.before}", source)]
+    if not args.now_first:
+        order.reverse()
+    rows = []
+    for round_ in range(1, args.rounds + 1):
+        for name, tree in order:
+            load_start = load_average()
+            started = time.monotonic()
+            logs = run(image, label, out / f"{name.split()[0]}-{round_}", wait, args.accept_dice, args.cache_dir,
+                       tree)
+            row = {"app": name, "round": round_, "load_start": load_start, "load_end": load_average(),
+                   "wall_s": round(time.monotonic() - started, 1), **summary(logs), "logs": str(logs)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\nsimulated reader, {image.name}, think times x{wait}, CPU: {cpu_name()}")
+    print(f"{'app':<18} {'round':>5} {'load 1-min start/end':>21} {'propagate s':>11} {'corr. box s':>11} "
+          f"{'rest s':>7} {'system s':>8} {'assisted s':>10} {'saved %':>7} {'Dice':>6}")
+    for r in rows:
+        print(f"{r['app']:<18} {r['round']:>5} {r['load_start'].split()[0] + ' / ' + r['load_end'].split()[0]:>21} "
+              f"{r['system']['propagate']:>11.2f} {r['system']['corrective_box']:>11.2f} {r['system']['rest']:>7.2f} "
+              f"{r['system_s']:>8.2f} {r['assisted_s']:>10.1f} {r['saved']:>7.1f} {r['final_dice']:>6.3f}")
+    now = [r for r in rows if r["app"] == "now"]
+    before = [r for r in rows if r["app"] != "now"]
+    for part in ("propagate", "corrective_box", "rest"):
+        b = float(np.mean([r["system"][part] for r in before]))
+        n = float(np.mean([r["system"][part] for r in now]))
+        print(f"now/before, {part}: {n:.2f} / {b:.2f} s = x{n / b:.2f}" if b else f"{part}: {n:.2f} / {b:.2f} s")
+    b, n = float(np.mean([r["system_s"] for r in before])), float(np.mean([r["system_s"] for r in now]))
+    print(f"now/before, system time the reader waits: {n:.2f} / {b:.2f} s = x{n / b:.2f}; saved "
+          f"{np.mean([r['saved'] for r in now]):.1f} % now vs {np.mean([r['saved'] for r in before]):.1f} % before")
+    (out / "side_by_side.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    print(f"runs: {out / 'side_by_side.json'}")
+    return 0
 
 
 if __name__ == "__main__":
