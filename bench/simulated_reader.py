@@ -8,7 +8,9 @@
 ``--before REV`` exports the package as it was at REV (``git archive``; the working tree is not touched) and reads
 the case with it and with this tree, each on a fresh engine (empty embedding cache), alternating ``--rounds`` times
 (before, now, before, now...), then prints each run's measured system time (propagation, corrective boxes, the rest),
-the assisted arm and the fraction saved, and the ratio now/before of the system time.
+the assisted arm and the fraction saved, and the ratios to the old tree's system time.  Each round runs three
+apps: the old tree, this tree with the reader polling ``app_state`` as the old one must, and this tree polled with
+the light ``app_progress`` (see ``Reader``).
 
 Starts an engine server and ``medsam-slicer web`` on it, opens the page in Chromium (Playwright) and, as a person
 would with mouse and keys: turns the time log on, turns review on, drags the tight box around the label on its
@@ -43,6 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "pyradiomics"
+POLL_MS = {"app_progress": 50, "app_state": 100}  # the reader's poll for the end of an action (its grain)
 KEYS = {"accept": "Control+Alt+KeyO", "wrong": "Control+Alt+KeyW", "cut": "Control+Alt+KeyE",
         "next_doubtful": "Control+Alt+KeyN"}
 
@@ -96,11 +99,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 class Reader:
     """The reader's moves on the page, each timed from the action until the app is idle again."""
 
-    def __init__(self, page, label: np.ndarray, wait_scale: float) -> None:
+    def __init__(self, page, label: np.ndarray, wait_scale: float, light_poll: bool = True) -> None:
         from MedSAMSlicerLib.study.reader_report import HUMAN_TIME
         from MedSAMSlicerLib.study.time_model import Constants
 
         self.page, self.label, self.wait_scale = page, label, wait_scale
+        # While an action runs, the reader polls the app for its end: ``app_progress`` (light) where the app has it,
+        # else ``app_state``, which copies and hashes every segment on the app's event loop at each poll (in the
+        # page's time, so it inflates the system time measured: the runs say which one they used).
+        self.poll_trigger = "app_progress" if light_poll and self._has_progress() else "app_state"
         self.constants, self.human = Constants(), HUMAN_TIME
         self.actions: list[dict] = []
 
@@ -109,13 +116,32 @@ class Reader:
         if seconds > 0:
             self.page.page.wait_for_timeout(seconds * 1000)
 
+    def _has_progress(self) -> bool:
+        try:
+            return isinstance(self.page.ask("app_progress"), dict)
+        except Exception:  # an app without the trigger (an older tree run side by side)
+            return False
+
+    def progress(self) -> dict:
+        return self.page.ask(self.poll_trigger)
+
+    def wait_done(self, before: int, what: str, timeout: float = 300.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.progress()
+            if not state["busy"] and state["actions"] > before:
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; last state {state}")
+            self.page.page.wait_for_timeout(POLL_MS[self.poll_trigger])
+
     def act(self, action: str, do, index: int | None = None) -> dict:
         """Think, do, wait until the app has finished; record the measured system seconds."""
         self.think(action)
-        before = self.page.state()["actions"]
+        before = self.progress()["actions"]
         start = time.monotonic()
         do()
-        state = self.page.wait_state(lambda s: not s["busy"] and s["actions"] > before, f"the app after {action}")
+        state = self.wait_done(before, f"the app after {action}")
         self.actions.append({"action": action, **({"slice": index} if index is not None else {}),
                              "system_s": round(time.monotonic() - start, 3)})
         if state.get("error"):
@@ -148,9 +174,10 @@ class Reader:
         return self.act(action, lambda: self.page.page.keyboard.press(KEYS[action]), k)
 
 
-def read_case(page, label: np.ndarray, accept_dice: float, wait_scale: float) -> tuple[list[dict], dict]:
-    """The protocol on one case; the actions taken and the last review state."""
-    reader = Reader(page, label, wait_scale)
+def read_case(page, label: np.ndarray, accept_dice: float, wait_scale: float,
+              light_poll: bool = True) -> tuple[list[dict], dict, str]:
+    """The protocol on one case; the actions taken, the last review state, the trigger polled."""
+    reader = Reader(page, label, wait_scale, light_poll)
     labelled = np.flatnonzero(label.any(axis=(1, 2)))
     key = int(labelled[len(labelled) // 2])
     page.click("#btn-review-mode")
@@ -213,7 +240,7 @@ def read_case(page, label: np.ndarray, accept_dice: float, wait_scale: float) ->
             reader.key("wrong", k)
             reader.note("manual_edit", k)
     _, review = reader.slice_mask(key)
-    return reader.actions, review
+    return reader.actions, review, reader.poll_trigger
 
 
 def start_engine_from(folder: Path, source: Path | None, cache_dir: str | None = None):
@@ -244,7 +271,7 @@ def start_engine_from(folder: Path, source: Path | None, cache_dir: str | None =
 
 
 def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice: float,
-        cache_dir: str | None = None, source: Path | None = None) -> Path:
+        cache_dir: str | None = None, source: Path | None = None, light_poll: bool = True) -> Path:
     """The whole run (engine, app, Chromium); returns the log folder holding the time log and the record.
     ``source``: the package folder to run the engine and the app from (None: this tree)."""
     _paths()
@@ -272,7 +299,7 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
             try:
                 page.click("#btn-log")
                 page.wait_state(lambda s: bool(s["log_path"]), "the time log")
-                actions, review = read_case(page, label, accept_dice, wait_scale)
+                actions, review, polled = read_case(page, label, accept_dice, wait_scale, light_poll)
                 final = np.stack([Reader(page, label, 0).slice_mask(k)[0] for k in range(label.shape[0])])
                 before = page.state()["actions"]
                 page.click("#btn-accept")
@@ -292,7 +319,7 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
         contours[str(int(k))] = {"segments": segments, "length_mm": round(length, 2)}
     logs = Path(state["log_path"]).parent
     record = {"case": Path(state["log_path"]).name.split(".")[0], "image": image.name, "accept_dice": accept_dice,
-              "wait_scale": wait_scale, "cpu": cpu_name(), "actions": actions, "contours": contours,
+              "wait_scale": wait_scale, "cpu": cpu_name(), "polled": polled, "actions": actions, "contours": contours,
               "final_dice": round(dice(final, label), 4), "doubtful_left": review.get("doubtful", []),
               "locked": review.get("locked", [])}
     (logs / RECORD_NAME).write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -322,7 +349,16 @@ def summary(logs: Path) -> dict:
         part = action["action"] if action["action"] in system else "rest"
         system[part] += float(action["system_s"])
     priced = price(record, Constants())
+    engine = {}  # the engine's own seconds and encoder calls of the propagation and the corrective boxes (time log)
+    for path in logs.glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            if event.get("kind") in ("propagate", "corrective_box"):
+                seen = engine.setdefault(event["kind"], {"seconds": 0.0, "encoder_calls": 0, "decoder_calls": 0})
+                for key in seen:
+                    seen[key] = round(seen[key] + event.get(key, 0), 3)
     return {"system": {k: round(v, 2) for k, v in system.items()}, "system_s": round(sum(system.values()), 2),
+            "engine": engine,
             "manual_s": round(priced["manual_s"], 1), "assisted_s": round(priced["assisted_s"], 1),
             "saved": round(100 * priced["saved_fraction"], 1), "final_dice": record["final_dice"],
             "actions": len(record["actions"])}
@@ -348,8 +384,8 @@ def main() -> int:
     parser.add_argument("--cache-dir", help="engine's embedding cache folder")
     parser.add_argument("--before", help="git revision to read the case with too, side by side (e.g. 81722e3: "
                         "main before the prefetch-ahead work of issue 18)")
-    parser.add_argument("--rounds", type=int, default=1, help="with --before: pairs of runs, alternating")
-    parser.add_argument("--now-first", action="store_true", help="with --before: this tree first in each pair")
+    parser.add_argument("--rounds", type=int, default=1, help="with --before: rounds of runs, alternating")
+    parser.add_argument("--now-first", action="store_true", help="with --before: this tree first in each round")
     args = parser.parse_args()
     _paths()
     from web_driver import missing_browser_parts
@@ -375,18 +411,19 @@ def main() -> int:
 
 
 def side_by_side(args, image: Path, label: Path, out: Path, wait: float) -> int:
-    """Runs of the old and this tree, alternating; a table of each run and the ratios of their means."""
+    """Runs of the old and this tree, alternating; a table of each run and the ratios of their means.  Three apps
+    per round: the old tree (its reader polls ``app_state``, the only trigger it has), this tree polled the same way
+    (the product's change alone), and this tree polled with ``app_progress`` (the measurement's change too)."""
     source = export_tree(args.before, out / "before-tree")
-    order = [("now", None), (f"before {args.before}", source)]
+    order = [("now", None, True), ("now-state", None, False), (f"before-{args.before}", source, False)]
     if not args.now_first:
         order.reverse()
     rows = []
     for round_ in range(1, args.rounds + 1):
-        for name, tree in order:
+        for name, tree, light in order:
             load_start = load_average()
             started = time.monotonic()
-            logs = run(image, label, out / f"{name.split()[0]}-{round_}", wait, args.accept_dice, args.cache_dir,
-                       tree)
+            logs = run(image, label, out / f"{name}-{round_}", wait, args.accept_dice, args.cache_dir, tree, light)
             row = {"app": name, "round": round_, "load_start": load_start, "load_end": load_average(),
                    "wall_s": round(time.monotonic() - started, 1), **summary(logs), "logs": str(logs)}
             rows.append(row)
@@ -398,15 +435,17 @@ def side_by_side(args, image: Path, label: Path, out: Path, wait: float) -> int:
         print(f"{r['app']:<18} {r['round']:>5} {r['load_start'].split()[0] + ' / ' + r['load_end'].split()[0]:>21} "
               f"{r['system']['propagate']:>11.2f} {r['system']['corrective_box']:>11.2f} {r['system']['rest']:>7.2f} "
               f"{r['system_s']:>8.2f} {r['assisted_s']:>10.1f} {r['saved']:>7.1f} {r['final_dice']:>6.3f}")
-    now = [r for r in rows if r["app"] == "now"]
-    before = [r for r in rows if r["app"] != "now"]
-    for part in ("propagate", "corrective_box", "rest"):
-        b = float(np.mean([r["system"][part] for r in before]))
-        n = float(np.mean([r["system"][part] for r in now]))
-        print(f"now/before, {part}: {n:.2f} / {b:.2f} s = x{n / b:.2f}" if b else f"{part}: {n:.2f} / {b:.2f} s")
-    b, n = float(np.mean([r["system_s"] for r in before])), float(np.mean([r["system_s"] for r in now]))
-    print(f"now/before, system time the reader waits: {n:.2f} / {b:.2f} s = x{n / b:.2f}; saved "
-          f"{np.mean([r['saved'] for r in now]):.1f} % now vs {np.mean([r['saved'] for r in before]):.1f} % before")
+    before = [r for r in rows if r["app"].startswith("before")]
+    for name in ("now-state", "now"):
+        now = [r for r in rows if r["app"] == name]
+        parts = []
+        for part in ("propagate", "corrective_box", "rest"):
+            b = float(np.mean([r["system"][part] for r in before]))
+            n = float(np.mean([r["system"][part] for r in now]))
+            parts.append(f"{part} {n:.2f} / {b:.2f} s" + (f" (x{n / b:.2f})" if b else ""))
+        b, n = float(np.mean([r["system_s"] for r in before])), float(np.mean([r["system_s"] for r in now]))
+        print(f"{name}/before: system time the reader waits {n:.2f} / {b:.2f} s = x{n / b:.2f}; " + "; ".join(parts)
+              + f"; saved {np.mean([r['saved'] for r in now]):.1f} % vs {np.mean([r['saved'] for r in before]):.1f} %")
     (out / "side_by_side.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     print(f"runs: {out / 'side_by_side.json'}")
     return 0

@@ -615,12 +615,14 @@ class WebApp:
     # -- prefetch ahead: the engine encodes what the next propagation or correction needs while the reader thinks --
     def _follow(self, on: bool) -> None:
         """Prefetch around the shown slice (``on``: no object propagated yet) or not.  A box drawn meanwhile asks
-        for as many slices (the logic's ``prefetch_neighbours``); afterwards its 3 neighbours, as before."""
-        from MedSAMSlicerLogic.box_segmentation import PREFETCH_NEIGHBOURS
-
+        for as many slices (the logic's ``prefetch_neighbours``).  Once the object is propagated a box asks for its
+        own slice only: the object's slices are cached and those past its ends are asked for after the propagation
+        (``_prefetch_after``); a neighbour encoded then would hold up the correction the box starts (an encoder
+        call cannot be interrupted: the correction waited for one, or two before the engine's prefetch waited for
+        jobs)."""
         self._ahead = on
         self._ahead_at = None
-        self.logic.prefetch_neighbours = AHEAD_SLICES if on else PREFETCH_NEIGHBOURS
+        self.logic.prefetch_neighbours = AHEAD_SLICES if on else 0
 
     def _remote_key(self) -> tuple:
         """The engine session a propagation from the red view will use: (grid key, the panel's window, "k")."""
@@ -798,6 +800,7 @@ class WebApp:
     def _register_triggers(self) -> None:
         self.ctrl.trigger("on_key")(self._on_key)
         self.ctrl.trigger("app_state")(self.app_state)
+        self.ctrl.trigger("app_progress")(self.app_progress)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
         self.ctrl.trigger("review_slice")(self.review.slice_answer)  # read-only: what the reader sees on a slice
@@ -807,6 +810,13 @@ class WebApp:
     def _pacs_study_chosen(self, study) -> None:
         if study and self.pacs is not None:
             self._guard(self.pacs_list_series)(study)
+
+    def app_progress(self) -> dict:
+        """What a script waiting for an action needs (busy, actions finished, the last one, the error), without
+        ``app_state``'s copy and digest of every segment: a script polling that every 0.1 s during an action
+        slowed the action it timed (the simulated reader)."""
+        return dict(busy=self.logic.busy, actions=self.actions, last_action=self.panel.data.last_action,
+                    error=self.panel.data.error, **self.review.app_state())
 
     def app_state(self) -> dict:
         """What a test (or a script) asks the server: boxes, segments, digests, the time log."""
