@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +119,11 @@ class Reader:
             self.page.page.wait_for_timeout(seconds * 1000)
 
     def _has_progress(self) -> bool:
+        from playwright.sync_api import Error as PageError
+
         try:
             return isinstance(self.page.ask("app_progress"), dict)
-        except Exception:  # an app without the trigger (an older tree run side by side)
+        except PageError:  # an app without the trigger (an older tree run side by side)
             return False
 
     def progress(self) -> dict:
@@ -243,18 +247,9 @@ def read_case(page, label: np.ndarray, accept_dice: float, wait_scale: float,
     return reader.actions, review, reader.poll_trigger
 
 
-def start_engine_from(folder: Path, source: Path | None, cache_dir: str | None = None):
-    """``medsam-slicer serve`` as the tests start it, from ``source`` (a package folder; None: this tree), with no
-    disk cache unless ``cache_dir`` (a cold start for every run)."""
-    from web_driver import start_engine
-
-    if source is None:
-        saved = os.environ.pop("MEDSAM_SLICER_CACHE", None)
-        try:
-            return start_engine(folder, cache_dir)
-        finally:
-            if saved is not None:
-                os.environ["MEDSAM_SLICER_CACHE"] = saved
+def start_engine_from(folder: Path, source: Path, cache_dir: str | None = None):
+    """``medsam-slicer serve`` as the tests start it, but from ``source`` (a package folder) and with no disk cache
+    unless ``cache_dir`` (a cold start for every run)."""
     token = folder / "token"
     env = {k: v for k, v in os.environ.items() if k != "MEDSAM_SLICER_CACHE"}
     env["PYTHONPATH"] = str(source)
@@ -270,13 +265,38 @@ def start_engine_from(folder: Path, source: Path | None, cache_dir: str | None =
     return process, url, token
 
 
+@contextmanager
+def served_from(folder: Path, source: Path | None, cache_dir: str | None = None) -> Iterator:
+    """``web_driver.served`` (an engine, then the app by ``start_app``; both stopped when the block ends), with the
+    engine from ``source`` (a package folder exported by ``export_tree``; None: this tree, no disk cache)."""
+    from web_driver import Served, served, stop
+
+    if source is None:
+        saved = os.environ.pop("MEDSAM_SLICER_CACHE", None)  # a cold start for every run
+        try:
+            with served(folder, cache_dir) as running:
+                yield running
+        finally:
+            if saved is not None:
+                os.environ["MEDSAM_SLICER_CACHE"] = saved
+        return
+    engine, url, token = start_engine_from(folder, source, cache_dir)
+    running = Served(folder, engine, url, token)
+    try:
+        yield running
+    finally:
+        if running.app is not None:
+            stop(running.app)
+        stop(engine)
+
+
 def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice: float,
         cache_dir: str | None = None, source: Path | None = None, light_poll: bool = True) -> Path:
     """The whole run (engine, app, Chromium); returns the log folder holding the time log and the record.
     ``source``: the package folder to run the engine and the app from (None: this tree)."""
     _paths()
     from playwright.sync_api import sync_playwright
-    from web_driver import Page, start_app, stop
+    from web_driver import Page
 
     from MedSAMSlicerLib.study.reader_report import RECORD_NAME
     from MedSAMSlicerLib.study.time_model import Constants, contour_segments
@@ -286,14 +306,13 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
     label = read_label(label_path, volume) > 0
     spacing = tuple(float(s) for s in volume.spacing_zyx[1:])
     out.mkdir(parents=True, exist_ok=True)
-    engine, url, token = start_engine_from(out, source, cache_dir)
-    app = None
-    try:
+    with served_from(out, source, cache_dir) as running:
         from MedSAMSlicerLib.client import EngineClient, read_token_file
 
-        EngineClient(url, read_token_file(token)).wait_ready(timeout=900)  # the model's load is not the reader's
-        app, page_url = start_app(out, image, url, token, reader="simulated",
-                                  env={"PYTHONPATH": str(source)} if source is not None else None)
+        # the model's load is not the reader's
+        EngineClient(running.url, read_token_file(running.token)).wait_ready(timeout=900)
+        page_url = running.start_app(image, reader="simulated",
+                                     env={"PYTHONPATH": str(source)} if source is not None else None)
         with sync_playwright() as playwright:
             page = Page(playwright, page_url)
             try:
@@ -309,10 +328,6 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
                 page.wait_state(lambda s: not s["log_running"] if "log_running" in s else True, "log stopped")
             finally:
                 page.close()
-    finally:
-        if app is not None:
-            stop(app)
-        stop(engine)
     contours = {}
     for k in np.flatnonzero(label.any(axis=(1, 2))):
         segments, length = contour_segments(label[k], spacing, Constants().contour_tolerance_mm)
