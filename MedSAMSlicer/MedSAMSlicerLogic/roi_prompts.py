@@ -143,6 +143,17 @@ def propagation_range(prompts: list[SlicePrompt], mode: str) -> tuple[int, int] 
     return min(p.first for p in prompts), max(p.last for p in prompts)
 
 
+def view_slice(slice_node, grid: VolumeOnGrid) -> tuple[str, int, int, np.ndarray]:
+    """The index axis a slice view looks across (the one nearest its normal), the slice it shows along that axis
+    (may lie outside 0 .. count-1), the slice count, and the view's centre in voxels."""
+    slice_to_ras = matrix_to_array(slice_node.GetSliceToRAS())
+    normal, view_centre = slice_to_ras[:3, 2], slice_to_ras[:3, 3]
+    _, directions = spacing_and_directions(grid.ijk_to_world)
+    across = int(np.argmax(np.abs(directions.T @ (normal / np.linalg.norm(normal)))))
+    centre = world_to_ijk_points(grid.ijk_to_world, view_centre)[0]
+    return AXIS_LETTERS[across], math.floor(centre[across] + 0.5), int(grid.shape_kji[2 - across]), centre
+
+
 def place_roi_on_view(scene, slice_node, volume_node, grid: VolumeOnGrid, roi_node=None,
                       fraction: float = 0.25, corners_world=None) -> tuple[object, SlicePrompt, str]:
     """Put a flat ROI on the volume slice the view shows, centred in the view, ``fraction`` of its field of view wide;
@@ -151,15 +162,11 @@ def place_roi_on_view(scene, slice_node, volume_node, grid: VolumeOnGrid, roi_no
     The ROI follows the volume's index axes (so its box is exact on any volume orientation) and is half a voxel
     thick across the slice.  Returns the ROI, the prompt it stands for, and a note for the user.
     """
-    slice_to_ras = matrix_to_array(slice_node.GetSliceToRAS())
-    normal, view_centre = slice_to_ras[:3, 2], slice_to_ras[:3, 3]
+    axis, index, count, centre = view_slice(slice_node, grid)
+    across = AXIS_LETTERS.index(axis)
     spacing, directions = spacing_and_directions(grid.ijk_to_world)
-    alignment = np.abs(directions.T @ (normal / np.linalg.norm(normal)))
-    across = int(np.argmax(alignment))
-    axis = AXIS_LETTERS[across]
-    centre = world_to_ijk_points(grid.ijk_to_world, view_centre)[0]
-    count = grid.shape_kji[2 - across]
-    index = math.floor(centre[across] + 0.5)
+    normal = matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
+    alignment = np.abs(directions.T @ (normal / np.linalg.norm(normal)))  # how oblique the view is (the note)
     view_name = slice_node.GetName()
     if not 0 <= index < count:
         raise BoxError(f"the {view_name} view shows no slice of {grid.name} (slice {index} along {axis}, which runs "

@@ -32,9 +32,11 @@ FIRST_VIEW_SECONDS = 0.05  # after a result, the view it was asked in gets this 
 CLOCK_SECONDS = 1.0  # the time log's running active time, manual-edit detection
 EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
 # Prefetch ahead (issue 18, the simulated reader's wait): until an object is propagated, the engine encodes the slices
-# around the one the red view shows, outwards in both directions, while the reader looks and draws the first box, so
-# the propagation finds them cached.  Slices on each side (33 in all: ~10 s of encoder at 0.3 s per 512² slice; the
-# engine caps a prefetch at half its cache and pauses it while any job runs).
+# around the one the reader's view shows (the view a box was last drawn in or last scrolled; the red one at first),
+# along that view's axis, outwards in both directions, while the reader looks and draws the first box, so the
+# propagation finds them cached.  Slices on each side (33 in all: ~10 s of encoder at 0.3 s per 512² slice; the
+# engine caps a prefetch at half its cache and pauses it while any job runs).  Once the object is accepted nothing
+# is prefetched on the case until the reader starts another object there.
 AHEAD_SLICES = 16
 END_SLICES = 3  # after a propagation: the slices just past each end of the object (a corrective box there extends it)
 
@@ -130,6 +132,9 @@ class WebApp:
         self._ticks = 0
         self._ahead = True  # no object propagated yet: the shown slice's neighbours are prefetched (_prefetch_ahead)
         self._ahead_at = None  # (remote key, slice) the last prefetch went out for
+        self._work_view = "Red"  # the slice view the reader works in: the prefetch follows its axis
+        self._offsets: dict = {}  # each slice view's offset at the last tick: a changed one is the reader's view
+        self._prefetch_keys: set = set()  # the engine sessions a prefetch was asked of (stopped by _stop_prefetch)
         self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
         self._show(out_folder=str(self.out_folder) if self.out_folder else "", reader=self.reader_id(),
                    log_folder=log_folder or "", study=study is not None, pacs=pacs is not None)
@@ -154,6 +159,7 @@ class WebApp:
                 if old is not None:
                     self.slicer_app.scene.RemoveNode(old)
         self.volume = node
+        self._work_view, self._offsets, self._prefetch_keys = "Red", {}, set()
         self._follow(True)  # a new case: its shown slice's neighbours are encoded while the reader looks
         self.loaded_path = str(path)  # its file's header is the one a saved label gets (``save``)
         self.dicom_volume = None
@@ -244,6 +250,8 @@ class WebApp:
         if self.logic.busy:
             raise ValueError("wait for the running operation (or cancel it) first")
         following = self._session().finish(self.volume)  # accept (the final mask), time log stopped
+        self._stop_prefetch()  # the case is finished: nothing more to encode on it
+        self._follow(False)
         self._show(log_running=False, tool="none")
         self.editor.deactivate_effect()
         if following is None:
@@ -289,12 +297,15 @@ class WebApp:
 
     def _on_box(self, slice_node, corner0, corner1) -> None:
         self._box_view_node = slice_node  # the view the reader works in: its frame comes first after a result
+        self._work_view = next((view.get_singleton_tag() for view in self.slicer_app.view_manager.get_slice_views()
+                                if view.get_view_node() is slice_node), self._work_view)  # the prefetch's axis
         with self.state:
             self.panel.data.drawing = False
             with self._reporting():  # a failure: one line to the user, nothing kept
                 roi, prompt, note = self.logic.draw_box(self.volume, slice_node, self._new_object,
                                                         corners_world=(corner0, corner1))
                 roi.GetDisplayNode().SetFillOpacity(0.0)  # outline only: the mask under it stays visible
+                self._box_prefetched(prompt)
                 if self.review.taking_boxes:
                     self.review.corrective_box(roi)
                 else:
@@ -349,7 +360,10 @@ class WebApp:
                 raise ValueError("in the manual arm, Finish case accepts what you drew")
             segment_id = self.logic.accept(self.volume)
             self.review.end()
-            self._follow(True)  # the next object: prefetch around the slice the reader goes to
+            # The object is done: the engine stops encoding for this case (33 encoder calls following the view
+            # that nobody needed) until the reader starts another object here (draw_box) or opens another case.
+            self._stop_prefetch()
+            self._follow(False)
             self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
         self._refresh()
 
@@ -622,33 +636,69 @@ class WebApp:
         jobs)."""
         self._ahead = on
         self._ahead_at = None
+        self._offsets = {}  # a view scrolled while not following does not count as the reader's view later
         self.logic.prefetch_neighbours = AHEAD_SLICES if on else 0
 
-    def _remote_key(self) -> tuple:
-        """The engine session a propagation from the red view will use: (grid key, the panel's window, "k")."""
+    def _remote_key(self, axis: str = "k") -> tuple:
+        """The engine session a propagation from a box across ``axis`` will use: (grid key, the panel's window,
+        axis)."""
         from MedSAMSlicerLogic.volume_nodes import grid_key
 
-        return grid_key(self.volume), self.controls.data.window, "k"
+        return grid_key(self.volume), self.controls.data.window, axis
+
+    def _reader_view(self) -> str:
+        """The slice view the reader works in: the one scrolled since the last tick (the one already chosen when
+        several moved together), else the one a box was last drawn in (``_on_box``), else the red one."""
+        moved = []
+        for view in self.slicer_app.view_manager.get_slice_views():
+            tag, offset = view.get_singleton_tag(), view.get_view_node().GetSliceOffset()
+            if tag in self._offsets and abs(self._offsets[tag] - offset) > 1e-6:
+                moved.append(tag)
+            self._offsets[tag] = offset
+        if moved and self._work_view not in moved:
+            self._work_view = moved[0]
+        return self._work_view
 
     def _prefetch_ahead(self) -> None:
-        """From the idle poll: when the red view shows another slice (or the window changed), ask the engine to
-        encode that slice and ``AHEAD_SLICES`` on each side, nearest first (the latest request replaces the
-        previous one on the engine; cached slices cost nothing).  The first request sends the volume."""
-        from MedSAMSlicerLib.errors import MedSAMError
-        from MedSAMSlicerLogic.object_review import view_slice_index
+        """From the idle poll: when the reader's view (``_reader_view``) shows another slice (or the window
+        changed), ask the engine to encode that slice and ``AHEAD_SLICES`` on each side along that view's axis,
+        nearest first.  The latest request replaces the previous one of its session on the engine (cached slices
+        cost nothing); a session per axis (the engine reslices the volume once per axis; the voxels are sent once),
+        so moving to a view across another axis stops the previous axis's prefetch.  The first request of a session
+        opens it (and sends the volume once)."""
+        from MedSAMSlicerLogic.roi_prompts import view_slice
 
         try:
             grid = self.logic.grid(self.volume)
-            count = int(grid.shape_kji[0])
-            k = view_slice_index(self._slice_view("Red").get_view_node(), self.volume, count)
-            key = self._remote_key()
-        except MedSAMError:  # the view is off the volume: nothing to encode around
+            axis, index, count, _ = view_slice(self._slice_view(self._reader_view()).get_view_node(), grid)
+            key = self._remote_key(axis)
+        except Exception:  # a prefetch must never break the page (an oblique view, a volume being replaced)
+            log.debug("no prefetch around the view", exc_info=True)
             return
-        if (key, k) == self._ahead_at:
-            return
-        self._ahead_at = (key, k)
+        if not 0 <= index < count or (key, index) == self._ahead_at:
+            return  # the view is off the volume: nothing to encode around
+        self._stop_prefetch(keep=key)
+        self._ahead_at = (key, index)
         self.logic.prefetch_window = key[1]  # a box drawn next prefetches for the same session
-        self.logic.jobs.wish_prefetch(key, grid, outwards(k, AHEAD_SLICES, count))
+        self._wish(key, grid, outwards(index, AHEAD_SLICES, count))
+
+    def _box_prefetched(self, prompt) -> None:
+        """The logic asked the engine for the box's slice and its neighbours (``box_changed``): that session is one
+        to stop later, the prefetch of another axis stops, and the next tick does not ask for the same again."""
+        from MedSAMSlicerLogic.volume_nodes import grid_key
+
+        key = (grid_key(self.volume), self.logic.prefetch_window, prompt.axis)
+        self._stop_prefetch(keep=key)
+        if self.logic.prefetch_neighbours:
+            self._prefetch_keys.add(key)
+        if self._ahead and key == self._remote_key(prompt.axis):
+            self._ahead_at = (key, int(prompt.index))
+
+    def _wish(self, key: tuple, grid, indices: list) -> None:
+        """Ask the logic to send a prefetch to ``key``'s session (at once when idle), remembering the session."""
+        if indices:
+            self._prefetch_keys.add(key)
+        self.logic.jobs.wish_prefetch(key, grid, indices)
 
     def _prefetch_after(self, progress) -> None:
         """After an operation: a propagated object under review gets the ``END_SLICES`` slices past each of its
@@ -670,16 +720,22 @@ class WebApp:
             for step in range(1, END_SLICES + 1):
                 indices += [i for i in (high + step, low - step) if 0 <= i < count]
         if (key, tuple(indices)) != self._ahead_at:
+            self._stop_prefetch(keep=key)
             self._ahead_at = (key, tuple(indices))
-            self.logic.jobs.wish_prefetch(key, grid, indices)
+            self._wish(key, grid, indices)
 
-    def _stop_prefetch(self) -> None:
-        """Another case opens: the engine stops encoding this one's slices (an empty prefetch replaces the one
-        running; one short request, a failure only logged)."""
-        if self._ahead_at is None:
-            return
-        remote = self.logic.volumes.session(self._ahead_at[0])
-        if remote is not None:
+    def _stop_prefetch(self, keep: Optional[tuple] = None) -> None:
+        """The engine stops encoding for this case's sessions (all but ``keep``'s): the object was accepted, the
+        case finished or replaced, or the reader moved to a view across another axis.  An empty prefetch replaces
+        the one running (one short request per session, a failure only logged); a wish not sent yet is dropped."""
+        wish = self.logic.jobs.prefetch_wish
+        if wish is not None and wish.key != keep:
+            self.logic.jobs.prefetch_wish = None
+        for key in [k for k in self._prefetch_keys if k != keep]:
+            self._prefetch_keys.discard(key)
+            remote = self.logic.volumes.session(key)
+            if remote is None:
+                continue
             try:
                 remote.prefetch([], timeout=0.05)
             except Exception:  # the engine drops it with the session anyway

@@ -172,6 +172,9 @@ class _WarningLog(logging.Handler):
         self.keep.append(record.getMessage()[:300])
 
 
+PREFETCHES_KEPT = 50  # prefetch requests listed by /info (newest last)
+
+
 class Engine:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -197,6 +200,7 @@ class Engine:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.foreground = Foreground()  # jobs running: a prefetch waits for them
+        self.prefetches: list[dict] = []  # the last prefetch requests (axis, slices asked): what a client asked
 
     # -- lifetime -----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -379,6 +383,9 @@ class Engine:
         session.prefetch_stop.set()  # replaces this session's previous request
         stop = session.prefetch_stop = threading.Event()
         indices = list(indices)[:prefetch_cap(self.cache)]  # never evicts the slices in use
+        with self._lock:
+            self.prefetches = [*self.prefetches[-(PREFETCHES_KEPT - 1):],
+                               {"axis": session.prepared.axis_name, "slices": len(indices)}]
 
         def run() -> None:
             with priority(PREFETCH):  # and between two slices it waits while a job runs (engine/prefetch.py)
@@ -576,6 +583,7 @@ class Engine:
                 "max_upload_bytes": self.config.max_upload_bytes, "volume_uploads": self.volumes.uploads,
                 "volume_bytes": self.volumes.bytes + prepared_bytes,
                 "encoder_calls_by_volume": volumes, "queued_model_calls": self.worker.queued(),
+                "model_calls_beside_prefetch": self.worker.beside_prefetch, "prefetches": list(self.prefetches),
                 "expired_sessions": self.expired_sessions, "cancelled_unpolled_jobs": self.cancelled_unpolled_jobs,
                 "cache": {"hits": stats.hits, "misses": stats.misses, "disk_hits": stats.disk_hits,
                           "disk_writes": stats.disk_writes, "bytes": stats.bytes,

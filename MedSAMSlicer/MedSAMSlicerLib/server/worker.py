@@ -5,6 +5,13 @@ Request handlers, propagation jobs and prefetchers call :class:`SerialSegmenter`
 and waits for it.  One thread means the GPU/CPU never runs two networks at once (no thrashing, no doubled memory),
 and the queue is ordered by priority: an annotator's click (interactive) goes before a propagation's next slice,
 which goes before background prefetch.  The priority is per calling thread (:func:`priority`).
+
+A running call cannot be interrupted, so a click on a cached slice that arrived while a prefetch's encoder call ran
+waited for that whole call (0.3 s on a quiet 2-core CPU, 2-4 s loaded: the p95 of ``bench/web_latency.py``).  A
+decoder call (``light``) of a job a user waits for therefore does not queue behind a prefetch call in progress: it
+runs at once on its own thread, beside it (:class:`~MedSAMSlicerLib.engine.predictor.Segmenter` is thread-safe: with a
+runtime each network has its own request; the PyTorch path shares one lock, so there it still waits).  The decoder
+is small (tens of ms); two encoder calls never run at once.
 """
 
 from __future__ import annotations
@@ -40,12 +47,20 @@ class ModelWorker:
     def __init__(self) -> None:
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()  # FIFO within one priority
+        self.running: int | None = None  # the priority of the call running now (None: idle)
+        self.beside_prefetch = 0  # light calls that ran beside a prefetch call instead of waiting for it
         self._thread = threading.Thread(target=self._run, name="medsam-model-worker", daemon=True)
         self._thread.start()
 
-    def call(self, work: Callable[..., T], *args) -> T:
+    def call(self, work: Callable[..., T], *args, light: bool = False) -> T:
+        """Run ``work(*args)`` on the worker thread, queued at this thread's priority.  ``light`` (a decoder call):
+        above the prefetch priority and while a prefetch call runs, it runs now on this thread instead."""
+        level = getattr(_local, "priority", INTERACTIVE)
+        if light and level < PREFETCH and self.running == PREFETCH:
+            self.beside_prefetch += 1
+            return work(*args)
         future: Future = Future()
-        self._queue.put((getattr(_local, "priority", INTERACTIVE), next(self._order), work, args, future))
+        self._queue.put((level, next(self._order), work, args, future))
         return future.result()
 
     def queued(self) -> int:
@@ -53,15 +68,18 @@ class ModelWorker:
 
     def _run(self) -> None:
         while True:
-            _, _, work, args, future = self._queue.get()
+            level, _, work, args, future = self._queue.get()
             if work is None:
                 return
             if not future.set_running_or_notify_cancel():
                 continue
+            self.running = level
             try:
                 future.set_result(work(*args))
             except BaseException as error:  # handed to the caller's thread, which reports it
                 future.set_exception(error)
+            finally:
+                self.running = None
 
     def stop(self) -> None:
         self._queue.put((-1, next(self._order), None, (), None))
@@ -96,7 +114,7 @@ class SerialSegmenter:
         return self.worker.call(self.inner.embed, slice_u8)
 
     def predict(self, embedding: SliceEmbedding, box) -> tuple[np.ndarray, float]:
-        return self.worker.call(self.inner.predict, embedding, box)
+        return self.worker.call(self.inner.predict, embedding, box, light=True)
 
     def predict_model_box(self, embedding: SliceEmbedding, box_array: np.ndarray) -> tuple[np.ndarray, float]:
-        return self.worker.call(self.inner.predict_model_box, embedding, box_array)
+        return self.worker.call(self.inner.predict_model_box, embedding, box_array, light=True)
