@@ -5,18 +5,21 @@ view that shows the mask, measured in the page (``performance.now()`` at the cli
         [--before REV]   # also the app as it was at git revision REV, side by side (default: BEFORE; "" = skip)
 
 For each app (the working tree's, and the one of ``--before``, exported with ``git archive``): a fresh engine server
-and ``medsam-slicer web`` on it; a box dragged around the lesion on its largest slice, one segmentation (encodes the
-slice: not counted), then ``--runs`` times: undo, click "Segment slice", time the mask.  Two rounds: first while the
-engine still encodes the neighbouring slices that drawing the box asked it to prefetch (a click then waits for the
-encoder call in progress: one model worker serialises the network), then again once the engine is idle (the
-cached-slice figure).  Prints p50/p95/max of each, and the ratios now/before (goal, issue 21: p50 <= 200 ms and
-p95 <= 300 ms on the 2-core CPU).
+of the same tree (since 2026-12-07: the engine's side of a click changed too, the worker's lane for a decoder call
+beside a prefetch) and ``medsam-slicer web`` on it; a box dragged around the lesion on its largest slice, one
+segmentation (encodes the slice: not counted), then ``--runs`` times: undo, click "Segment slice", time the mask.
+Two rounds: first while the engine still encodes the neighbouring slices that drawing the box asked it to prefetch
+(a click used to wait for the encoder call in progress: one model worker serialises the network), then again once
+the engine is idle (the cached-slice figure).  Prints p50/p95/max of each, and the ratios now/before (goal, issue
+21: p50 <= 200 ms and p95 <= 300 ms on the 2-core CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -62,6 +65,7 @@ def main() -> int:
         apps = {f"before ({args.before})": _export(args.before, folder / "before"), "now": None}
         if args.now_first:
             apps = dict(reversed(list(apps.items())))
+    print(f"CPU {_cpu()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     results = {}
     for name, source in apps.items():
         results[name] = _measure(folder / name.split()[0], args, box, k, source)
@@ -80,19 +84,23 @@ def main() -> int:
     return 0
 
 
+def _cpu() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def _p(times, q) -> float:
     return float(np.percentile(np.asarray(times), q))
 
 
 def _export(revision: str, where: Path) -> Path:
-    """The package folder as it was at ``revision`` (``git archive``: the working tree is not touched)."""
-    import subprocess
+    """The package folder as it was at ``revision`` (``git archive``; the working tree is not touched), the model
+    weights linked beside it (the engine of that tree runs too)."""
+    from simulated_reader import export_tree  # bench/, beside this script
 
-    where.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "MedSAMSlicer"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
-    return where / "MedSAMSlicer"
+    return export_tree(revision, where)
 
 
 def _measure(folder: Path, args, box, k, source: Path | None) -> dict:
@@ -103,7 +111,12 @@ def _measure(folder: Path, args, box, k, source: Path | None) -> dict:
     from MedSAMSlicerLib.client import EngineClient, read_token_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    engine, url, token = start_engine(folder, str(folder / "cache"))
+    if source is None:
+        engine, url, token = start_engine(folder, str(folder / "cache"))
+    else:
+        from simulated_reader import start_engine_from  # bench/, beside this script
+
+        engine, url, token = start_engine_from(folder, source, str(folder / "cache"))
     app = None
     try:
         env = {"PYTHONPATH": str(source)} if source is not None else None
@@ -117,8 +130,13 @@ def _measure(folder: Path, args, box, k, source: Path | None) -> dict:
             started = time.monotonic()
             _segment(page)  # the first one encodes the slice
             encode_s = time.monotonic() - started
+            client = EngineClient(url, read_token_file(token))
+            load = os.getloadavg()[0]
             rounds = {"while the engine prefetches": _timed_runs(page, args.runs)}
-            _wait_idle(EngineClient(url, read_token_file(token)), quiet_s=min(max(2.0 * encode_s, 1.0), 60.0))
+            info = client.info()
+            print(f"  load average {load:.1f} at the start; engine: {info.get('encoder_calls')} encoder calls, "
+                  f"{info.get('model_calls_beside_prefetch', 'n/a')} decoder calls beside a prefetch call", flush=True)
+            _wait_idle(client, quiet_s=min(max(2.0 * encode_s, 1.0), 60.0))
             rounds["engine idle (cached slice)"] = _timed_runs(page, args.runs)
             page.close()
     finally:
