@@ -143,12 +143,14 @@ def test_clicks_on_cached_slices_do_not_wait_for_the_prefetch(server):
     far = list(range(SLICES - 1, 4, -1))
     volume.prefetch(far)
     wait_calls(volume, 2)  # the prefetch is under way
+    masks = []
     for _ in range(3):
-        mask, _score = volume.segment_slice(0, BOX)
-        assert mask.any()
+        masks.append(volume.segment_slice(0, BOX)[0])
         time.sleep(0.3)  # the next click lands in a later encoder call
     assert int(server.info()["model_calls_beside_prefetch"]) > beside
     assert wait_calls(volume, 1 + len(far)) == 1 + len(far)  # the clicks cost no encoder call
+    alone, _ = volume.segment_slice(0, BOX)  # the engine idle: the decoder alone
+    assert alone.any() and all(np.array_equal(mask, alone) for mask in masks)
     volume.close()
 
 
