@@ -5,14 +5,16 @@ re-propagating the whole range from all keys.
 
 For each case: the first box on the median labelled slice over the label's range (embeddings then cached), then a
 tight ground-truth box on each labelled slice in turn as a correction (``iou-box`` rule, undone after timing, so
-every correction starts from the same object).  Each correction runs twice, interleaved so that the machine's load
-hits both alike: ``old`` = the official mask post-processing on the whole slice (``LitePipeline.shortcut = False``)
-and one decoder call after the other; ``new`` = the engine's defaults (the exact shortcut of ``pipelines.lite_mask``
-and, where the runtime offers it, the two directions' first decoder calls run at once: ``Segmenter.pair_decodes``).
-The two must write the same masks; the script checks every correction and says so.  Per case: median seconds per
-correction for each, their ratio, decoder calls per correction, seconds per decoder call (the runtime's infer plus
-the mask post-processing, as the segmenter counts it), and a whole-range re-propagation with the same keys.  Prints
-the CPU and the load average before and after: a benchmark, not a test (goal: <= 0.1 s per correction on 2 cores).
+every correction starts from the same object).  Each correction runs three times, interleaved so that the
+machine's load hits all alike: ``old`` = the official mask post-processing on the whole slice
+(``LitePipeline.shortcut = False``) and one decoder call after the other (the engine before its speed work);
+``mask`` = the exact post-processing shortcut of ``pipelines.lite_mask`` alone; ``new`` = the engine's defaults
+(the shortcut and, where the runtime offers it, the two walks' first decoder calls run at once:
+``Segmenter.pair_decodes``).  All three must write the same masks with the same decoder calls; the script checks
+every correction and says so.  Per case: median seconds per correction for each, new/old, decoder calls per
+correction, seconds per decoder call (the runtime's infer plus the mask post-processing, as the segmenter counts
+it), and a whole-range re-propagation with the same keys.  Prints the CPU and the load average before and after: a
+benchmark, not a test (goal: <= 0.1 s per correction on 2 cores for the shared lesions).
 """
 
 from __future__ import annotations
@@ -27,19 +29,31 @@ import numpy as np
 
 from common import engine, open_case, real_cases
 from MedSAMSlicerLib.protocol import axes, box_from_mask
+from MedSAMSlicerLib.engine import pipelines
 from MedSAMSlicerLib.engine.corrections import CorrectableObject
 from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
 from MedSAMSlicerLib.evaluation.evaluate import labelled_slices
 
-MODES = ("old", "new")
+# old: the official post-processing on the whole slice, one decoder call at a time (the engine before);
+# mask: the exact post-processing shortcut only; new: the engine's defaults (shortcut + the two first decodes at once)
+MODES = ("old", "mask", "new")
+FALLBACKS = [0]  # masks of the new path that took the official formula whole (a logit in (0, SIGN_BAND), NaN, ...)
+
+
+def _count_fallbacks() -> None:
+    official = pipelines.lite_mask_official
+
+    def counted(logits, geometry):
+        FALLBACKS[0] += 1
+        return official(logits, geometry)
+
+    pipelines.lite_mask_official = counted  # lite_mask looks it up at each call; the old path calls it directly
 
 
 def configure(segmenter, mode: str) -> None:
-    """``old``: the official post-processing and one decoder call at a time; ``new``: the engine's defaults."""
-    new = mode == "new"
-    segmenter.pipeline.shortcut = new
+    segmenter.pipeline.shortcut = mode != "old"
     if hasattr(segmenter, "pair_decodes"):
-        segmenter.pair_decodes = new
+        segmenter.pair_decodes = mode == "new"
 
 
 def cpu_model() -> str:
@@ -64,14 +78,22 @@ def main() -> None:
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-range re-propagation column")
     args = parser.parse_args()
     segmenter, cache = engine(args.cache_dir)
+    _count_fallbacks()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; {segmenter.describe_backend()}; "
           f"load average (1, 5, 15 min) at start: {load()}")
-    print(f"{'case':32s} {'old s':>7s} {'new s':>7s} {'new/old':>7s} {'dec':>4s} {'old s/call':>10s} "
-          f"{'new s/call':>10s} {'whole s':>8s} {'dec':>4s}")
+    print(f"{'case':32s} {'old s':>7s} {'mask s':>7s} {'new s':>7s} {'new/old':>7s} {'dec':>4s} "
+          f"{'old s/call':>10s} {'mask s/call':>11s} {'new s/call':>10s} {'whole s':>8s} {'dec':>4s}")
     seconds: dict[str, list[float]] = {m: [] for m in MODES + ("whole",)}
     per_call: dict[str, list[float]] = {m: [0.0, 0.0] for m in MODES}  # seconds, calls
     all_calls: list[int] = []
-    corrections = differing = 0
+    corrections = differing = new_fallbacks = 0
+
+    def cells(times: dict[str, list[float]], call_counts: list[int], spent: dict[str, list[float]]) -> str:
+        old, mask, new = (statistics.median(times[m]) for m in MODES)
+        per = [spent[m][0] / max(1, spent[m][1]) for m in MODES]
+        return (f"{old:7.3f} {mask:7.3f} {new:7.3f} {new / old:7.2f} {statistics.mean(call_counts):4.1f} "
+                f"{per[0]:10.4f} {per[1]:11.4f} {per[2]:10.4f}")
+
     for case in real_cases()[:args.cases]:
         session, target = open_case(case, segmenter, cache)
         present = [int(i) for i in labelled_slices(target.mask, session.np_axis)]
@@ -92,22 +114,29 @@ def main() -> None:
             box = box_from_mask(axes.take_slice(target.mask, session.np_axis, index))
             for _ in range(args.repeat):
                 written = {}
-                for mode in MODES:  # interleaved, so that the machine's load hits both alike
+                for mode in MODES:  # interleaved, so that the machine's load hits all alike
                     configure(segmenter, mode)
                     obj = objects[mode]
                     decoder_s, decoder_n = segmenter.decoder.seconds, segmenter.decoder.calls
+                    fallbacks = FALLBACKS[0]
                     start = time.perf_counter()
                     change = obj.add_box(index, box)
                     row[mode].append(time.perf_counter() - start)
+                    if mode == "new":
+                        new_fallbacks += FALLBACKS[0] - fallbacks
                     calls[mode].append(change.decoder_calls)
                     case_per_call[mode][0] += segmenter.decoder.seconds - decoder_s
                     case_per_call[mode][1] += segmenter.decoder.calls - decoder_n
-                    written[mode] = (sorted(change.changed), [obj.masks[i].copy() for i in sorted(change.changed)])
+                    written[mode] = (sorted(change.changed), [obj.masks[i].copy() for i in sorted(change.changed)],
+                                     change.decoder_calls)
                     obj.undo()
                 corrections += 1
-                (old_slices, old_masks), (new_slices, new_masks) = written["old"], written["new"]
-                if old_slices != new_slices or not all(np.array_equal(a, b) for a, b in zip(old_masks, new_masks)):
-                    differing += 1
+                reference = written["old"]
+                for mode in MODES[1:]:
+                    slices, masks, count = written[mode]
+                    if (slices != reference[0] or count != reference[2]
+                            or not all(np.array_equal(a, b) for a, b in zip(masks, reference[1]))):
+                        differing += 1
                 if not args.no_whole:
                     configure(segmenter, "new")
                     count = segmenter.decoder.calls
@@ -121,19 +150,18 @@ def main() -> None:
             per_call[mode][0] += case_per_call[mode][0]
             per_call[mode][1] += case_per_call[mode][1]
         all_calls += calls["new"]
-        old_s, new_s = statistics.median(row["old"]), statistics.median(row["new"])
         whole = (f"{statistics.median(row['whole']):8.3f} {statistics.mean(calls['whole']):4.1f}" if row["whole"]
                  else f"{'-':>8s} {'-':>4s}")
-        print(f"{case.name:32s} {old_s:7.3f} {new_s:7.3f} {new_s / old_s:7.2f} {statistics.mean(calls['new']):4.1f} "
-              f"{case_per_call['old'][0] / max(1, case_per_call['old'][1]):10.4f} "
-              f"{case_per_call['new'][0] / max(1, case_per_call['new'][1]):10.4f} {whole}", flush=True)
-    old_s, new_s = statistics.median(seconds["old"]), statistics.median(seconds["new"])
+        print(f"{case.name:32s} {cells(row, calls['new'], case_per_call)} {whole}", flush=True)
     whole = f"{statistics.median(seconds['whole']):8.3f}" if seconds["whole"] else f"{'-':>8s}"
-    print(f"{'all (median s per correction)':32s} {old_s:7.3f} {new_s:7.3f} {new_s / old_s:7.2f} "
-          f"{statistics.mean(all_calls):4.1f} {per_call['old'][0] / max(1, per_call['old'][1]):10.4f} "
-          f"{per_call['new'][0] / max(1, per_call['new'][1]):10.4f} {whole}")
-    print(f"new masks equal to old: {corrections - differing} of {corrections} corrections"
-          + ("" if not differing else "  <-- NOT bit-identical"))
+    print(f"{'all (median s per correction)':32s} {cells(seconds, all_calls, per_call)} {whole}")
+    print(f"masks, changed slices and decoder calls equal to old's: {corrections * 2 - differing} of "
+          f"{corrections * 2} (mask and new, {corrections} corrections each)"
+          + ("" if not differing else "  <-- NOT identical"))
+    print(f"new path masks that took the official formula whole (a logit within {pipelines.SIGN_BAND:g} above 0): "
+          f"{new_fallbacks} of {int(per_call['new'][1])}")
+    print("s/call: the decoder's seconds per call as the segmenter counts them (the runtime's infer plus the mask "
+          "post-processing; two decodes run at once count half their time each)")
     print(f"load average (1, 5, 15 min) at end: {load()}")
 
 
