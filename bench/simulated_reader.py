@@ -215,7 +215,7 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
     """The whole run (engine, app, Chromium); returns the log folder holding the time log and the record."""
     _paths()
     from playwright.sync_api import sync_playwright
-    from web_driver import Page, start_app, start_engine, stop
+    from web_driver import Page, served
 
     from MedSAMSlicerLib.study.reader_report import RECORD_NAME
     from MedSAMSlicerLib.study.time_model import Constants, contour_segments
@@ -225,13 +225,12 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
     label = read_label(label_path, volume) > 0
     spacing = tuple(float(s) for s in volume.spacing_zyx[1:])
     out.mkdir(parents=True, exist_ok=True)
-    engine, url, token = start_engine(out, cache_dir)
-    app = None
-    try:
+    with served(out, cache_dir) as running:
         from MedSAMSlicerLib.client import EngineClient, read_token_file
 
-        EngineClient(url, read_token_file(token)).wait_ready(timeout=900)  # the model's load is not the reader's
-        app, page_url = start_app(out, image, url, token, reader="simulated")
+        # the model's load is not the reader's
+        EngineClient(running.url, read_token_file(running.token)).wait_ready(timeout=900)
+        page_url = running.start_app(image, reader="simulated")
         with sync_playwright() as playwright:
             page = Page(playwright, page_url)
             try:
@@ -247,10 +246,6 @@ def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice
                 page.wait_state(lambda s: not s["log_running"] if "log_running" in s else True, "log stopped")
             finally:
                 page.close()
-    finally:
-        if app is not None:
-            stop(app)
-        stop(engine)
     contours = {}
     for k in np.flatnonzero(label.any(axis=(1, 2))):
         segments, length = contour_segments(label[k], spacing, Constants().contour_tolerance_mm)

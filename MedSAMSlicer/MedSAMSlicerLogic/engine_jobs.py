@@ -113,9 +113,17 @@ class PropagationInput:
 
 class OwnJob(Protocol):
     """Work that starts and finishes its own engine job (the review actions of ``object_review``): stepped like
-    the others, its ``finish`` writes the result and says what the poll reports."""
+    the others, its ``finish`` writes the result and says what the poll reports.  ``grid``, ``grid_key`` and
+    ``window`` are what the logic checks and writes against, as for the other inputs."""
 
-    grid: VolumeOnGrid
+    @property
+    def grid(self) -> VolumeOnGrid: ...
+
+    @property
+    def grid_key(self) -> tuple: ...
+
+    @property
+    def window(self) -> str: ...
 
     @property
     def remote_key(self) -> RemoteKey: ...

@@ -27,9 +27,9 @@ from typing import Any, Optional
 import numpy as np
 
 from MedSAMSlicerLib.errors import BoxError, MedSAMError
-from MedSAMSlicerLib.protocol import Box, PropagationResult, PropagationSettings, axes
+from MedSAMSlicerLib.protocol import Box, PropagationResult, axes
 
-from .engine_jobs import Outcome, PendingOperation, Progress, ProgressState
+from .engine_jobs import Outcome, PendingOperation, Progress, ProgressState, PropagationInput
 from .roi_prompts import prompt_from_roi
 from .segments import read_segment, segment_exists
 from .volume_nodes import VolumeOnGrid
@@ -58,35 +58,31 @@ class ReviewState:
 
 @dataclass
 class ObjectStart:
-    """Propagate a new correctable object from the current key boxes (a job on the engine)."""
+    """Propagate a new correctable object from the current key boxes (a job on the engine).
+
+    The propagation is the logic's :class:`~.engine_jobs.PropagationInput` as copied out of MRML, held rather than
+    inherited: ``engine_jobs`` runs any ``PropagationInput`` as a plain propagation (``isinstance``), while this
+    starts and finishes its own job (``engine_jobs.OwnJob``)."""
 
     review: "ObjectReview"
-    grid: VolumeOnGrid
-    grid_key: tuple
-    prompts: list
-    window: str
-    settings: PropagationSettings
+    propagation: PropagationInput
 
-    @property
-    def axis(self) -> str:
-        return self.prompts[0].axis
-
-    @property
-    def remote_key(self) -> tuple:
-        return self.grid_key, self.window, self.axis
+    # What the logic and its jobs read of any request (OwnJob): the propagation's own.
+    grid = property(lambda self: self.propagation.grid)
+    grid_key = property(lambda self: self.propagation.grid_key)
+    window = property(lambda self: self.propagation.window)
+    remote_key = property(lambda self: self.propagation.remote_key)
 
     def start_job(self, remote, budget: float, request_id: str):
-        keys = {int(p.index): (float(p.box.x0), float(p.box.y0), float(p.box.x1), float(p.box.y1))
-                for p in self.prompts}
-        low_high = self.settings.slice_range
-        return remote.start_object(keys, {"slice_range": list(low_high) if low_high is not None else None,
-                                          "stop": bool(self.settings.stop)}, timeout=budget, request_id=request_id)
+        # The object takes the settings' range, stop and margin (its rule is always ours; the rest does not apply).
+        return remote.start_object(self.propagation.key_boxes, self.propagation.settings.to_json(), timeout=budget,
+                                   request_id=request_id)
 
     def finish(self, pending: PendingOperation, result: dict) -> Progress:
-        np_axis = self.prompts[0].np_axis
+        propagation = self.propagation
         changed = [int(i) for i in result.get("changed", [])]
-        self.review.state = ReviewState(str(result["object_id"]), pending.volume_node_id, self.grid_key,
-                                        self.window, self.axis, np_axis)
+        self.review.state = ReviewState(str(result["object_id"]), pending.volume_node_id, propagation.grid_key,
+                                        propagation.window, propagation.axis, propagation.prompts[0].np_axis)
         self.review.take(result)
         return self.review.write(pending, self, result, changed, "Propagate 3D (review)", "propagate")
 
@@ -187,9 +183,9 @@ class ObjectReview:
     def start(self, volume_node, roi_nodes=None, segmentation_node=None, segment_id=None, window: str = "auto",
               range_mode: str = "auto", stop: bool = True) -> PendingOperation:
         """Propagate the current key boxes as a correctable object (replaces the object under review)."""
-        request = self.logic.propagation_request(volume_node, roi_nodes, window, range_mode, stop=stop)
-        start = ObjectStart(self, request.grid, request.grid_key, request.prompts, request.window, request.settings)
-        return self.logic.start_request("Propagate 3D", volume_node, start, segmentation_node, segment_id)
+        propagation = self.logic.propagation_request(volume_node, roi_nodes, window, range_mode, stop=stop)
+        return self.logic.start_request("Propagate 3D", volume_node, ObjectStart(self, propagation),
+                                        segmentation_node, segment_id)
 
     def corrective_box(self, volume_node, roi_node) -> PendingOperation:
         """A box drawn or dragged on a slice of the object: it becomes a key box; only its stretch is recomputed."""

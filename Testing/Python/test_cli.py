@@ -1,6 +1,8 @@
 """The command line tool on real scans: segment (2D and 3D), eval, demo, JSON output."""
 
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -82,6 +84,11 @@ def test_demo_segments_the_right_lung(capsys, tmp_path):
     image, segmentation = demo_files()
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "right_lung.nii.gz"))) > 0
     assert abs(dice(mask, demo_reference(segmentation)) - summary["dsc"]) < 1e-3
+    # the NIfTI's provenance sidecar, as segment writes it: the model, its weights and the demo's one key box
+    sidecar = json.loads((tmp_path / "right_lung.json").read_text())
+    assert sidecar["model"] == summary["model"] and len(sidecar["weights_sha256"]) == 64
+    assert sidecar["prompts"]["key_boxes"] == {str(summary["key_slice"]): summary["box"]}
+    assert str(tmp_path / "right_lung.json") in summary["written"]
 
 
 DEMO_DSC_FLOOR = 0.85  # measured 0.874

@@ -129,6 +129,48 @@ def test_masks_equal_in_process_on_a_real_lesion(ray_server, segmenter, cache):
     remote.close()
 
 
+def test_object_review_actions_on_the_replica_holding_the_object(ray_server, segmenter, cache):
+    """An object started, corrected, accepted, undone and edited by hand through the Ray deployment (``/objects``
+    and its ``actions``, as the review front ends send them): each answer equals the in-process CorrectableObject's, every
+    action runs on the replica that holds the object (no encoder call after the start, none elsewhere), and another
+    client cannot act on the object."""
+    from MedSAMSlicerLib.engine.corrections import CorrectableObject
+    from MedSAMSlicerLib.engine.propagation import PropagationOptions
+    from MedSAMSlicerLib.errors import ServiceError
+    from MedSAMSlicerLib.protocol import wire
+
+    volume = synthetic(21, slices=6)
+    local = CorrectableObject(in_process(segmenter, cache, volume), PropagationOptions(slice_range=(0, 5)))
+    local.start({2: box_of(BOX)})
+    remote = client_of(ray_server).open_volume(volume, already_normalized=True)
+    started = remote.start_object({2: BOX}, {"slice_range": [0, 5]}).result()
+    assert started["mask"].any() and np.array_equal(started["mask"], local.mask)
+    object_id, fingerprint = started["object_id"], wire.content_fingerprint(volume)
+    encoded = calls_by_replica(ray_server, fingerprint)
+    corrective = (14.0, 14.0, 34.0, 34.0)
+    change = local.add_box(4, box_of(corrective))
+    boxed = remote.correct(object_id, "box", 4, corrective).result()
+    assert boxed["changed"] == change.changed and boxed["decoder_calls"] == change.decoder_calls
+    assert boxed["encoder_calls"] == 0 and np.array_equal(boxed["mask"], local.mask)
+    accepted = remote.correct(object_id, "accept", 3).result()
+    assert accepted["locked"] == [3] and np.array_equal(accepted["mask"], boxed["mask"])
+    undone = remote.correct(object_id, "undo").result()  # the accept
+    assert undone["locked"] == [] and np.array_equal(undone["mask"], boxed["mask"])
+    undone = remote.correct(object_id, "undo").result()  # the corrective box
+    assert np.array_equal(undone["mask"], started["mask"]) and undone["keys"] == started["keys"]
+    edited = np.zeros(volume.shape[1:], dtype=bool)
+    edited[20:28, 20:30] = True  # a hand edit: its packed mask crosses to the replica too
+    answer = remote.correct(object_id, "edit", 5, mask=edited).result()
+    assert answer["locked"] == [5] and np.array_equal(answer["mask"][5], edited)
+    assert calls_by_replica(ray_server, fingerprint) == encoded and sorted(encoded.values())[0] == 0
+    other = client_of(ray_server).open_volume(volume, already_normalized=True)
+    with pytest.raises(ServiceError) as refused:
+        other.correct(object_id, "accept", 3).result()
+    assert refused.value.status == 404
+    other.close()
+    remote.close()
+
+
 # -- routing by volume -----------------------------------------------------------------------------------------------
 def test_twelve_readers_on_four_volumes_each_volume_encoded_on_one_replica(ray_server, segmenter, cache):
     volumes = [synthetic(seed) for seed in range(4)]

@@ -6,24 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 import orthanc_server
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, load_series, save, shared_label
-from web_driver import Page, missing_browser_parts, start_app, start_engine, stop
+from web_driver import Page, Served, missing_browser_parts, served
 
 orthanc = orthanc_server.orthanc  # the real Orthanc fixture, for this module's test
 
 pytestmark = pytest.mark.skipif(bool(missing_browser_parts()), reason=missing_browser_parts() or "ok")
 
 
-def start_pacs_app(folder, engine_url, token, dicomweb, auth) -> tuple[subprocess.Popen, str]:
+def start_pacs_app(running: Served, dicomweb, auth) -> str:
     # -v: the app's log is then as talkative as it gets, and the test checks it for patient identifiers
-    return start_app(folder, "", engine_url, token, extra=("--dicomweb", dicomweb), reader=None, cli_options=("-v",),
-                     env={"MEDSAM_PACS_USER": auth[0], "MEDSAM_PACS_PASSWORD": auth[1]})
+    return running.start_app("", extra=("--dicomweb", dicomweb), reader=None, cli_options=("-v",),
+                             env={"MEDSAM_PACS_USER": auth[0], "MEDSAM_PACS_PASSWORD": auth[1]})
 
 
 def _run(page: Page, button: str) -> dict:
@@ -52,10 +51,8 @@ def test_web_app_opens_a_pacs_series_and_stores_the_seg(tmp_path, orthanc, cache
     rows, cols = np.nonzero(read_label(shared_label(), volume)[10] == 1)
     i0, j0, i1, j1, k = int(cols.min()) - 2, int(rows.min()) - 2, int(cols.max()) + 2, int(rows.max()) + 2, 10
 
-    engine, engine_url, token = start_engine(tmp_path, str(cache.disk_dir))
-    app = None
-    try:
-        app, url = start_pacs_app(tmp_path, engine_url, token, orthanc.dicomweb, orthanc.auth)
+    with served(tmp_path, str(cache.disk_dir)) as running:
+        url = start_pacs_app(running, orthanc.dicomweb, orthanc.auth)
         with sync_playwright() as playwright:
             page = Page(playwright, url)
             try:
@@ -74,10 +71,6 @@ def test_web_app_opens_a_pacs_series_and_stores_the_seg(tmp_path, orthanc, cache
                 assert state["last_action"] == "saved", state
             finally:
                 page.close()
-    finally:
-        if app is not None:
-            stop(app)
-        stop(engine)
     (segment_id, voxels), = state["segments"].items()
     pacs = Pacs(orthanc.dicomweb, orthanc.auth)
     segs = pacs.segmentations(study)

@@ -1,6 +1,6 @@
 """Drive ``medsam-slicer web`` in Debian's headless Chromium, as a person would (mouse, buttons, keys).
 
-Used by ``test_web.py`` and ``bench/web_latency.py``.  Real parts only: an engine server process on loopback, the
+Used by the ``test_web*.py`` tests and the browser benches (``bench/web_latency.py``, ``bench/simulated_reader.py``).  Real parts only: an engine server process on loopback, the
 web app process on it, Chromium through Playwright.  The page is queried through trame's ``trigger`` RPC
 (``app_state``, ``ijk_to_view``) to learn where things are; every action is a real mouse or key event.
 """
@@ -14,6 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,6 +146,36 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass
+class Served:
+    """An engine on loopback (``url``, ``token`` file) and, once :meth:`start_app` ran, the web app on it."""
+
+    folder: Path
+    engine: subprocess.Popen
+    url: str
+    token: Path
+    app: subprocess.Popen | None = None
+
+    def start_app(self, image: Path | str, **options) -> str:
+        """The web app on this engine (``start_app``'s options); its url.  Stopped with the engine."""
+        self.app, url = start_app(self.folder, image, self.url, self.token, **options)
+        return url
+
+
+@contextmanager
+def served(folder: Path, cache_dir: str | None = None) -> Iterator[Served]:
+    """``with served(folder) as s:`` an engine now, the app by ``s.start_app(...)``; when the block ends, however
+    it ends, the app stops, then the engine."""
+    engine, url, token = start_engine(folder, cache_dir)
+    running = Served(folder, engine, url, token)
+    try:
+        yield running
+    finally:
+        if running.app is not None:
+            stop(running.app)
+        stop(engine)
 
 
 class Page:

@@ -1,6 +1,6 @@
 """``medsam-slicer demo``: the main job on a real scan that installs with our dependencies (see
 :mod:`MedSAMSlicerLib.evaluation.demo_case`): one box, propagated with our rule, written as a Slicer ``.seg.nrrd``
-and a NIfTI label, scored against the shipped segmentation.
+and a NIfTI label with its provenance sidecar (as ``segment`` writes them), scored against the shipped segmentation.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import argparse
 import time
 
 from ..paths import check_output_folder
+from .dicom_io import provenance_of
 from .options import ProgressBar, add_model_options, describe_run, make_session
 
-DEMO_OUTPUTS = ("right_lung.seg.nrrd", "right_lung.nii.gz")
+DEMO_OUTPUTS = ("right_lung.seg.nrrd", "right_lung.nii.gz", "right_lung.json")  # the last: the NIfTI's sidecar
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -43,10 +44,14 @@ def run_demo(args: argparse.Namespace) -> dict:
         bar.close()
     seconds = time.perf_counter() - start
     dsc, nsd = score(result.mask, reference, session.volume.spacing_zyx, 2.0)
-    written = [write_label(out / DEMO_OUTPUTS[0], result.mask, session.volume, "right lung"),
-               write_label(out / DEMO_OUTPUTS[1], result.mask, session.volume)]
-    return {"image": str(image_path), **describe_run(session), "segment": DEMO_SEGMENT, "key_slice": key,
-            "box": str(box), "dsc": round(dsc, 4), "nsd_2mm": round(nsd, 4),
+    summary = {"image": str(image_path), **describe_run(session), "segment": DEMO_SEGMENT, "key_slice": key,
+               "box": str(box)}
+    # the model, its weights' sha256 and the prompt, recorded as segment records a propagation
+    provenance = provenance_of(session, {**summary, "mode": "3d", "rule": "ours", "key_boxes": {key: str(box)}})
+    written = [write_label(out / DEMO_OUTPUTS[0], result.mask, session.volume, "right lung", provenance=provenance),
+               write_label(out / DEMO_OUTPUTS[1], result.mask, session.volume, provenance=provenance),
+               out / DEMO_OUTPUTS[2]]
+    return {**summary, "dsc": round(dsc, 4), "nsd_2mm": round(nsd, 4),
             "segmented_slices": result.segmented_slices, "stopped": result.stopped,
             "encoder_calls": session.segmenter.encoder.calls, "seconds": round(seconds, 1),
             "written": [str(p) for p in written]}

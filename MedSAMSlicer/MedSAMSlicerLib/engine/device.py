@@ -1,8 +1,10 @@
-"""Which torch device runs the model, and falling back to the CPU when the GPU fails."""
+"""Which torch device runs the model, and falling back to the CPU when the GPU fails; how many CPU cores there are
+to run it on (the runtimes' threads, encode-ahead)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -41,3 +43,14 @@ def is_gpu_failure(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("CUDA" in text or "cuDNN" in text or "CUBLAS" in text)
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (not hyper-threads): one runtime thread per core; at least 1."""
+    try:
+        import psutil
+
+        count = psutil.cpu_count(logical=False)
+    except Exception:  # psutil missing or the platform hides the figure
+        count = None
+    return max(1, count or os.cpu_count() or 1)

@@ -19,10 +19,9 @@ import torch
 
 from ..errors import first_line
 from ..protocol import Box
-from .device import is_gpu_failure
+from .device import is_gpu_failure, physical_cores
 from .models import LoadedModel
 from .pipelines import SliceGeometry, pipeline_for
-from .runtime_onnx import physical_cores
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +65,8 @@ class Runtime(Protocol):
 
     @property
     def has_decoder(self) -> bool: ...
+
+    def drop_decoder(self) -> None: ...  # after its decoder failed the check: PyTorch decodes (backends._checked)
 
     def describe(self) -> str: ...
 

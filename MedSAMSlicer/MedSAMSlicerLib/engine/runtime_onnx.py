@@ -8,23 +8,13 @@ post-processing) then fights them for the cores (measured on 2 cores: the decode
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .decoder_half import DecoderHalf
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        count = psutil.cpu_count(logical=False)
-    except Exception:  # psutil missing or the platform hides the figure
-        count = None
-    return max(1, count or os.cpu_count() or 1)
+from .device import physical_cores
 
 
 def _session(path: Path, threads: int):

@@ -689,7 +689,9 @@ class FrontEngine:
                 self._start(job)
             else:
                 job.launch(job)
-        if job.tag and job.state == "running":
+        # A job that ended before its replica answered the start (an undo or an accept: microseconds) came back
+        # "done" without its result, which only the replica's own poll carries: fetched like a running job's.
+        if job.tag and (job.state == "running" or (job.state == "done" and job.result is None)):
             self._refresh(job, wait)
         elif job.state == "running" and wait > 0:
             end = time.monotonic() + min(wait, 10.0)
