@@ -87,6 +87,7 @@ def main() -> None:
     per_call: dict[str, list[float]] = {m: [0.0, 0.0] for m in MODES}  # seconds, calls
     all_calls: list[int] = []
     corrections = differing = new_fallbacks = 0
+    ratios: dict[str, list[float]] = {"mask": [], "new": []}  # per correction, against the old run just before
 
     def cells(times: dict[str, list[float]], call_counts: list[int], spent: dict[str, list[float]]) -> str:
         old, mask, new = (statistics.median(times[m]) for m in MODES)
@@ -131,6 +132,8 @@ def main() -> None:
                                      change.decoder_calls)
                     obj.undo()
                 corrections += 1
+                ratios["mask"].append(row["mask"][-1] / row["old"][-1])
+                ratios["new"].append(row["new"][-1] / row["old"][-1])
                 reference = written["old"]
                 for mode in MODES[1:]:
                     slices, masks, count = written[mode]
@@ -155,6 +158,8 @@ def main() -> None:
         print(f"{case.name:32s} {cells(row, calls['new'], case_per_call)} {whole}", flush=True)
     whole = f"{statistics.median(seconds['whole']):8.3f}" if seconds["whole"] else f"{'-':>8s}"
     print(f"{'all (median s per correction)':32s} {cells(seconds, all_calls, per_call)} {whole}")
+    print(f"median of the per-correction ratios (each run against the old run just before it, so load drift "
+          f"cancels): mask/old {statistics.median(ratios['mask']):.2f}, new/old {statistics.median(ratios['new']):.2f}")
     print(f"masks, changed slices and decoder calls equal to old's: {corrections * 2 - differing} of "
           f"{corrections * 2} (mask and new, {corrections} corrections each)"
           + ("" if not differing else "  <-- NOT identical"))
