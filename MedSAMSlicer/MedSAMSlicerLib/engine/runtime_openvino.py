@@ -6,6 +6,8 @@
 - Interactive calls use a ``LATENCY``-compiled model (one request spread over every core).  Encode-ahead uses a
   second, ``THROUGHPUT``-compiled copy, compiled on first use: several requests, each on its own stream of cores,
   run at once from the engine's encode-ahead threads.  On this CPU both give bit-identical fp32 outputs.
+- A corrective box's two first walk decodes use a two-stream ``THROUGHPUT`` copy of the decoder (:meth:`decode_pair`),
+  compiled on first use and used only once its outputs equal the ``LATENCY`` request's bit for bit on a probe.
 - Compiled models are exported to a blob beside the ONNX file (``<onnx>.<hint>-<precision>.ovblob``) with a record
   of its sha256, the OpenVINO version, the ONNX file's sha256 and the compile settings; a blob whose record does not
   match is compiled again.  Importing a blob takes ~0.1 s where compiling takes ~0.3 s.
