@@ -4,7 +4,7 @@ re-propagating the whole range from all keys.
     .venv/bin/python bench/correction_speed.py [--cache-dir .cache/embeddings] [--repeat 3] [--cases 3] [--no-whole]
 
 For each case: the first box on the median labelled slice over the label's range (embeddings then cached), then a
-tight ground-truth box on each labelled slice in turn as a correction (``iou-box`` rule, undone after timing, so
+tight ground-truth box on each labelled slice in turn as a correction (the default rule, undone after timing, so
 every correction starts from the same object).  Each correction runs three times, interleaved so that the
 machine's load hits all alike: ``old`` = the official mask post-processing on the whole slice
 (``LitePipeline.shortcut = False``) and one decoder call after the other (the engine before its speed work);

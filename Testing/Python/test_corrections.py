@@ -134,3 +134,36 @@ def test_between_two_keys_a_slice_changes_only_when_its_new_mask_fits_the_interp
         assert np.array_equal(obj.masks[index], objects["iou"][0].masks[index])
     with pytest.raises(BoxError, match="unknown correction rule"):
         CorrectableObject(session, PropagationOptions(), "nearest")
+
+
+def test_the_key_slice_keeps_the_mask_that_fits_the_users_box_better(open_case):
+    """CT_Lesion_000009 with its label range: the simulated user's first correction is the tight box on an end slice
+    whose propagated mask (Dice 0.705) is better than the model's answer to that box (0.650), and the decoder's
+    predicted IoU prefers the worse one.  Rule iou-box took the model's mask and the case ended below its step 0;
+    iou-box-key keeps the slice's mask, which fits the box better, and every key slice's mask lies in its box."""
+    from MedSAMSlicerLib.evaluation.evaluate import Target
+    from MedSAMSlicerLib.evaluation.interactive import evaluate_interactive
+
+    name = "CT_Lesion_000009_03_01_036-048"
+    cases = [c for c in real_cases() if c.name == name]
+    if not cases:
+        pytest.skip(f"{name} not found in ../shared/data")
+    session, label = open_case(cases[0])
+    target = Target(name, label > 0)
+    dsc = {rule: [s["dsc"] for s in evaluate_interactive(session, target, 1, "box", "label", rule=rule).steps]
+           for rule in ("iou-box", "iou-box-key")}
+    assert dsc["iou-box"][1] < dsc["iou-box"][0]  # the failure this rule fixes
+    assert dsc["iou-box-key"][1] >= dsc["iou-box-key"][0]
+    present = labelled_slices(target.mask, session.np_axis)
+    obj = CorrectableObject(session, PropagationOptions(slice_range=(int(present[0]), int(present[-1]))))
+    middle = int(present[len(present) // 2])
+    obj.start({middle: box_from_mask(plane(target.mask, session, middle))})
+    for index in (int(present[-1]), int(present[0])):
+        box = box_from_mask(plane(target.mask, session, index))
+        kept = obj.masks[index].copy()
+        change = obj.add_box(index, box)
+        found = box_from_mask(obj.masks[index])
+        assert box.x0 <= found.x0 and found.x1 <= box.x1 and box.y0 <= found.y0 and found.y1 <= box.y1
+        if change.stopped["key"].startswith("kept"):
+            assert np.array_equal(obj.masks[index], kept & obj.masks[index])  # the old mask, cut to the box
+    assert change.encoder_calls == 0
