@@ -79,6 +79,13 @@ def main() -> None:
     args = parser.parse_args()
     segmenter, cache = engine(args.cache_dir)
     _count_fallbacks()
+    pair = getattr(segmenter.runtime, "decode_pair", None)
+    if pair is not None and segmenter.runtime.has_decoder:  # compile and check the two-stream copy before timing
+        start = time.perf_counter()
+        probe = (np.zeros((1, 256, 64, 64), np.float32), np.array([[10, 10, 100, 100]], np.float32))
+        ready = pair(probe, probe) is not None
+        print(f"two-stream decoder: {'ready' if ready else 'not used'} ({segmenter.runtime.pair_state}), "
+              f"{time.perf_counter() - start:.2f} s on first use (once per process, not timed below)")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; {segmenter.describe_backend()}; "
           f"load average (1, 5, 15 min) at start: {load()}")
     print(f"{'case':32s} {'old s':>7s} {'mask s':>7s} {'new s':>7s} {'new/old':>7s} {'dec':>4s} "
