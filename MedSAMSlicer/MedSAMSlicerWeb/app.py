@@ -31,6 +31,12 @@ JOB_WAIT_SECONDS = 0.3  # one long poll of a running job in the worker thread (t
 FIRST_VIEW_SECONDS = 0.05  # after a result, the view it was asked in gets this head start over the other views
 CLOCK_SECONDS = 1.0  # the time log's running active time, manual-edit detection
 EXPIRY_CHECK_SECONDS = 5.0  # how often open websockets of expired sessions are closed
+# Prefetch ahead (issue 18, the simulated reader's wait): until an object is propagated, the engine encodes the slices
+# around the one the red view shows, outwards in both directions, while the reader looks and draws the first box, so
+# the propagation finds them cached.  Slices on each side (33 in all: ~10 s of encoder at 0.3 s per 512² slice; the
+# engine caps a prefetch at half its cache and pauses it while any job runs).
+AHEAD_SLICES = 16
+END_SLICES = 3  # after a propagation: the slices just past each end of the object (a corrective box there extends it)
 
 
 class WebApp:
@@ -122,6 +128,8 @@ class WebApp:
         self._pacs_folder = None  # private temporary folder for the fetched series' voxels
         self._drag = None
         self._ticks = 0
+        self._ahead = True  # no object propagated yet: the shown slice's neighbours are prefetched (_prefetch_ahead)
+        self._ahead_at = None  # (remote key, slice) the last prefetch went out for
         self.actions = 0  # actions finished (or failed) so far: a script waits for this to grow
         self._show(out_folder=str(self.out_folder) if self.out_folder else "", reader=self.reader_id(),
                    log_folder=log_folder or "", study=study is not None, pacs=pacs is not None)
@@ -140,11 +148,13 @@ class WebApp:
         node = nodes[0]
         check_volume_node(node)
         if self.volume is not None:
+            self._stop_prefetch()  # the previous case's slices are of no use any more
             self.logic.reset()
             for old in (self.volume, self.segmentation):
                 if old is not None:
                     self.slicer_app.scene.RemoveNode(old)
         self.volume = node
+        self._follow(True)  # a new case: its shown slice's neighbours are encoded while the reader looks
         self.loaded_path = str(path)  # its file's header is the one a saved label gets (``save``)
         self.dicom_volume = None
         self.edited = False
@@ -270,6 +280,8 @@ class WebApp:
         self.editor.deactivate_effect()
         self.controls.data.tool = "none"
         self._new_object = new_object and not self.review.taking_boxes  # review: a box on the object corrects it
+        if self._new_object:
+            self._follow(True)
         self._drag.arm()
         self.panel.data.drawing = True
         self._say("drag a box around the object in a slice view" if new_object
@@ -298,6 +310,7 @@ class WebApp:
     def propagate(self) -> None:
         self._need_volume()
         self._check_arm("propagate")
+        self._follow(False)  # the propagation encodes what it still needs; the prefetch stops following the view
         if self.review_state.data.review_mode:
             self.review.propagate(self.controls.data.window, self.controls.data.range_mode,
                                   bool(self.controls.data.stop_rule))
@@ -336,6 +349,7 @@ class WebApp:
                 raise ValueError("in the manual arm, Finish case accepts what you drew")
             segment_id = self.logic.accept(self.volume)
             self.review.end()
+            self._follow(True)  # the next object: prefetch around the slice the reader goes to
             self._say(f"accepted {segment_id or 'nothing'}; the next box starts a new object", action="accept")
         self._refresh()
 
@@ -516,6 +530,8 @@ class WebApp:
 
     def _tick(self) -> None:
         self._ticks += 1
+        if self._ahead and self.volume is not None and not self.logic.busy:
+            self._prefetch_ahead()
         if self.logic.preparing and not self.logic.busy:
             self.logic.poll()  # sends the volume / advances the prefetch started when the box was drawn
         self.review.start_queued()  # a review action queued while another operation ran
@@ -555,6 +571,7 @@ class WebApp:
                         view.set_render_blocked(was_held)
                 if progress.finished:
                     self.logic.settle()  # the undo check's digest of what was written, after the frames too
+                    self._prefetch_after(progress)
                     return
                 job = getattr(self.logic.pending, "job", None)
                 if job is not None and not job.status.finished and not self.logic.pending.cancel_requested:
@@ -594,6 +611,79 @@ class WebApp:
                                    *self.slicer_app.view_manager.get_threed_views()]
                  if view.get_view_node() is not getattr(self, "_box_view_node", None)]
         return [(view, view.set_render_blocked(True)) for view in views]
+
+    # -- prefetch ahead: the engine encodes what the next propagation or correction needs while the reader thinks --
+    def _follow(self, on: bool) -> None:
+        """Prefetch around the shown slice (``on``: no object propagated yet) or not.  A box drawn meanwhile asks
+        for as many slices (the logic's ``prefetch_neighbours``).  Once the object is propagated a box asks for its
+        own slice only: the object's slices are cached and those past its ends are asked for after the propagation
+        (``_prefetch_after``); a neighbour encoded then would hold up the correction the box starts (an encoder
+        call cannot be interrupted: the correction waited for one, or two before the engine's prefetch waited for
+        jobs)."""
+        self._ahead = on
+        self._ahead_at = None
+        self.logic.prefetch_neighbours = AHEAD_SLICES if on else 0
+
+    def _remote_key(self) -> tuple:
+        """The engine session a propagation from the red view will use: (grid key, the panel's window, "k")."""
+        from MedSAMSlicerLogic.volume_nodes import grid_key
+
+        return grid_key(self.volume), self.controls.data.window, "k"
+
+    def _prefetch_ahead(self) -> None:
+        """From the idle poll: when the red view shows another slice (or the window changed), ask the engine to
+        encode that slice and ``AHEAD_SLICES`` on each side, nearest first (the latest request replaces the
+        previous one on the engine; cached slices cost nothing).  The first request sends the volume."""
+        from MedSAMSlicerLib.errors import MedSAMError
+        from MedSAMSlicerLogic.object_review import view_slice_index
+
+        try:
+            grid = self.logic.grid(self.volume)
+            count = int(grid.shape_kji[0])
+            k = view_slice_index(self._slice_view("Red").get_view_node(), self.volume, count)
+            key = self._remote_key()
+        except MedSAMError:  # the view is off the volume: nothing to encode around
+            return
+        if (key, k) == self._ahead_at:
+            return
+        self._ahead_at = (key, k)
+        self.logic.prefetch_window = key[1]  # a box drawn next prefetches for the same session
+        self.logic.jobs.wish_prefetch(key, grid, outwards(k, AHEAD_SLICES, count))
+
+    def _prefetch_after(self, progress) -> None:
+        """After an operation: a propagated object under review gets the ``END_SLICES`` slices past each of its
+        ends encoded (a corrective box there extends it, and its walk needs them); a plain propagation stops the
+        prefetch still running for it (an empty request replaces it)."""
+        if progress.state != "done" or self._ahead or self.volume is None:
+            return
+        state = self.review.review.state if self.review.review.active else None
+        try:
+            grid = self.logic.grid(self.volume)
+            count = int(grid.shape_kji[0])
+            key = (state.grid_key, state.window, state.axis) if state is not None else self._remote_key()
+        except Exception:  # a prefetch must never break the page; the next operation reports a real failure
+            log.debug("no prefetch after the operation", exc_info=True)
+            return
+        indices: list[int] = []
+        if state is not None and state.scores:
+            low, high = min(state.scores), max(state.scores)
+            for step in range(1, END_SLICES + 1):
+                indices += [i for i in (high + step, low - step) if 0 <= i < count]
+        if (key, tuple(indices)) != self._ahead_at:
+            self._ahead_at = (key, tuple(indices))
+            self.logic.jobs.wish_prefetch(key, grid, indices)
+
+    def _stop_prefetch(self) -> None:
+        """Another case opens: the engine stops encoding this one's slices (an empty prefetch replaces the one
+        running; one short request, a failure only logged)."""
+        if self._ahead_at is None:
+            return
+        remote = self.logic.volumes.session(self._ahead_at[0])
+        if remote is not None:
+            try:
+                remote.prefetch([], timeout=0.05)
+            except Exception:  # the engine drops it with the session anyway
+                log.debug("the prefetch was not stopped", exc_info=True)
 
     # -- state shown in the page ------------------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -710,6 +800,7 @@ class WebApp:
     def _register_triggers(self) -> None:
         self.ctrl.trigger("on_key")(self._on_key)
         self.ctrl.trigger("app_state")(self.app_state)
+        self.ctrl.trigger("app_progress")(self.app_progress)
         self.ctrl.trigger("ijk_to_view")(self.ijk_to_view)
         self.ctrl.trigger("show_slice")(self._guard(self.show_slice))
         self.ctrl.trigger("review_slice")(self.review.slice_answer)  # read-only: what the reader sees on a slice
@@ -719,6 +810,13 @@ class WebApp:
     def _pacs_study_chosen(self, study) -> None:
         if study and self.pacs is not None:
             self._guard(self.pacs_list_series)(study)
+
+    def app_progress(self) -> dict:
+        """What a script waiting for an action needs (busy, actions finished, the last one, the error), without
+        ``app_state``'s copy and digest of every segment: a script polling that every 0.1 s during an action
+        slowed the action it timed (the simulated reader)."""
+        return dict(busy=self.logic.busy, actions=self.actions, last_action=self.panel.data.last_action,
+                    error=self.panel.data.error, **self.review.app_state())
 
     def app_state(self) -> dict:
         """What a test (or a script) asks the server: boxes, segments, digests, the time log."""
@@ -855,6 +953,15 @@ class WebApp:
             self.server.start(host=host, port=port, open_browser=False, timeout=0)
         finally:
             sys.argv = argv
+
+
+def outwards(center: int, radius: int, count: int) -> list[int]:
+    """``center`` and the slices up to ``radius`` away on each side, nearest first, alternating (both directions of
+    a propagation from a box on ``center``), within 0 .. count-1."""
+    order = [center]
+    for step in range(1, radius + 1):
+        order += [i for i in (center + step, center - step) if 0 <= i < count]
+    return [i for i in order if 0 <= i < count]
 
 
 def _wait_for_job(job) -> bool:

@@ -99,6 +99,9 @@ class BoxDrag:
             self._preview.CreateDefaultDisplayNodes()
             self._preview.GetDisplayNode().SetFillOpacity(0.0)
             self._preview.GetDisplayNode().SetHandlesInteractive(False)
+            # Shown in the view drawn in only: shown in every view, each mouse move re-rendered all four (llvmpipe,
+            # on the cores the engine encodes on).
+            self._preview.GetDisplayNode().SetViewNodeIDs([slice_node.GetID()])
         normal = np.asarray(slice_node.GetSliceToRAS().MultiplyPoint((0.0, 0.0, 1.0, 0.0))[:3])
         centre = (p0 + p1) / 2.0
         size = np.abs(p1 - p0) + 0.5 * np.abs(normal)  # thin across the slice plane

@@ -131,9 +131,11 @@ def test_masks_equal_in_process_on_a_real_lesion(ray_server, segmenter, cache):
 
 def test_object_review_actions_on_the_replica_holding_the_object(ray_server, segmenter, cache):
     """An object started, corrected, accepted, undone and edited by hand through the Ray deployment (``/objects``
-    and its ``actions``, as the review front ends send them): each answer equals the in-process CorrectableObject's, every
-    action runs on the replica that holds the object (no encoder call after the start, none elsewhere), and another
-    client cannot act on the object."""
+    and its ``actions``, as the review front ends send them): each answer equals the in-process
+    CorrectableObject's, every action runs on the replica that holds the object (no encoder call after the start,
+    none elsewhere), another client cannot act on the object, one request sent twice at once (a client repeating a
+    request that timed out) is one job applied once, and closing the session drops the ingress's routing entry of
+    its objects (``/info`` ``objects``: it does not grow with every object ever started)."""
     from MedSAMSlicerLib.engine.corrections import CorrectableObject
     from MedSAMSlicerLib.engine.propagation import PropagationOptions
     from MedSAMSlicerLib.errors import ServiceError
@@ -142,8 +144,10 @@ def test_object_review_actions_on_the_replica_holding_the_object(ray_server, seg
     volume = synthetic(21, slices=6)
     local = CorrectableObject(in_process(segmenter, cache, volume), PropagationOptions(slice_range=(0, 5)))
     local.start({2: box_of(BOX)})
+    objects = ray_server.info()["objects"]
     remote = client_of(ray_server).open_volume(volume, already_normalized=True)
     started = remote.start_object({2: BOX}, {"slice_range": [0, 5]}).result()
+    assert ray_server.info()["objects"] == objects + 1
     assert started["mask"].any() and np.array_equal(started["mask"], local.mask)
     object_id, fingerprint = started["object_id"], wire.content_fingerprint(volume)
     encoded = calls_by_replica(ray_server, fingerprint)
@@ -162,6 +166,20 @@ def test_object_review_actions_on_the_replica_holding_the_object(ray_server, seg
     edited[20:28, 20:30] = True  # a hand edit: its packed mask crosses to the replica too
     answer = remote.correct(object_id, "edit", 5, mask=edited).result()
     assert answer["locked"] == [5] and np.array_equal(answer["mask"][5], edited)
+    jobs: list = []
+    together = threading.Barrier(6)
+
+    def send() -> None:  # the same request id at once: the others arrive while the first is being started
+        together.wait(60)
+        jobs.append(remote.correct(object_id, "accept", 1, request_id="repeated-accept"))
+
+    repeats = [threading.Thread(target=send) for _ in range(6)]
+    for thread in repeats:
+        thread.start()
+    for thread in repeats:
+        thread.join(120)
+    assert len(jobs) == 6 and len({job.job_id for job in jobs}) == 1 and jobs[0].result()["locked"] == [1, 5]
+    assert remote.correct(object_id, "undo").result()["locked"] == [5]  # one accept to undo, not two
     assert calls_by_replica(ray_server, fingerprint) == encoded and sorted(encoded.values())[0] == 0
     other = client_of(ray_server).open_volume(volume, already_normalized=True)
     with pytest.raises(ServiceError) as refused:
@@ -169,6 +187,7 @@ def test_object_review_actions_on_the_replica_holding_the_object(ray_server, seg
     assert refused.value.status == 404
     other.close()
     remote.close()
+    assert ray_server.info()["objects"] == objects
 
 
 # -- routing by volume -----------------------------------------------------------------------------------------------
@@ -256,8 +275,12 @@ def test_above_max_ongoing_requests_spills_are_re_sent_and_right(ray_server, seg
 
 def test_a_replica_killed_mid_propagation(ray_server, segmenter, cache):
     """SIGKILL the replica running a propagation: the client's job completes by itself (the volume re-sent, the
-    job started again where the volume now is) with the same mask; another reader meanwhile sees no error."""
+    job started again where the volume now is) with the same mask; another reader meanwhile sees no error.  A
+    correctable object on that replica is gone: an action started before the kill and polled after it is not
+    applied again elsewhere, and both it and a new action fail with one line saying to start the object again."""
+    from MedSAMSlicerLib.client.engine_client import OBJECT_GONE
     from MedSAMSlicerLib.engine.propagation import PropagationOptions, propagate
+    from MedSAMSlicerLib.errors import ServiceError
 
     volume, other = synthetic(11, slices=10), synthetic(12, slices=3)
     local = in_process(segmenter, cache, volume)
@@ -267,6 +290,9 @@ def test_a_replica_killed_mid_propagation(ray_server, segmenter, cache):
     theirs_expected = in_process(segmenter, cache, other).segment_slice(1, box_of(BOX)).mask
     client = client_of(ray_server)
     remote = client.open_volume(volume, already_normalized=True)
+    object_id = remote.start_object({9: BOX}, {"slice_range": [9, 9]}).result()["object_id"]  # the last slice
+    accept = remote.correct(object_id, "accept", 9)  # started on the replica, polled only after the kill
+    objects = ray_server.info()["objects"]
     job = remote.propagate({4: BOX})
     while job.poll(timeout=0.2).done < 2 and not job.status.finished:
         pass
@@ -295,6 +321,12 @@ def test_a_replica_killed_mid_propagation(ray_server, segmenter, cache):
     assert client.resent >= 1 and ray_server.info()["job_restarts"] >= 1
     assert seen and all(s is True for s in seen), [s for s in seen if s is not True][:3]
     assert running[0]["replica"] not in ray_server.info()["replicas"]
+    for action in (lambda: accept.result(), lambda: remote.correct(object_id, "undo").result()):
+        with pytest.raises(ServiceError) as gone:
+            action()
+        assert gone.value.code == OBJECT_GONE and gone.value.status == 410
+        assert "start the object again" in str(gone.value) and "\n" not in str(gone.value)
+    assert ray_server.info()["objects"] == objects - 1
 
 
 def test_ray_options_need_ray():

@@ -45,6 +45,11 @@ MODEL_TIMEOUT = 600.0  # a first request may wait for the model to load and a sl
 # (409, plus the fingerprint); the client sends it and repeats the request, at most RESENDS times per request.
 RESEND_VOLUME = "resend_volume"
 RESENDS = 3
+# Its object actions can also fail with 410 and one line (raised as ServiceError with this code, never retried):
+# the object is gone (its replica was lost, or its session expired there; start the object again), or an action's
+# answer was lost (it may have been applied: review the object before the next action; it is never applied twice).
+OBJECT_GONE = "object_gone"
+ANSWER_LOST = "answer_lost"
 
 
 @dataclass(frozen=True)

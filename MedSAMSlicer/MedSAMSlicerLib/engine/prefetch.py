@@ -4,6 +4,12 @@
 slice the foreground asks for at the same time is still computed once).  ``warm`` on another slice, or ``cancel``,
 stops the current job between two slices; an encoder call already running finishes first (it cannot be interrupted).
 
+``prefetch_loop`` (the engine server's ``POST /sessions/{id}/prefetch``): embeds the asked slices in order, at the
+model worker's prefetch priority, and waits while any job a user waits for runs (:class:`Foreground`): one model
+worker runs every call one at a time, so a prefetch call that slipped in between two calls of a correction or a
+propagation made it wait a whole encoder call (measured in the browser: a corrective box waited for two).  The slices
+asked for are capped at half of what the embedding cache holds, so a prefetch never evicts the slices in use.
+
 ``EncodeAhead``: while a propagation's decoder walks slice by slice, the next few slices it will need are encoded
 by ``depth`` worker threads on the runtime's throughput requests (OpenVINO streams, each on its own cores), so the
 encoder never waits for the decoder and two slices encode side by side.  Workers go through
@@ -16,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import first_line
 from .predictor import SliceEmbedding, encoding_ahead
@@ -72,6 +78,62 @@ class Prefetcher:
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+
+class Foreground:
+    """How many jobs a user waits for are running (a context manager around each); :meth:`wait_idle` blocks a
+    background prefetch until none is."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> "Foreground":
+        with self._idle:
+            self._count += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        return self._count > 0
+
+    def wait_idle(self, stop: threading.Event, poll: float = 0.05) -> None:
+        """Return when no job runs, or when ``stop`` is set (checked every ``poll`` seconds)."""
+        with self._idle:
+            while self._count and not stop.is_set():
+                self._idle.wait(poll)
+
+
+def prefetch_cap(cache) -> int:
+    """The most slices one prefetch may ask for: half of what the embedding cache holds in memory."""
+    from .cache import embedding_bytes
+
+    return max(1, int(cache.memory_budget // embedding_bytes(cache.store_dtype)) // 2)
+
+
+def prefetch_loop(indices: Iterable[int], embedding: Callable[[int], object], stop: threading.Event,
+                  foreground: Foreground, halt: threading.Event | None = None) -> list[int]:
+    """Embed ``indices`` in order through ``embedding`` (the session's cache), each after waiting for the running
+    jobs; stops when ``stop`` (a newer prefetch of the session, or its end) or ``halt`` (the engine's end) is set,
+    or at the first failure (logged; the foreground retries).  Returns the slices it went through."""
+    done: list[int] = []
+    for index in indices:
+        foreground.wait_idle(stop)
+        if stop.is_set() or (halt is not None and halt.is_set()):
+            break
+        try:
+            embedding(index)
+        except Exception as error:  # a prefetch failure never reaches a user; the foreground retries
+            log.warning("prefetch of slice %d failed: %s", index, first_line(error))
+            break
+        done.append(index)
+    return done
 
 
 class EncodeAhead:

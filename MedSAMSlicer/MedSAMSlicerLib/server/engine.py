@@ -41,6 +41,7 @@ from ..engine import (
     propagate,
     propagation_options,
 )
+from ..engine.prefetch import Foreground, prefetch_cap, prefetch_loop
 from ..errors import BoxError, Cancelled, MedSAMError, ServiceError, first_line
 from ..protocol import Box, JobState, PropagationResult, PropagationSettings, SessionSpec, SliceRequest, SliceResult
 from ..protocol.axes import take_slice
@@ -195,6 +196,7 @@ class Engine:
         self.baseline_rss = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self.foreground = Foreground()  # jobs running: a prefetch waits for them
 
     # -- lifetime -----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -376,17 +378,11 @@ class Engine:
             session.prepared.check_index(index)
         session.prefetch_stop.set()  # replaces this session's previous request
         stop = session.prefetch_stop = threading.Event()
+        indices = list(indices)[:prefetch_cap(self.cache)]  # never evicts the slices in use
 
         def run() -> None:
-            with priority(PREFETCH):
-                for index in indices:
-                    if stop.is_set() or self._stop.is_set():
-                        return
-                    try:
-                        session.prepared.embedding(index)
-                    except Exception as error:  # a prefetch failure never reaches a user; the foreground retries
-                        log.warning("prefetch of slice %d failed: %s", index, first_line(error))
-                        return
+            with priority(PREFETCH):  # and between two slices it waits while a job runs (engine/prefetch.py)
+                prefetch_loop(indices, session.prepared.embedding, stop, self.foreground, self._stop)
 
         threading.Thread(target=run, name="medsam-prefetch", daemon=True).start()
 
@@ -519,7 +515,7 @@ class Engine:
             _job_local.job = job
             start = time.perf_counter()
             try:
-                with priority(level):
+                with self.foreground, priority(level):
                     result = work()
             except Cancelled as error:
                 job.update(state=JobState.CANCELLED, message=job.message or str(error))

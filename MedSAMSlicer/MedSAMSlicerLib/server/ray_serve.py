@@ -19,6 +19,8 @@ Layout (README "Many readers, many GPUs"):
   re-sent volume goes to the replica that asked for it.  A job whose replica is gone is started again by the
   ingress on the replica that now holds the volume, at the client's next poll.  A lost replica costs re-encoding,
   never a wrong mask: every answer is computed from the volume itself, on whichever replica holds it.
+- Correctable objects live in a replica's session: their actions are never started twice (not elsewhere, not
+  again on a repeated call); a lost object answers 410 ``object_gone``, a lost answer 410 ``answer_lost``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ APP_NAME = "medsam"
 MODEL_DEPLOYMENT = "Model"
 RESEND = "resend_volume"  # the error code the client answers by re-sending the volume (engine_client.RESEND_VOLUME)
 ELSEWHERE = "elsewhere"
+OBJECT_GONE = "object_gone"  # 410: the object's replica or session is gone (client: engine_client.OBJECT_GONE)
+ANSWER_LOST = "answer_lost"  # 410: an object action's answer is lost; never re-applied (engine_client.ANSWER_LOST)
 TAG = "replica:"  # multiplexed id prefix of "this very replica"
 CALL_TIMEOUT = 600.0  # s: a call may wait for a busy replica's model worker
 FIND_TIMEOUT = 20.0  # s: how long the ingress keeps asking for a replica that is alive but busy
@@ -74,6 +78,27 @@ class ResendVolume(ServiceError):
 class Elsewhere(ServiceError):
     def __init__(self) -> None:
         super().__init__("the request reached another replica than the one it was meant for", ELSEWHERE, 503)
+
+
+class ObjectGone(ServiceError):
+    """A correctable object the ingress routed is no longer anywhere: its replica was lost, or that replica's
+    session expired and was opened afresh (objects live in a replica's session, with its embeddings)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the object is gone ({why}); start the object again", OBJECT_GONE, 410)
+
+
+LOST_REPLICA = "the engine replica that held it was lost"
+EXPIRED_SESSION = "its session expired on the engine replica that held it"
+
+
+class AnswerLost(ServiceError):
+    """An object action's job ended on its replica but its answer can no longer be fetched: it is never applied
+    a second time (a box or an undo twice is not the user's work); the client reads the object again."""
+
+    def __init__(self) -> None:
+        super().__init__("the engine lost the answer of this object action (it may have been applied); review the "
+                         "object again before the next action", ANSWER_LOST, 410)
 
 
 class ReplicaLost(ServiceError):
@@ -232,17 +257,34 @@ class ModelReplica:
         return await self._answer(work, fingerprint)
 
     async def start_object(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec,
-                           start: ObjectStart) -> dict:
+                           start: ObjectStart, request_id: str) -> dict:
         def work() -> dict:
-            return self.engine.start_object(owner, self._session(owner, fingerprint, sid, spec), start)
+            local = self._session(owner, fingerprint, sid, spec)
+            return self.engine.start_object(owner, local, start, request_id)
 
         return await self._answer(work, fingerprint)
 
+    def _held_session(self, owner: str, sid: str) -> Optional[str]:
+        """This engine's session for ``sid`` if it is still open here (never opened afresh: it holds the objects)."""
+        with self._lock:
+            local = self.opened.get((owner, sid))
+        if local is None:
+            return None
+        try:
+            self.engine.session(owner, local)
+        except ServiceError:  # expired here
+            return None
+        return local
+
     async def object_action(self, owner: str, fingerprint: str, sid: str, spec: SessionSpec, object_id: str,
-                            step: ObjectAction, model_id: str) -> dict:
+                            step: ObjectAction, request_id: str, model_id: str) -> dict:
+        """``request_id`` (the ingress's job id): a repeated call (the ingress asks again after a call timed out
+        in a saturated replica's queue) returns the job the first started instead of applying the action twice."""
         def work() -> dict:
-            local = self._session(owner, fingerprint, sid, spec)
-            return self.engine.start_object_action(owner, local, object_id, step)
+            local = self._held_session(owner, sid)
+            if local is None:
+                raise ObjectGone(EXPIRED_SESSION)
+            return self.engine.start_object_action(owner, local, object_id, step, request_id)
 
         return await self._answer(work, model_id)
 
@@ -310,6 +352,11 @@ class FrontJob:
     restarts: int = 0
     cancelled: bool = False
     last_seen: float = field(default_factory=time.monotonic)  # the client's last poll
+    # False for an object action: applying it again (a second box, a second undo) would change the user's object
+    restartable: bool = True
+    object_id: str = ""  # the object an object action acts on
+    started: threading.Event = field(default_factory=threading.Event)  # its first start returned (or failed)
+    start_error: Optional[BaseException] = None  # what its first start raised
 
     def describe(self) -> dict:
         return {"job_id": self.id, "state": self.state, "done": self.done, "total": self.total,
@@ -356,7 +403,9 @@ class FrontEngine:
         self.upload_locks: dict[str, threading.Lock] = {}
         self.counts: Counter = Counter()  # uploads, resent_volumes, misrouted, job_restarts, replica_losses
         self._reaper: Optional[threading.Thread] = None
-        self.objects: dict[tuple[str, str], str] = {}  # (owner, correctable object id) -> the replica holding it
+        # (owner, correctable object id) -> (the replica holding it, its session, why it is gone or ""): entries go
+        # with their session; a gone one stays till then, so that every later action says why, not a bare 404
+        self.objects: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def count(self, name: str) -> None:
         with self._lock:
@@ -555,10 +604,12 @@ class FrontEngine:
         for session in [s for s in self.sessions.values()
                         if s.id not in busy and now - s.last_used > self.config.idle_timeout]:
             del self.sessions[session.id]
-        for job in [j for j in self.jobs.values() if j.state != "running" and j.session_id not in self.sessions
-                    and j.session_id]:
+        # finished jobs of gone sessions; finished session-less ones (volume takes, session openings) once unpolled
+        for job in [j for j in self.jobs.values() if j.state != "running" and (
+                j.session_id not in self.sessions if j.session_id else now - j.last_seen > self.config.idle_timeout)]:
             del self.jobs[job.id]
         self.requests = {k: v for k, v in self.requests.items() if v in self.jobs}
+        self.objects = {k: v for k, v in self.objects.items() if v[1] in self.sessions}
 
     def session(self, owner: str, session_id: str) -> FrontSession:
         return used_session(self._lock, self.sessions, session_id, owner)
@@ -567,6 +618,7 @@ class FrontEngine:
         session = self.session(owner, session_id)
         with self._lock:
             self.sessions.pop(session_id, None)
+            self.objects = {k: v for k, v in self.objects.items() if v[1] != session_id}
             for job in self.jobs.values():
                 if job.session_id == session_id and job.state == "running":
                     self._cancel(job)
@@ -597,48 +649,93 @@ class FrontEngine:
 
     def start_object(self, owner: str, session_id: str, start: ObjectStart, request_id: Optional[str] = None) -> dict:
         s = self.session(owner, session_id)
-        return self._remote_job(owner, s, 0, request_id, "start_object", (owner, s.fingerprint, s.id, s.spec, start))
+        return self._remote_job(owner, s, 0, request_id, "start_object", (owner, s.fingerprint, s.id, s.spec, start),
+                                with_job_id=True)
+
+    def object_count(self) -> int:
+        """How many correctable objects the ingress routes now (``/info`` ``objects``): not gone, session open."""
+        with self._lock:
+            return sum(1 for held in self.objects.values() if not held[2])
+
+    def _lose_object(self, owner: str, object_id: str, why: str) -> ObjectGone:
+        """Mark the object gone (till its session goes) and return the error that says so."""
+        with self._lock:
+            held = self.objects.get((owner, object_id))
+            if held is not None:
+                self.objects[(owner, object_id)] = (held[0], held[1], why)
+        return ObjectGone(why)
 
     def start_object_action(self, owner: str, session_id: str, object_id: str, step: ObjectAction,
                             request_id: Optional[str] = None) -> dict:
-        """On the replica holding the object (its corrections' state lives there, with the embeddings)."""
+        """On the replica holding the object (its corrections' state lives there, with the embeddings); never
+        started again elsewhere (see :meth:`_refresh`)."""
         s = self.session(owner, session_id)
         with self._lock:
-            tag = self.objects.get((owner, object_id))
-        if tag is None:
+            held = self.objects.get((owner, object_id))
+        if held is None or held[1] != s.id:
             raise ServiceError("no such object in this session", "not_found", 404)
+        tag, _, gone = held
+        if gone:
+            raise ObjectGone(gone)
         if tag not in self.live_replicas():
-            raise ServiceError("the object was lost with the engine replica that held it; propagate it again",
-                               "not_found", 404)
-        return self._remote_job(owner, s, 1, request_id, "object_action",
-                                (owner, s.fingerprint, s.id, s.spec, object_id, step), tag=tag)
+            raise self._lose_object(owner, object_id, LOST_REPLICA)
+        try:
+            return self._remote_job(owner, s, 1, request_id, "object_action",
+                                    (owner, s.fingerprint, s.id, s.spec, object_id, step), tag=tag,
+                                    with_job_id=True, object_id=object_id)
+        except ReplicaLost:
+            raise self._lose_object(owner, object_id, LOST_REPLICA) from None
+        except ServiceError as error:  # the replica's session expired (or was opened afresh): its objects are gone
+            if error.code not in (OBJECT_GONE, "not_found"):
+                raise
+            raise self._lose_object(owner, object_id, EXPIRED_SESSION) from None
 
     def _remote_job(self, owner: str, session: FrontSession, total: int, request_id: Optional[str], method: str,
-                    args: tuple, tag: str = "") -> dict:
+                    args: tuple, tag: str = "", with_job_id: bool = False, object_id: str = "") -> dict:
         """A job run by the replica holding the volume (or replica ``tag``): started now (a refusal reaches the
-        client now), started again when that replica is lost."""
+        client now), started again when that replica is lost (an object action never: ``object_id``).  With
+        ``with_job_id`` the replica gets this job's id as its request id: a call repeated to it starts nothing new.
+
+        A repeated ``request_id`` (the client's request timed out, it asks again) gets the job the first started,
+        also while that first start is still on its way (the job is registered before it is started)."""
 
         def launch(job: FrontJob) -> None:
+            extra = (job.id,) if with_job_id else ()
             if tag:
-                answer, job.tag = self.at_replica(tag, method, *args), tag
+                answer, job.tag = self.at_replica(tag, method, *args, *extra), tag
             else:
-                answer, job.tag = self.replica_call(session.fingerprint, method, *args, with_replica=True)
+                answer, job.tag = self.replica_call(session.fingerprint, method, *args, *extra, with_replica=True)
             job.remote_id = answer["job_id"]
             job.take(answer)
 
         with self._lock:
             known = self.jobs.get(self.requests.get((owner, request_id), "")) if request_id else None
+            if known is None:
+                job = FrontJob(secrets.token_urlsafe(16), owner, session.id, total, launch, session.fingerprint,
+                               restartable=not object_id, object_id=object_id)
+                self.jobs[job.id] = job
+                if request_id:
+                    self.requests[(owner, request_id)] = job.id
+                if self._reaper is None:
+                    self._reaper = threading.Thread(target=self._reap, name="medsam-ray-reaper", daemon=True)
+                    self._reaper.start()
         if known is not None:
+            known.started.wait(CALL_TIMEOUT)
+            if known.start_error is not None:
+                raise known.start_error
             return known.describe()
-        job = FrontJob(secrets.token_urlsafe(16), owner, session.id, total, launch, session.fingerprint)
-        self._start(job, first=True)
-        with self._lock:
-            self.jobs[job.id] = job
-            if request_id:
-                self.requests[(owner, request_id)] = job.id
-            if self._reaper is None:
-                self._reaper = threading.Thread(target=self._reap, name="medsam-ray-reaper", daemon=True)
-                self._reaper.start()
+        try:
+            self._start(job, first=True)
+        except BaseException as error:  # refused: forgotten, so that the client's repeat starts it afresh
+            job.start_error = error
+            with self._lock:
+                self.jobs.pop(job.id, None)
+                self.requests = {k: v for k, v in self.requests.items() if v != job.id}
+            raise
+        finally:
+            job.started.set()
+        if job.cancelled:  # its session was closed while it was being started
+            self._cancel(job)
         return job.describe()
 
     def _reap(self) -> None:
@@ -708,15 +805,21 @@ class FrontEngine:
                                      patience=POLL_PATIENCE))
             if job.result and isinstance(job.result.get("object_id"), str):
                 with self._lock:
-                    self.objects[(job.owner, job.result["object_id"])] = job.tag
+                    if job.session_id in self.sessions:  # not one closed meanwhile (its entries are gone)
+                        self.objects[(job.owner, job.result["object_id"])] = (job.tag, job.session_id, "")
             return
         except ReplicaLost:
-            pass
+            if not job.restartable:
+                self._fail(job, self._lose_object(job.owner, job.object_id, LOST_REPLICA))
+                return
         except ServiceError as error:
             if error.code == "busy":
                 return  # the last known state; the job goes on where it runs, and the client polls again
             if error.code != "not_found":
                 raise
+            if not job.restartable:  # its replica forgot the job: it may have been applied; never apply it twice
+                self._fail(job, AnswerLost())
+                return
         with self._lock:
             job.restarts += 1
             self.counts["job_restarts"] += 1
@@ -727,6 +830,11 @@ class FrontEngine:
         log.warning("job %s: its replica is gone; starting it again", job.id[:8])
         job.done = 0
         self._start(job)
+
+    def _fail(self, job: FrontJob, error: ServiceError) -> None:
+        log.warning("job %s: %s", job.id[:8], error.code)
+        job.state, job.message = "failed", str(error)
+        job.error = {"code": error.code, "message": str(error), "status": error.status}
 
     def cancel_job(self, owner: str, job_id: str) -> dict:
         job = self.job(owner, job_id)
@@ -764,7 +872,8 @@ class FrontEngine:
                 "resent_volumes": counts.get("resent_volumes", 0),
                 "misrouted_polls": counts.get("misrouted", 0), "job_restarts": counts.get("job_restarts", 0),
                 "replica_losses": counts.get("replica_losses", 0),
-                "cancelled_unpolled_jobs": counts.get("cancelled_unpolled_jobs", 0), "local_dir": None,
+                "cancelled_unpolled_jobs": counts.get("cancelled_unpolled_jobs", 0), "objects": self.object_count(),
+                "local_dir": None,
                 "warnings": []}
 
 
