@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import BoxError
 from ..protocol import Box, axes, box_from_mask, checked_box
+from .predictor import SliceEmbedding
 from .propagation import PropagationOptions, RegionStats, SliceObservation, _iou, propagate
 from .session import VolumeSession, check_box_type, check_index_type
 
@@ -172,8 +173,15 @@ class CorrectableObject:
         # propagation's box rule and stop rule were made for model masks, and a kept or cut mask seeding the walk
         # lost up to 0.043 without a range (README, "Interactive protocol").
         stats = RegionStats.of(axes.take_slice(self.session.image, self.session.np_axis, index), mask)
+        # The first slice of each walk is prompted from the model's key mask alone, and the walk up changes nothing
+        # the walk down reads before its first decode (keys, locks, range): when both walks will decode a first
+        # slice, the two decodes run together (same results, see Segmenter.predict_model_box_pair).
+        up, down = self._first_prompt(index, +1, mask), self._first_prompt(index, -1, mask)
+        decoded: dict[int, tuple[np.ndarray, float]] = {}
+        if up is not None and down is not None:
+            decoded[+1], decoded[-1] = segmenter.predict_model_box_pair(up, down)
         for direction in (+1, -1):
-            why = self._walk(index, direction, mask, stats, changed)
+            why = self._walk(index, direction, mask, stats, changed, decoded.get(direction))
             stopped["up" if direction > 0 else "down"] = why
         return self._change("box", index, changed, before, stopped)
 
@@ -203,25 +211,53 @@ class CorrectableObject:
         t = (index - key) / (neighbour - key)
         return Box(*(u + t * (v - u) for u, v in zip((a.x0, a.y0, a.x1, a.y1), (b.x0, b.y0, b.x1, b.y1))))
 
-    def _walk(self, key: int, direction: int, mask: np.ndarray, stats: RegionStats, changed: list[int]) -> str:
-        session, segmenter = self.session, self.session.segmenter
+    def _bounds(self, key: int, direction: int) -> tuple[int | None, int]:
+        """The next key in ``direction`` (None beyond the outermost key) and the last slice a walk may reach."""
         others = [k for k in self.keys if (k - key) * direction > 0]
         neighbour = min(others, key=lambda k: abs(k - key)) if others else None
         end = (self.high if direction > 0 else self.low)
-        end = (session.slice_count - 1 if direction > 0 else 0) if end is None else end
+        end = (self.session.slice_count - 1 if direction > 0 else 0) if end is None else end
+        return neighbour, end
+
+    def _prompt(self, index: int, neighbour: int | None, previous: np.ndarray) -> str | tuple[SliceEmbedding,
+                                                                                            np.ndarray]:
+        """Slice ``index``'s embedding and model box, prompted from the previous slice's new mask, or why the walk
+        stops before decoding it."""
+        if index == neighbour:
+            return f"next key at slice {index}"
+        if index in self.locked:
+            return f"locked slice {index}"
+        embedding = self.session.embedding(index)
+        model_box = self.session.segmenter.pipeline.box_from_previous_mask(previous, embedding.geometry,
+                                                                           self.options.margin)
+        if model_box is None:
+            return f"empty mask before slice {index}"
+        return embedding, model_box
+
+    def _first_prompt(self, key: int, direction: int, mask: np.ndarray) -> tuple[SliceEmbedding, np.ndarray] | None:
+        """The prompt of the walk's first decode in ``direction`` (None when that walk stops before decoding)."""
+        neighbour, end = self._bounds(key, direction)
+        if (key + direction - end) * direction > 0:
+            return None
+        prompt = self._prompt(key + direction, neighbour, mask)
+        return None if isinstance(prompt, str) else prompt
+
+    def _walk(self, key: int, direction: int, mask: np.ndarray, stats: RegionStats, changed: list[int],
+              first: tuple[np.ndarray, float] | None = None) -> str:
+        """Walk out from ``key`` (see the module); ``first``: the first slice's decode, already done."""
+        session, segmenter = self.session, self.session.segmenter
+        neighbour, end = self._bounds(key, direction)
         rule = self._options().stop_rule(direction) if neighbour is None else None
         previous = mask
         index = key + direction
         while (index - end) * direction <= 0:
-            if index == neighbour:
-                return f"next key at slice {index}"
-            if index in self.locked:
-                return f"locked slice {index}"
-            embedding = session.embedding(index)
-            model_box = segmenter.pipeline.box_from_previous_mask(previous, embedding.geometry, self.options.margin)
-            if model_box is None:
-                return f"empty mask before slice {index}"
-            new, score = segmenter.predict_model_box(embedding, model_box)
+            if first is not None and index == key + direction:
+                new, score = first  # decoded from _first_prompt, which made this step's checks
+            else:
+                prompt = self._prompt(index, neighbour, previous)
+                if isinstance(prompt, str):
+                    return prompt
+                new, score = segmenter.predict_model_box(*prompt)
             if index in self.masks and index in self.scores:
                 if score <= self.scores[index]:
                     return f"slice {index}: new predicted IoU {score:.3f} not above the old {self.scores[index]:.3f}"

@@ -125,11 +125,12 @@ class LitePipeline:
         return np.array([max(0, cols.min() - margin), max(0, rows.min() - margin),
                          min(size, cols.max() + margin), min(size, rows.max() + margin)], dtype=np.float32)
 
+    shortcut = True  # False: every mask through the official formula (the bench's reference path)
+
     def mask(self, logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
-        new_h, new_w = geometry.input_size
-        logits = F.interpolate(logits[..., :new_h, :new_w], size=geometry.original_size, mode="bilinear",
-                               align_corners=False)
-        return (torch.sigmoid(logits) > 0.5).squeeze().cpu().numpy()
+        if self.shortcut:
+            return lite_mask(logits, geometry)
+        return lite_mask_official(logits, geometry)
 
     def model_scale(self, geometry: SliceGeometry) -> tuple[float, float]:
         """Model pixels per slice pixel along (x, y)."""
@@ -210,3 +211,115 @@ PIPELINES: dict[str, type[Pipeline]] = {"lite": LitePipeline, "medsam": MedSAMPi
 
 def pipeline_for(name: str) -> Pipeline:
     return PIPELINES[name]()
+
+
+# --- LiteMedSAM's mask, bit for bit the official one, at a fraction of its cost -----------------------------------
+#
+# The official post-processing (CVPR24_LiteMedSAM_infer.py) upsamples the cropped 256-scale logits bilinearly to the
+# whole slice, takes the sigmoid and keeps > 0.5: on a 512² slice that is three full-resolution passes per decoder
+# call, for a lesion that covers a few hundred pixels.  :func:`lite_mask` returns the same bits with two facts:
+#
+# 1. Sign.  For float32 x <= 0, sigmoid(x) = 1 / (1 + exp(-x)) <= 0.5: exp(-x) >= 1 up to the 1-ulp error of the
+#    exp that torch uses (glibc's expf on the scalar path, SLEEF's u10 on the vector path), and 1 + exp(-x) only
+#    rounds below 2 when exp(-x) <= 1 - 2**-23, 2 ulps off.  For x > 0 it is > 0.5, except where 1 + exp(-x)
+#    rounds to 2, i.e. x below ~6e-8, where the official test says False although x > 0.  So `x > 0` decides every
+#    pixel except 0 < x < SIGN_BAND; a slice with any upsampled value in that band goes through the official
+#    formula whole (SIGN_BAND = 1e-4 is ~400 ulps of 0.5 away from the rounding, so no exp's error reaches it).
+# 2. Support.  A bilinear value is w00*x00 + w01*x01 + w10*x10 + w11*x11 with weights >= 0; where all four source
+#    logits are <= 0 every product and every rounded sum is <= 0, so the pixel is False.  Only the box around the
+#    positive logits (one source pixel more on each side) needs upsampling.  F.interpolate on a crop computes each
+#    pixel with the same source pixels and the same weights as on the whole image when the scale is a power of two
+#    (1/1, 1/2, 1/4: 512² and 256² slices; the source coordinate (i + 0.5) * s - 0.5 is then exact in float), apart
+#    from the crop's outermost output rows and columns, which clamp at the crop's edge and are not used.  Other
+#    scales (non-square slices whose longest side is not 256 * 2**k, e.g. breast1) upsample the whole slice as the
+#    official code does and use fact 1 only.  Crops are kept above ATen's 128-pixel (H + W) threshold, under which
+#    it switches to another kernel.  Logits with NaN or infinity take the official path.
+#
+# test_mask_shortcut.py checks both against the official formula on real decoder logits and on hand-made ones.
+
+SIGN_BAND = 1e-4
+_GENERIC_KERNEL_MIN = 129  # ATen's upsample_bilinear2d uses its channels-last kernel when out H + W <= 128
+
+
+def lite_mask_official(logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
+    """CVPR24_LiteMedSAM_infer.py's post-processing, transcribed: crop, bilinear to the slice, sigmoid > 0.5."""
+    new_h, new_w = geometry.input_size
+    logits = F.interpolate(logits[..., :new_h, :new_w], size=geometry.original_size, mode="bilinear",
+                           align_corners=False)
+    return (torch.sigmoid(logits) > 0.5).squeeze().cpu().numpy()
+
+
+def _power_of_two_factor(small: int, large: int) -> int | None:
+    """``large / small`` when it is 1, 2, 4, ... (a scale exact in float), else None."""
+    if small <= 0 or large % small:
+        return None
+    factor = large // small
+    return factor if factor & (factor - 1) == 0 and factor <= 64 else None
+
+
+def _span(flags: np.ndarray) -> tuple[int, int]:
+    where = np.flatnonzero(flags)
+    return int(where[0]), int(where[-1])
+
+
+def _crop(first: int, last: int, size: int) -> tuple[int, int]:
+    """Source rows [a, b) around the positive source rows first..last: every output row whose two source rows can
+    hold a positive logit has its source coordinate in (first - 1, last + 1), inside [a, b - 1]."""
+    return max(0, first - 1), min(size, last + 2)
+
+
+def crop_rows_kept(a: int, b: int, size: int, factor: int) -> tuple[int, int]:
+    """The crop's output rows [lo, hi) that equal the whole image's: those whose source coordinate lies in
+    [a, b - 1] (the others clamp at the crop's edge), or up to the crop's end where it is the image's edge."""
+    lo = factor // 2 if a > 0 else 0  # ceil((factor - 1) / 2): the first output whose source coordinate is >= a
+    hi = factor * (b - a - 1) + (factor - 1) // 2 + 1 if b < size else factor * (b - a)
+    return lo, hi
+
+
+def _widen(a: int, b: int, size: int, more: int) -> tuple[int, int]:
+    """[a, b) widened by up to ``more`` source rows within [0, size), below first."""
+    down = min(a, more)
+    return a - down, min(size, b + more - down)
+
+
+def lite_mask(logits: torch.Tensor, geometry: SliceGeometry) -> np.ndarray:
+    """The official LiteMedSAM mask (:func:`lite_mask_official`), bit for bit, computed where it can be non-zero."""
+    new_h, new_w = geometry.input_size
+    height, width = geometry.original_size
+    if logits.dtype != torch.float32 or logits.dim() != 4 or logits.shape[:2] != (1, 1) or min(height, width) < 2:
+        return lite_mask_official(logits, geometry)
+    low = logits[..., :new_h, :new_w]
+    fy, fx = _power_of_two_factor(new_h, height), _power_of_two_factor(new_w, width)
+    if fy is None or fx is None or height + width < _GENERIC_KERNEL_MIN:
+        up = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        positive = up > 0
+        if bool((positive & (up < SIGN_BAND)).any()):
+            return lite_mask_official(logits, geometry)
+        return positive.numpy()
+    source = low[0, 0].numpy()
+    if not np.isfinite(source).all():
+        return lite_mask_official(logits, geometry)
+    positive_source = source > 0
+    rows, cols = np.asarray(positive_source.any(axis=1)), np.asarray(positive_source.any(axis=0))
+    out = np.zeros((height, width), dtype=bool)
+    if not rows.any():
+        return out  # every source logit <= 0: every pixel is False (fact 2)
+    (r0, r1), (c0, c1) = _span(rows), _span(cols)
+    (ra, rb), (ca, cb) = _crop(r0, r1, new_h), _crop(c0, c1, new_w)
+    while (short := _GENERIC_KERNEL_MIN - fy * (rb - ra) - fx * (cb - ca)) > 0:
+        # Too small a crop for ATen's generic kernel: widen it (the whole slice is large enough, checked above).
+        before = (ra, rb, ca, cb)
+        ra, rb = _widen(ra, rb, new_h, -(-short // (2 * fy)))
+        short = _GENERIC_KERNEL_MIN - fy * (rb - ra) - fx * (cb - ca)
+        if short > 0:
+            ca, cb = _widen(ca, cb, new_w, -(-short // fx))
+        if (ra, rb, ca, cb) == before:
+            return lite_mask_official(logits, geometry)
+    (rlo, rhi), (clo, chi) = crop_rows_kept(ra, rb, new_h, fy), crop_rows_kept(ca, cb, new_w, fx)
+    up = F.interpolate(low[..., ra:rb, ca:cb], size=(fy * (rb - ra), fx * (cb - ca)), mode="bilinear",
+                       align_corners=False)[0, 0, rlo:rhi, clo:chi]
+    positive = up > 0
+    if bool((positive & (up < SIGN_BAND)).any()):
+        return lite_mask_official(logits, geometry)
+    out[fy * ra + rlo:fy * ra + rhi, fx * ca + clo:fx * ca + chi] = positive.numpy()
+    return out
