@@ -118,3 +118,9 @@ class SerialSegmenter:
 
     def predict_model_box(self, embedding: SliceEmbedding, box_array: np.ndarray) -> tuple[np.ndarray, float]:
         return self.worker.call(self.inner.predict_model_box, embedding, box_array, light=True)
+
+    def predict_model_box_pair(self, first: tuple[SliceEmbedding, np.ndarray],
+                               second: tuple[SliceEmbedding, np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """Two decoder calls at once (a correction's first slices), on the worker like the others (read through
+        ``__getattr__`` it ran on the job's thread, outside the worker's order)."""
+        return self.worker.call(self.inner.predict_model_box_pair, first, second, light=True)
