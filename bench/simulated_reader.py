@@ -269,7 +269,7 @@ def start_engine_from(folder: Path, source: Path, cache_dir: str | None = None):
 def served_from(folder: Path, source: Path | None, cache_dir: str | None = None) -> Iterator:
     """``web_driver.served`` (an engine, then the app by ``start_app``; both stopped when the block ends), with the
     engine from ``source`` (a package folder exported by ``export_tree``; None: this tree, no disk cache)."""
-    from web_driver import Served, served, stop
+    from web_driver import served
 
     if source is None:
         saved = os.environ.pop("MEDSAM_SLICER_CACHE", None)  # a cold start for every run
@@ -280,14 +280,8 @@ def served_from(folder: Path, source: Path | None, cache_dir: str | None = None)
             if saved is not None:
                 os.environ["MEDSAM_SLICER_CACHE"] = saved
         return
-    engine, url, token = start_engine_from(folder, source, cache_dir)
-    running = Served(folder, engine, url, token)
-    try:
+    with served(folder, cache_dir, lambda where, cache: start_engine_from(where, source, cache)) as running:
         yield running
-    finally:
-        if running.app is not None:
-            stop(running.app)
-        stop(engine)
 
 
 def run(image: Path, label_path: Path, out: Path, wait_scale: float, accept_dice: float,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,10 +165,11 @@ class Served:
 
 
 @contextmanager
-def served(folder: Path, cache_dir: str | None = None) -> Iterator[Served]:
-    """``with served(folder) as s:`` an engine now, the app by ``s.start_app(...)``; when the block ends, however
-    it ends, the app stops, then the engine."""
-    engine, url, token = start_engine(folder, cache_dir)
+def served(folder: Path, cache_dir: str | None = None,
+           start: Callable[[Path, str | None], tuple[subprocess.Popen, str, Path]] = start_engine) -> Iterator[Served]:
+    """``with served(folder) as s:`` an engine now (``start``, by default this tree's), the app by
+    ``s.start_app(...)``; when the block ends, however it ends, the app stops, then the engine."""
+    engine, url, token = start(folder, cache_dir)
     running = Served(folder, engine, url, token)
     try:
         yield running
