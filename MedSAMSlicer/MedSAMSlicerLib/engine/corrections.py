@@ -32,7 +32,7 @@ measured too and lowered the means (0.823 vs 0.832 final, largest drop 0.089), s
 slice's choice: the two failures left after that were on the key slice itself (a tight box on a small end slice
 gives a worse mask than the one the slice had, and the decoder's estimate prefers it); the user's box is the one
 piece of evidence about that slice, so the mask that agrees with it better is kept, and no mask leaves the box.  It
-was picked among five key-slice variants measured on the 11 shared cases (README, "Interactive protocol").  None of
+was picked among eight key-slice variants measured on the 11 shared cases (README, "Interactive protocol").  None of
 the checks has a threshold of its own to tune: each compares the new mask with the old one.
 """
 
